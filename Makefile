@@ -1,0 +1,39 @@
+# cnn_jax: every target sets up .venv itself (pinned, idempotent) before running.
+PY := .venv/bin/python
+SETUP := scripts/setup_env.sh
+
+.PHONY: setup lenet5-mnist lenet5-mnist-quick test test-all param-table readme bench clean
+
+setup:
+	@$(SETUP)
+
+## The main job: LeNet-5 on the bundled MNIST (claims C13-C15); report in workdirs/lenet5_mnist/.
+lenet5-mnist: setup
+	$(PY) -m experiments.lenet5_mnist
+
+lenet5-mnist-quick: setup
+	$(PY) -m experiments.lenet5_mnist --config=configs/lenet5_mnist.py:quick
+
+## The test suite (what CI runs); test-all adds the slow tests.
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m ''
+
+## Reports committed under reports/ and the README tables generated from them.
+param-table: setup
+	$(PY) -m experiments.param_table --out=reports/param_table
+
+lenet5-mnist-report: setup
+	$(PY) -m experiments.lenet5_mnist --report_dir=reports/lenet5_mnist
+
+readme: setup
+	$(PY) -m experiments.readme_tables
+
+bench: setup
+	EXTRAS=bench $(SETUP)
+	$(PY) -m benchmarks.train_step
+
+clean:
+	rm -rf workdirs .pytest_cache

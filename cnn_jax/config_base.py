@@ -1,0 +1,141 @@
+"""The one schema every experiment config fills in.
+
+An experiment config (configs/*.py) starts from `base_config()`, overrides what its experiment
+needs and returns the locked dict. Every hyper-parameter lives here, with a one-line comment;
+none is hard-coded in the library. `validate()` rejects keys the schema does not know, naming
+the nearest valid ones, and values outside their allowed set.
+"""
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+
+SCHEDULES = ('constant', 'step', 'cosine', 'plateau')
+OPTIMIZERS = ('sgd', 'adamw')
+DATA_SOURCES = ('bundled', 'tfds')
+UNITS = ('epochs', 'steps')
+METRICS = ('val_loss', 'val_accuracy')
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = ''  # experiment name, used in reports and results.json
+
+  # Model: any name of cnn_jax.models.names().
+  c.model = 'lenet5'
+  c.model_kwargs = ml_collections.ConfigDict()  # extra module fields, e.g. {'shortcut': 'B'}
+  c.dtype = 'float32'  # computation dtype; parameters stay float32
+
+  # Data.
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = 'mnist'  # see cnn_jax.datasets.names()
+  c.data.source = 'bundled'  # 'bundled': files shipped in data/; 'tfds': tensorflow-datasets
+  c.data.data_dir = ''  # '' = the bundled folder (bundled) or TFDS's default data_dir (tfds)
+  c.data.tfds_download = False  # let TFDS download and prepare when data_dir has no copy
+  c.data.validation_size = 1024  # images carved from train for validation (C15)
+  c.data.split_seed = 0  # fixes which train images become validation, independent of `seed`
+  c.data.train_subset = 0  # train on only this many of the remaining images (0 = all)
+  c.data.image_size = 0  # pad (centred, zeros) to this square size on device; 0 = keep
+  c.data.normalize = True  # subtract the dataset's per-channel mean, divide by its std
+  c.data.random_crop_padding = 0  # train-time augmentation: pad by this many pixels, crop back
+  c.data.horizontal_flip = False  # train-time augmentation: random left-right flip
+
+  # Optimisation.
+  c.batch_size = 64  # global batch, split over all devices of all hosts
+  c.eval_batch_size = 1000  # global batch for evaluation
+  c.num_epochs = 20  # training length in epochs (ignored when num_steps > 0)
+  c.num_steps = 0  # training length in steps; 0 = num_epochs * steps_per_epoch
+  c.optimizer = 'sgd'  # 'sgd' (momentum/Nesterov optional) or 'adamw'
+  c.learning_rate = 0.1  # peak learning rate
+  c.momentum = 0.0  # SGD momentum; 0 = plain SGD
+  c.nesterov = False  # Nesterov momentum (needs momentum > 0)
+  c.weight_decay = 0.0  # weight-decay coefficient
+  c.decoupled_weight_decay = False  # False: L2 term added to the gradient; True: decoupled (SGDW)
+  c.weight_decay_kernels_only = False  # decay only conv/dense kernels, not biases or norm scales
+  c.grad_clip_norm = 0.0  # clip the global gradient norm; 0 = off
+  c.label_smoothing = 0.0  # cross-entropy label smoothing
+
+  # Learning-rate schedule.
+  c.lr_schedule = 'constant'  # 'constant', 'step', 'cosine' or 'plateau'
+  c.schedule_unit = 'epochs'  # unit of warmup and lr_boundaries: 'epochs' or 'steps'
+  c.warmup = 0.0  # linear warmup length from 0 to learning_rate
+  c.lr_boundaries = ()  # 'step': multiply the rate by lr_decay_factor at each boundary
+  c.lr_decay_factor = 0.1  # 'step' and 'plateau': multiplicative decay
+  c.lr_min_ratio = 0.0  # 'cosine': final rate as a fraction of the peak
+  c.plateau_patience = 5  # 'plateau': validation rounds without improvement before decaying
+  c.plateau_cooldown = 0  # 'plateau': rounds to wait after a decay
+  c.plateau_min_scale = 1e-3  # 'plateau': the rate never falls below learning_rate * this
+  c.plateau_rtol = 1e-4  # 'plateau': relative improvement that counts as better
+
+  # Evaluation, early stopping, checkpoints, logging.
+  c.selection_metric = 'val_loss'  # validation objective for the best checkpoint, early stopping, plateau
+  c.selection_ties_to_latest = True  # on a tie (common for accuracy on a small split), keep the later checkpoint
+  c.early_stopping_patience = 0  # stop after this many epochs without improvement; 0 = off
+  c.checkpoint_every_steps = 0  # also save the latest state every N steps; 0 = at epoch ends only
+  c.log_every_steps = 100  # train metrics to the progress bar, JSON lines and TensorBoard
+  c.progress_bar = True  # tqdm bar with loss, accuracy, images/s and ETA
+  c.seed = 0  # parameter init, data order and dropout
+
+  # Distributed.
+  c.distributed = False  # call jax.distributed.initialize() (multi-host); env vars give the cluster
+  return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Fails with a clear message on keys the schema lacks or values it does not allow."""
+  _check_keys(config, base_config(), prefix='')
+  choices = {
+      'optimizer': OPTIMIZERS, 'lr_schedule': SCHEDULES, 'schedule_unit': UNITS,
+      'selection_metric': METRICS, 'dtype': DTYPES, 'data.source': DATA_SOURCES,
+  }
+  for key, allowed in choices.items():
+    value = _get(config, key)
+    if value not in allowed:
+      raise ValueError(f'config.{key}={value!r} is not one of {allowed}.')
+  positive = ('batch_size', 'eval_batch_size', 'learning_rate', 'log_every_steps')
+  for key in positive:
+    if not _get(config, key) > 0:
+      raise ValueError(f'config.{key} must be > 0, got {_get(config, key)!r}.')
+  if config.nesterov and config.momentum <= 0:
+    raise ValueError('config.nesterov=True needs config.momentum > 0.')
+  if config.num_epochs <= 0 and config.num_steps <= 0:
+    raise ValueError('Set config.num_epochs or config.num_steps to a positive value.')
+  if config.lr_schedule == 'step' and not config.lr_boundaries:
+    raise ValueError("config.lr_schedule='step' needs config.lr_boundaries, e.g. (30, 60).")
+
+
+def unknown_key_message(key: str, valid: list[str]) -> str:
+  close = difflib.get_close_matches(key.split('.')[-1], [v.split('.')[-1] for v in valid], n=3)
+  full = [v for v in valid if v.split('.')[-1] in close]
+  hint = f" Did you mean {', '.join(repr(k) for k in full)}?" if full else ''
+  return (f'Unknown config key {key!r}.{hint} '
+          f'Valid keys: {", ".join(sorted(valid))}.')
+
+
+def _check_keys(config, schema, prefix):
+  for key in config.keys():
+    path = prefix + key
+    if key not in schema:
+      if prefix.startswith('model_kwargs'):
+        continue
+      raise KeyError(unknown_key_message(path, _all_keys(base_config())))
+    if isinstance(schema[key], ml_collections.ConfigDict) and key != 'model_kwargs':
+      _check_keys(config[key], schema[key], prefix=path + '.')
+
+
+def _all_keys(config, prefix=''):
+  keys = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict) and key != 'model_kwargs':
+      keys.extend(_all_keys(value, prefix + key + '.'))
+    else:
+      keys.append(prefix + key)
+  return keys
+
+
+def _get(config, dotted):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config

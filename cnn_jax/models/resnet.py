@@ -1,0 +1,192 @@
+"""ImageNet ResNets (He et al. 2016), layer for layer as torchvision's resnet18 ... resnet152.
+
+    stem:    7x7/2 conv (64) - BN - ReLU - 3x3/2 max pool
+    stages:  four stages of BasicBlocks (18, 34) or Bottlenecks (50, 101, 152) with
+             64/128/256/512 planes; the first block of stages 2-4 has stride 2
+    head:    global average pool - fully connected
+
+The Bottleneck is torchvision's "ResNet v1.5": the stride sits on the 3x3 conv, not on the
+first 1x1. Where a block changes shape, the shortcut is a 1x1 conv + BN projection (option B
+of He et al.); `BasicBlock` also implements the parameter-free option A used by the CIFAR
+ResNets (cifar_resnet.py) and can drop the shortcut altogether (plain networks).
+
+Padding is explicit and equal to torchvision's (pad 3 for the 7x7, 1 for the 3x3s and the
+max pool), so a stride-2 layer sees the same windows as in PyTorch and weights can be ported.
+
+Parameter counts at 1000 classes (the `params` collection) equal torchvision's:
+resnet18 11,689,512; resnet34 21,797,672; resnet50 25,557,032; resnet101 44,549,160;
+resnet152 60,192,808.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, ClassVar
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+# torchvision: nn.init.kaiming_normal_(w, mode='fan_out', nonlinearity='relu') (untruncated).
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+SHORTCUTS = ('A', 'B')
+
+
+def torch_pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  """PyTorch-style symmetric padding of a k x k window (k odd): k // 2 on every side."""
+  return ((k // 2, k // 2), (k // 2, k // 2))
+
+
+def shortcut_a(x, features: int, strides: int):
+  """Option A of He et al. 2016: stride-`strides` subsampling plus zero channels, no params.
+
+  The new channels are split evenly before and after the old ones, as in the widely used
+  PyTorch CIFAR reference (akamaster/pytorch_resnet_cifar10: F.pad(x[:, :, ::2, ::2],
+  (0, 0, 0, 0, planes // 4, planes // 4))).
+  """
+  if strides != 1:
+    x = x[:, ::strides, ::strides, :]
+  extra = features - x.shape[-1]
+  if extra < 0:
+    raise ValueError(f'Option-A shortcut cannot reduce channels ({x.shape[-1]} -> {features}).')
+  if extra:
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+  return x
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs (torchvision BasicBlock); the stride is on the first.
+
+  `shortcut` applies where the block changes shape: 'B' = 1x1 conv + BN projection
+  (torchvision), 'A' = parameter-free subsample + zero-pad. `residual=False` removes the
+  shortcut (the "plain" networks of He et al. 2016). `zero_init_last` starts the last BN's
+  gamma at zero so the block begins as the identity.
+  """
+  features: int  # "planes"
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable
+  strides: int = 1
+  shortcut: str = 'B'
+  residual: bool = True
+  zero_init_last: bool = False
+  expansion: ClassVar[int] = 1
+
+  @nn.compact
+  def __call__(self, x):
+    y = self.conv(self.features, (3, 3), strides=self.strides, padding=torch_pad(3),
+                  name='conv1')(x)
+    y = self.act(self.norm(name='bn1')(y))
+    y = self.conv(self.features, (3, 3), padding=torch_pad(3), name='conv2')(y)
+    y = self.norm(name='bn2', scale_init=_last_scale_init(self.zero_init_last))(y)
+    if not self.residual:
+      return self.act(y)
+    return self.act(y + _shortcut(self, x, self.features * self.expansion))
+
+
+class Bottleneck(nn.Module):
+  """1x1 reduce - 3x3 (carries the stride: ResNet v1.5) - 1x1 expand x4 (torchvision)."""
+  features: int  # "planes"; the block outputs 4 * features channels
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable
+  strides: int = 1
+  shortcut: str = 'B'
+  residual: bool = True
+  zero_init_last: bool = False
+  expansion: ClassVar[int] = 4
+
+  @nn.compact
+  def __call__(self, x):
+    y = self.conv(self.features, (1, 1), name='conv1')(x)
+    y = self.act(self.norm(name='bn1')(y))
+    y = self.conv(self.features, (3, 3), strides=self.strides, padding=torch_pad(3),
+                  name='conv2')(y)
+    y = self.act(self.norm(name='bn2')(y))
+    y = self.conv(self.features * self.expansion, (1, 1), name='conv3')(y)
+    y = self.norm(name='bn3', scale_init=_last_scale_init(self.zero_init_last))(y)
+    if not self.residual:
+      return self.act(y)
+    return self.act(y + _shortcut(self, x, self.features * self.expansion))
+
+
+def _last_scale_init(zero: bool):
+  return nn.initializers.zeros if zero else nn.initializers.ones
+
+
+def _shortcut(block, x, out_features: int):
+  """Identity, or (where stride or width change, as torchvision decides) option A / B."""
+  if block.shortcut not in SHORTCUTS:
+    raise ValueError(f'shortcut must be one of {SHORTCUTS}, got {block.shortcut!r}.')
+  if block.strides == 1 and x.shape[-1] == out_features:
+    return x
+  if block.shortcut == 'A':
+    return shortcut_a(x, out_features, block.strides)
+  x = block.conv(out_features, (1, 1), strides=block.strides, name='downsample_conv')(x)
+  return block.norm(name='downsample_bn')(x)
+
+
+# depth -> (block, blocks per stage), torchvision / He et al. 2016 Table 1.
+RESNET_DEPTHS: dict[int, tuple[type[nn.Module], tuple[int, ...]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+}
+
+
+def batch_norm(train: bool, dtype: Any) -> ModuleDef:
+  """PyTorch BatchNorm2d defaults (momentum 0.1 == flax 0.9, eps 1e-5); stats move in train."""
+  return partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                 dtype=dtype)
+
+
+class ResNet(nn.Module):
+  """torchvision's ImageNet ResNet; canonical input 224x224x3, any size >= 32 works.
+
+  Submodules: 'stem_conv', 'stem_bn', 'stage{i}_block{j}' (i = 1..4), 'head'. Sown feature
+  maps: 'stem' (after the max pool, stride 4), 'stage1'..'stage4' (strides 4, 8, 16, 32),
+  'pre_logits' (pooled). Convs use kaiming-normal fan_out init, BN gamma 1 / beta 0;
+  `zero_init_residual=True` zeroes the gamma of each block's last BN (torchvision's flag,
+  Goyal et al. 2017), default off as in torchvision.
+  """
+  num_classes: int
+  depth: int = 50
+  width: int = 64  # channels of the stem and planes of stage 1
+  shortcut: str = 'B'
+  zero_init_residual: bool = False
+  act: Callable = nn.relu
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.depth not in RESNET_DEPTHS:
+      raise ValueError(f'ResNet depth must be one of {sorted(RESNET_DEPTHS)}, got {self.depth}.')
+    block, stage_sizes = RESNET_DEPTHS[self.depth]
+    conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
+    norm = batch_norm(train, self.dtype)
+
+    x = x.astype(self.dtype)
+    x = conv(self.width, (7, 7), strides=2, padding=torch_pad(7), name='stem_conv')(x)
+    x = self.act(norm(name='stem_bn')(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=torch_pad(3))
+    self.sow('intermediates', 'stem', x)
+    for i, n_blocks in enumerate(stage_sizes):
+      for j in range(n_blocks):
+        x = block(self.width * 2**i, conv=conv, norm=norm, act=self.act,
+                  strides=2 if i > 0 and j == 0 else 1, shortcut=self.shortcut,
+                  zero_init_last=self.zero_init_residual, name=f'stage{i + 1}_block{j + 1}')(x)
+      self.sow('intermediates', f'stage{i + 1}', x)
+    x = jnp.mean(x, axis=(1, 2))
+    self.sow('intermediates', 'pre_logits', x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+    return x.astype(jnp.float32)
+
+
+ResNet18 = partial(ResNet, depth=18)
+ResNet34 = partial(ResNet, depth=34)
+ResNet50 = partial(ResNet, depth=50)
+ResNet101 = partial(ResNet, depth=101)
+ResNet152 = partial(ResNet, depth=152)

@@ -1,0 +1,102 @@
+"""End-to-end training: accuracy bound, resume equivalence, clear failures."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from cnn_jax import checkpointing, train
+from cnn_jax.metric_writers import read_metrics
+from tests.helpers import tiny_config
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('tiny')
+  return workdir, train.train_and_evaluate(tiny_config(), workdir, command='test')
+
+
+def test_tiny_run_learns(tiny_run):
+  workdir, results = tiny_run
+  # 3 epochs on 1,000 images: far above chance (10%); a broken step or loss stays near it.
+  assert results['test_accuracy'] > 0.85, results
+  assert results['status'] == 'completed' and results['steps'] == 60 and results['epochs'] == 3
+  assert results['num_params'] == 61706
+  records = read_metrics(workdir / 'metrics.jsonl')
+  train_losses = [r['loss'] for r in records if r['split'] == 'train']
+  assert train_losses[-1] < 0.5 * train_losses[0]
+  assert [r['step'] for r in records if r['split'] == 'val'] == [20, 40, 60]
+  saved = json.loads((workdir / 'results.json').read_text())
+  assert saved['test_accuracy'] == results['test_accuracy']
+  for key in ('test_loss', 'best_epoch', 'wall_time_s', 'train_images_per_s', 'device_kind',
+              'device_count', 'command'):
+    assert key in saved
+  assert (workdir / 'config.json').exists() and list((workdir / 'tensorboard').iterdir())
+
+
+def test_resume_matches_uninterrupted(tmp_path, tiny_run):
+  _, reference = tiny_run
+  workdir = tmp_path / 'resumed'
+  config = tiny_config()
+  halted = train.train_and_evaluate(config, workdir, halt_after_step=47, command='test')
+  assert halted == {'status': 'interrupted', 'step': 47}
+  assert not (workdir / 'results.json').exists()
+  resumed = train.train_and_evaluate(config, workdir, command='test')
+  for key in ('test_accuracy', 'test_loss', 'val_accuracy', 'val_loss', 'best_epoch', 'steps'):
+    assert resumed[key] == reference[key], key
+  steps = [(r['split'], r['step']) for r in read_metrics(workdir / 'metrics.jsonl')]
+  assert len(steps) == len(set(steps))  # no duplicated log lines after the resume
+
+
+def test_resume_restores_identical_state(tmp_path):
+  config = tiny_config(num_epochs=1)
+  a, b = tmp_path / 'a', tmp_path / 'b'
+  train.train_and_evaluate(config, a, command='test')
+  train.train_and_evaluate(config, b, halt_after_step=9, command='test')
+  train.train_and_evaluate(config, b, command='test')
+  target = _state_like(config)
+  sa, _ = checkpointing.Checkpoints(a).restore('latest', target)
+  sb, _ = checkpointing.Checkpoints(b).restore('latest', target)
+  for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+    np.testing.assert_array_equal(x, y)
+
+
+def _state_like(config):
+  from cnn_jax import models, optim, parallel  # pylint: disable=g-import-not-at-top
+  model = models.create(config.model, num_classes=10)
+  tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 20, 20))
+  return train.create_train_state(model, tx, (32, 32, 1), jax.random.key(0),
+                                  parallel.replicated(parallel.make_mesh()))
+
+
+def test_divergence_is_reported(tmp_path):
+  config = tiny_config(learning_rate=1e4, num_epochs=1)
+  with pytest.raises(FloatingPointError, match='diverged.*Lower --config.learning_rate'):
+    train.train_and_evaluate(config, tmp_path, command='test')
+
+
+def test_wrong_image_shape_names_the_fix(tmp_path):
+  config = tiny_config(**{'data.image_size': 0})
+  with pytest.raises(ValueError, match=r'expects images of shape \(32, 32, 1\).*\(28, 28, 1\).*image_size'):
+    train.train_and_evaluate(config, tmp_path, command='test')
+
+
+def test_unknown_model_names_the_nearest(tmp_path):
+  with pytest.raises(ValueError, match="Unknown model 'lenet'.*'lenet5'"):
+    train.train_and_evaluate(tiny_config(model='lenet'), tmp_path, command='test')
+
+
+def test_early_stopping_stops_and_keeps_best(tmp_path):
+  # A learning rate this small leaves the float32 weights unchanged: the validation loss never
+  # improves after epoch 1, so training stops after `patience` more epochs.
+  config = tiny_config(learning_rate=1e-12, num_epochs=10, early_stopping_patience=2,
+                       selection_metric='val_loss', selection_ties_to_latest=False)
+  results = train.train_and_evaluate(config, tmp_path / 'strict', command='test')
+  assert results['status'] == 'stopped_early'
+  assert results['epochs'] == 3 and results['best_epoch'] == 1
+  # With ties going to the later checkpoint, the best is the last of the equal epochs, and a tie
+  # still does not count as progress for early stopping.
+  config = tiny_config(learning_rate=1e-12, num_epochs=10, early_stopping_patience=2,
+                       selection_metric='val_loss', selection_ties_to_latest=True)
+  results = train.train_and_evaluate(config, tmp_path / 'ties', command='test')
+  assert results['epochs'] == 3 and results['best_epoch'] == 3
