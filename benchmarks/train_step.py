@@ -39,7 +39,7 @@ def jax_images_per_s(name: str, steps: int) -> float:
   images = jax.random.randint(jax.random.key(1), (n,) + shape, 0, 255).astype(jnp.uint8)
   labels = jax.random.randint(jax.random.key(2), (n,), 0, 10)
   pre = input_pipeline.Preprocess(mean=(0.5,) * shape[-1], std=(0.25,) * shape[-1])
-  cfg = train.StepConfig(batch, 10, 0.0, pre, parallel.batch_sharded(mesh))
+  cfg = train.StepConfig(batch, 10, 0.0, 0.0, pre, parallel.batch_sharded(mesh))
   step = jax.jit(functools.partial(train.train_step, cfg=cfg), donate_argnums=(0, 1))
   perm = jnp.arange(n)
   totals = train.zero_totals()

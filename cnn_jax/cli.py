@@ -10,15 +10,48 @@ from absl import flags, logging
 from cnn_jax import config_base, train
 
 
+MODEL_KWARGS_PREFIX = '--config.model_kwargs.'
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with a short error (no traceback) for a bad --config.* override."""
+  """absl flag parsing with a short error (no traceback) for a bad --config.* override.
+
+  `--config.model_kwargs.FIELD=VALUE` sets a module field of the chosen model (e.g.
+  `shortcut=B`, `aux_logits=True`); the model checks the field name when it is built.
+  """
+  model_kwargs = {}
+  rest = []
+  for arg in argv:
+    if arg.startswith(MODEL_KWARGS_PREFIX) and '=' in arg:
+      key, value = arg[len(MODEL_KWARGS_PREFIX):].split('=', 1)
+      model_kwargs[key] = _literal(value)
+    else:
+      rest.append(arg)
+  saved_argv = sys.argv[:]
+  sys.argv[:] = [a for a in sys.argv if not a.startswith(MODEL_KWARGS_PREFIX)]  # config_flags reads it
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(rest)
+    if model_kwargs:
+      config = flags.FLAGS['config'].value
+      with config.unlocked():
+        config.model_kwargs.update(model_kwargs)
+    return remaining
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     message = str(e).replace('\\n', ' ').replace("\\'", "'")
     valid = sorted(config_base._all_keys(config_base.base_config()))  # pylint: disable=protected-access
     print(f'Error: {message}\nValid config keys: {", ".join(valid)}', file=sys.stderr)
     sys.exit(2)
+  finally:
+    sys.argv[:] = saved_argv
+
+
+def _literal(text: str):
+  """'True' -> True, '3' -> 3, 'B' -> 'B'."""
+  import ast  # pylint: disable=g-import-not-at-top
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
 
 
 def command_line(module: str) -> str:

@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.weight_decay_kernels_only = False  # decay only conv/dense kernels, not biases or norm scales
   c.grad_clip_norm = 0.0  # clip the global gradient norm; 0 = off
   c.label_smoothing = 0.0  # cross-entropy label smoothing
+  c.aux_loss_weight = 0.3  # weight of auxiliary-classifier losses (GoogLeNet with aux_logits=True)
 
   # Learning-rate schedule.
   c.lr_schedule = 'constant'  # 'constant', 'step', 'cosine' or 'plateau'

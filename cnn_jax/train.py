@@ -43,6 +43,7 @@ class StepConfig:
   batch_size: int = flax.struct.field(pytree_node=False)
   num_classes: int = flax.struct.field(pytree_node=False)
   label_smoothing: float = flax.struct.field(pytree_node=False)
+  aux_loss_weight: float = flax.struct.field(pytree_node=False)
   preprocess: input_pipeline.Preprocess = flax.struct.field(pytree_node=False)
   batch_sharding: Any = flax.struct.field(pytree_node=False)
 
@@ -76,8 +77,12 @@ def train_step(state: TrainState, totals: dict, images, labels, perm, step_in_ep
 
   def loss_fn(params):
     logits, updates = state.apply_fn(_variables(state, params), x, train=True,
-                                     rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+                                     rngs={'dropout': dropout_rng},
+                                     mutable=['batch_stats', 'aux_logits'])
     loss = cross_entropy(logits, y, cfg.num_classes, cfg.label_smoothing).mean()
+    # Auxiliary classifiers (GoogLeNet) sow their logits; their losses are added with a weight.
+    for aux in jax.tree.leaves(updates.get('aux_logits', {})):
+      loss += cfg.aux_loss_weight * cross_entropy(aux, y, cfg.num_classes, cfg.label_smoothing).mean()
     return loss, (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -136,11 +141,16 @@ def check_input_shape(name: str, model, shape) -> None:
           f"model whose input fits (cnn_jax.models.input_shape(name)).")
   if models.spec(name).fixed_input and tuple(shape) != tuple(expected):
     raise ValueError(hint)
+  x = jax.ShapeDtypeStruct((1,) + tuple(shape), jnp.float32)
   try:
-    jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                   jax.ShapeDtypeStruct((1,) + tuple(shape), jnp.float32))
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+    out = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
   except Exception as e:  # shape arithmetic failed somewhere inside the model
     raise ValueError(f'{hint}\nUnderlying error: {e}') from e
+  if out.ndim != 2:
+    raise ValueError(f'Model {name!r} returns outputs of shape {out.shape[1:]} per image (e.g. '
+                     'per-pixel logits for segmentation); this loop trains classifiers, whose '
+                     'output is (num_classes,). Pick a classification model.')
 
 
 def _selection_value(metric: str, val: dict) -> float:
@@ -215,7 +225,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           input_pipeline.padded_eval_arrays(images, labels, bs), replicated))
 
   step_cfg = StepConfig(batch_size=config.batch_size, num_classes=splits.num_classes,
-                        label_smoothing=config.label_smoothing, preprocess=preprocess,
+                        label_smoothing=config.label_smoothing,
+                        aux_loss_weight=config.aux_loss_weight, preprocess=preprocess,
                         batch_sharding=parallel.batch_sharded(mesh))
   p_train_step = jax.jit(functools.partial(train_step, cfg=step_cfg), donate_argnums=(0, 1))
   p_permutation = jax.jit(functools.partial(input_pipeline.epoch_permutation,

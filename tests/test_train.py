@@ -100,3 +100,39 @@ def test_early_stopping_stops_and_keeps_best(tmp_path):
                        selection_metric='val_loss', selection_ties_to_latest=True)
   results = train.train_and_evaluate(config, tmp_path / 'ties', command='test')
   assert results['epochs'] == 3 and results['best_epoch'] == 3
+
+
+def test_auxiliary_logits_are_added_to_the_loss():
+  """A model that sows `aux_logits` (GoogLeNet's heads) trains on main + weight * aux loss."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from cnn_jax import input_pipeline, parallel  # pylint: disable=g-import-not-at-top
+
+  class WithAux(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = x.reshape((x.shape[0], -1))
+      if train:
+        self.sow('aux_logits', 'aux1', nn.Dense(10, name='aux')(x))
+      return nn.Dense(10, name='main')(x)
+
+  mesh = parallel.make_mesh()
+  model = WithAux()
+  state = train.create_train_state(model, optax.sgd(0.0), (4, 4, 1), jax.random.key(0),
+                                   parallel.replicated(mesh))
+  images = jnp.arange(8 * 16, dtype=jnp.uint8).reshape(8, 4, 4, 1)
+  labels = jnp.arange(8) % 10
+  pre = input_pipeline.Preprocess(mean=(0.0,), std=(1.0,), normalize=False)
+  losses = {}
+  for weight in (0.0, 0.3):
+    cfg = train.StepConfig(8, 10, 0.0, weight, pre, parallel.batch_sharded(mesh))
+    _, totals = jax.jit(functools.partial(train.train_step, cfg=cfg))(
+        state, train.zero_totals(), images, labels, jnp.arange(8), 0, jax.random.key(1))
+    losses[weight] = float(totals['loss'] / totals['count'])
+  x = images.reshape(8, -1).astype(jnp.float32) / 255.0
+  ce = lambda name: float(optax.softmax_cross_entropy_with_integer_labels(
+      x @ state.params[name]['kernel'] + state.params[name]['bias'], labels).mean())
+  np.testing.assert_allclose(losses[0.0], ce('main'), rtol=1e-5)
+  np.testing.assert_allclose(losses[0.3], ce('main') + 0.3 * ce('aux'), rtol=1e-5)

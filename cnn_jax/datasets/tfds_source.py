@@ -16,16 +16,21 @@ def load(name: str, data_dir: str | None, download: bool):
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # unknown name, unreadable folder
     raise DataError(f'TFDS cannot open dataset {name!r} in data_dir={data_dir!r}: {e}') from e
-  if not builder.is_prepared():
-    if not download:
-      raise DataError(
-          f'TFDS dataset {name!r} is not prepared in {builder.data_dir}. Prepare it where there is '
-          f'network (`tfds build {name} --data_dir=DIR`, then --config.data.data_dir=DIR), or set '
-          f'--config.data.tfds_download=True, or use --config.data.source=bundled where the '
-          f'dataset ships with the repository.')
+  if not builder.is_prepared() and download:
     _require_tensorflow(name)
     builder.download_and_prepare()
-  return tuple(_split(builder, s) for s in ('train', 'test'))
+  try:
+    return tuple(_split(builder, s) for s in ('train', 'test'))
+  except _NotPrepared:
+    raise DataError(
+        f'TFDS dataset {name!r} is not prepared in {builder.data_dir}. Prepare it where there is '
+        f'network (`tfds build {name} --data_dir=DIR`, then --config.data.data_dir=DIR), or set '
+        f'--config.data.tfds_download=True, or use --config.data.source=bundled where the '
+        f'dataset ships with the repository.') from None
+
+
+class _NotPrepared(Exception):
+  pass
 
 
 def _split(builder, split):
@@ -36,6 +41,8 @@ def _split(builder, split):
     images = np.stack([r['image'] for r in rows])
     labels = np.asarray([r['label'] for r in rows])
   except (NotImplementedError, ValueError, KeyError):  # not array_record: read through tf.data
+    if not builder.is_prepared():
+      raise _NotPrepared() from None
     _require_tensorflow(builder.name)
     ds = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
     images, labels = ds['image'], ds['label']

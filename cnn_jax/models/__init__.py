@@ -105,7 +105,8 @@ def input_shape(name: str) -> tuple[int, int, int]:
 def create(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
   """Builds the linen module registered as `name`; `overrides` set module fields."""
   ctor = spec(name).ctor
-  fields = {f.name for f in dataclasses.fields(ctor)} if dataclasses.is_dataclass(ctor) else None
+  cls = getattr(ctor, 'func', ctor)  # functools.partial aliases: check the class's fields
+  fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else None
   if fields is not None:
     unknown = sorted(set(overrides) - fields)
     if unknown:
