@@ -33,7 +33,7 @@ readme: setup
 
 bench: setup
 	EXTRAS=bench $(SETUP)
-	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.train_step | tee benchmarks/results/latest.md
 
 clean:
 	rm -rf workdirs .pytest_cache

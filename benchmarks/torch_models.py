@@ -34,7 +34,8 @@ class BasicBlock(nn.Module):
     y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
     if self.residual:
       s = x[:, :, ::self.stride, ::self.stride]
-      y = y + (F.pad(s, (0, 0, 0, 0, 0, self.pad)) if self.pad else s)
+      # Zero channels split evenly before and after, as cnn_jax.models.resnet.shortcut_a.
+      y = y + (F.pad(s, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2)) if self.pad else s)
     return F.relu(y)
 
 

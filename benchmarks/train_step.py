@@ -85,6 +85,23 @@ def torch_images_per_s(name: str, steps: int) -> float | None:
   return steps * batch / (time.perf_counter() - start)
 
 
+def _param_counts(name: str) -> str:
+  """Both frameworks' parameter counts: the baseline must be the same network."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top
+  model = models.create(name, num_classes=10)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                                jnp.zeros((1,) + SHAPE[name]), train=False))
+  ours = sum(int(x.size) for x in jax.tree.leaves(variables['params']))
+  try:
+    from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
+    theirs = f'{torch_models.num_params(torch_models.create(name)):,}'
+  except ImportError:
+    theirs = '-'
+  return f'{ours:,} / {theirs}'
+
+
 def _child(name, steps):
   print(json.dumps({'jax': jax_images_per_s(name, steps)}))
 
@@ -104,10 +121,11 @@ def main():
   variants = [('jax', '')] + ([('jax+flags', args.xla_flags)] if args.xla_flags else [])
   print(f'# train-step throughput, images/s ({platform.machine()}, {os.cpu_count()} cores, '
         f'{args.steps} timed steps; XLA flags variant: {args.xla_flags or "none"})')
-  header = ['model', 'batch'] + [v for v, _ in variants] + ['pytorch', 'jax / pytorch']
+  header = (['model', 'batch', 'params (jax / torch)'] + [v for v, _ in variants]
+            + ['pytorch', 'jax / pytorch'])
   print('| ' + ' | '.join(header) + ' |\n|' + '---|' * len(header))
   for name in args.models.split(','):
-    row = [name, str(BATCH[name])]
+    row = [name, str(BATCH[name]), _param_counts(name)]
     results = []
     for _, flags in variants:
       env = dict(os.environ, XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' ' + flags).strip())

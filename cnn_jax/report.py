@@ -5,6 +5,7 @@ Every number in a report comes from a run's files (results.json, metrics.jsonl),
 from __future__ import annotations
 
 import datetime
+import os
 import pathlib
 import platform
 import subprocess
@@ -48,11 +49,8 @@ def plot_training_curves(workdir: str | pathlib.Path, out_png: str | pathlib.Pat
   return out_png
 
 
-def environment() -> dict:
-  """Where and with what a run was made."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import flax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
+def host_cpu() -> str:
+  """The host CPU's model name and core count, e.g. 'AMD EPYC (2 cores)'."""
   cpu = platform.processor() or platform.machine()
   try:
     for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
@@ -61,11 +59,17 @@ def environment() -> dict:
         break
   except OSError:
     pass
-  import os  # pylint: disable=g-import-not-at-top
+  return f'{cpu} ({os.cpu_count()} cores)'
+
+
+def environment() -> dict:
+  """Where and with what a run was made."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import flax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
   return {
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-      'cpu': cpu,
-      'cpu_cores': os.cpu_count(),
+      'host_cpu': host_cpu(),
       'devices': ', '.join(sorted({f'{d.platform}:{d.device_kind}' for d in jax.devices()})),
       'device_count': jax.device_count(),
       'python': platform.python_version(),

@@ -25,7 +25,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from cnn_jax import checkpointing, config_base, datasets, input_pipeline, models, optim, parallel
+from cnn_jax import (checkpointing, config_base, datasets, input_pipeline, models, optim, parallel,
+                     report)
 from cnn_jax.metric_writers import MetricWriter
 
 # Set by a SIGTERM/SIGINT handler (cnn_jax.main): the loop saves the latest state and returns.
@@ -358,6 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       'wall_time_s': meta['wall_seconds'],
       'train_images_per_s': meta['timed_images'] / meta['train_seconds'] if meta['train_seconds'] else None,
       **parallel.device_summary(),
+      'host_cpu': report.host_cpu(),
       'jax_version': jax.__version__,
       'command': command if command is not None else shlex.join([sys.executable] + sys.argv),
   })

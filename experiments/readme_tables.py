@@ -24,7 +24,8 @@ def lenet5_table() -> str:
        'train images/s', 'hardware', 'command'],
       [[f"[{r['name']}](reports/lenet5_mnist/report.md)", 'C13-C15', f"{r['test_accuracy']:.2%}",
         'about 99%', f"{r['best_epoch']} of {r['epochs']}", f"{r['wall_time_s']:.0f} s",
-        f"{r['train_images_per_s']:,.0f}", f"{r['device_count']} x {r['device_kind']}",
+        f"{r['train_images_per_s']:,.0f}",
+        f"{r['device_count']} x {r['device_kind']}, host {r.get('host_cpu', '?')}",
         f"`{r['command']}`"]])
 
 
@@ -44,15 +45,19 @@ def params_table() -> str:
 TABLES = {'lenet5_mnist': lenet5_table, 'param_counts': params_table}
 
 
-def main() -> None:
-  readme = ROOT / 'README.md'
-  text = readme.read_text()
+def render(text: str) -> str:
+  """`text` (README.md) with every generated table replaced by its current contents."""
   for name, fn in TABLES.items():
     pattern = re.compile(rf'(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)', re.S)
     if not pattern.search(text):
       raise SystemExit(f'README.md has no <!-- {name}:begin/end --> markers.')
     text = pattern.sub(lambda m, fn=fn: m.group(1) + fn() + '\n' + m.group(2), text)
-  readme.write_text(text)
+  return text
+
+
+def main() -> None:
+  readme = ROOT / 'README.md'
+  readme.write_text(render(readme.read_text()))
   print(f'updated {readme} ({", ".join(TABLES)}); {len(models.names())} models registered')
 
 

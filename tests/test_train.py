@@ -136,3 +136,12 @@ def test_auxiliary_logits_are_added_to_the_loss():
       x @ state.params[name]['kernel'] + state.params[name]['bias'], labels).mean())
   np.testing.assert_allclose(losses[0.0], ce('main'), rtol=1e-5)
   np.testing.assert_allclose(losses[0.3], ce('main') + 0.3 * ce('aux'), rtol=1e-5)
+
+
+def test_lenet5_report_from_a_real_run(tiny_run):
+  from experiments import lenet5_mnist  # pylint: disable=g-import-not-at-top
+  workdir, results = tiny_run
+  path = lenet5_mnist.write_report(workdir, results, tiny_config())
+  text = path.read_text()
+  assert f"{results['test_accuracy']:.2%}" in text and '61,706' in text
+  assert (workdir / 'training_curves.png').stat().st_size > 10_000
