@@ -71,9 +71,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.plateau_rtol = 1e-4  # 'plateau': relative improvement that counts as better
 
   # Evaluation, early stopping, checkpoints, logging.
+  c.eval_every_epochs = 1  # validate every N epochs (and after the last); 1 = every epoch
   c.selection_metric = 'val_loss'  # validation objective for the best checkpoint, early stopping, plateau
   c.selection_ties_to_latest = True  # on a tie (common for accuracy on a small split), keep the later checkpoint
-  c.early_stopping_patience = 0  # stop after this many epochs without improvement; 0 = off
+  c.early_stopping_patience = 0  # stop after this many validations without improvement; 0 = off
   c.checkpoint_every_steps = 0  # also save the latest state every N steps; 0 = at epoch ends only
   c.log_every_steps = 100  # train metrics to the progress bar, JSON lines and TensorBoard
   c.progress_bar = True  # tqdm bar with loss, accuracy, images/s and ETA
@@ -95,7 +96,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = _get(config, key)
     if value not in allowed:
       raise ValueError(f'config.{key}={value!r} is not one of {allowed}.')
-  positive = ('batch_size', 'eval_batch_size', 'learning_rate', 'log_every_steps')
+  positive = ('batch_size', 'eval_batch_size', 'learning_rate', 'log_every_steps',
+              'eval_every_epochs')
   for key in positive:
     if not _get(config, key) > 0:
       raise ValueError(f'config.{key} must be > 0, got {_get(config, key)!r}.')

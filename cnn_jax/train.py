@@ -287,7 +287,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     if end_of_epoch:
       meta['epochs_done'] = epoch + 1
-      val = run_eval('val', state) if 'val' in eval_arrays else None
+      validate = 'val' in eval_arrays and (
+          (epoch + 1) % config.eval_every_epochs == 0 or done == total_steps)
+      val = run_eval('val', state) if validate else None
       if val is not None:
         writer.write(done, 'val', val)
         value = _selection_value(config.selection_metric, val)

@@ -145,3 +145,19 @@ def test_lenet5_report_from_a_real_run(tiny_run):
   text = path.read_text()
   assert f"{results['test_accuracy']:.2%}" in text and '61,706' in text
   assert (workdir / 'training_curves.png').stat().st_size > 10_000
+
+
+def test_eval_cadence_comes_from_the_config(tmp_path):
+  results = train.train_and_evaluate(tiny_config(num_epochs=5, eval_every_epochs=2), tmp_path,
+                                     command='test')
+  val_steps = [r['step'] for r in read_metrics(tmp_path / 'metrics.jsonl') if r['split'] == 'val']
+  assert val_steps == [40, 80, 100]  # epochs 2 and 4, and always after the last
+  assert results['best_epoch'] in (2, 4, 5)
+
+
+def test_bfloat16_compute_trains(tmp_path):
+  """Mixed precision as on accelerators: bf16 activations, float32 parameters and loss."""
+  results = train.train_and_evaluate(tiny_config(dtype='bfloat16'), tmp_path, command='test')
+  assert results['test_accuracy'] > 0.85, results
+  state, _ = checkpointing.Checkpoints(tmp_path).restore('latest', _state_like(tiny_config()))
+  assert all(p.dtype == np.float32 for p in jax.tree.leaves(state.params))
