@@ -42,7 +42,7 @@ def jax_images_per_s(name: str, steps: int) -> float:
   cfg = train.StepConfig(batch, 10, 0.0, 0.0, pre, parallel.batch_sharded(mesh))
   step = jax.jit(functools.partial(train.train_step, cfg=cfg), donate_argnums=(0, 1))
   perm = jnp.arange(n)
-  totals = train.zero_totals()
+  totals = train.zero_totals(parallel.replicated(mesh))
   rng = jax.random.key(3)
   for i in range(3):  # compile + warm-up
     state, totals = step(state, totals, images, labels, perm, i % 8, rng)

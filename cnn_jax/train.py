@@ -119,8 +119,10 @@ def evaluate(state: TrainState, images, labels, mask, cfg: StepConfig) -> dict:
   return {'loss': loss / count, 'accuracy': correct / count}
 
 
-def zero_totals() -> dict:
-  return {k: jnp.zeros((), jnp.float32) for k in ('loss', 'correct', 'count')}
+def zero_totals(sharding=None) -> dict:
+  """Fresh metric totals; placed like the step's outputs so the step compiles once."""
+  totals = {k: jnp.zeros((), jnp.float32) for k in ('loss', 'correct', 'count')}
+  return totals if sharding is None else jax.device_put(totals, sharding)
 
 
 def create_train_state(model, tx, input_shape, rng, sharding) -> TrainState:
@@ -128,9 +130,10 @@ def create_train_state(model, tx, input_shape, rng, sharding) -> TrainState:
   def init(rng):
     dummy = jnp.zeros((2,) + tuple(input_shape), jnp.float32)
     variables = model.init({'params': rng, 'dropout': rng}, dummy, train=True)
-    return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                             batch_stats=variables.get('batch_stats', {}),
-                             plateau=optim.PlateauState.create())
+    state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                              batch_stats=variables.get('batch_stats', {}),
+                              plateau=optim.PlateauState.create())
+    return state.replace(step=jnp.zeros((), jnp.int32))  # strong int32, as after an update
   return jax.jit(init, out_shardings=sharding)(rng)
 
 
@@ -241,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   start_step = int(state.step)
   bar = _progress_bar(config, total_steps, start_step)
-  totals = zero_totals()
+  totals = zero_totals(replicated)
   interval_start, interval_images, first_interval = time.time(), 0, True
   perm = None
   step = start_step
@@ -282,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         bar.set_postfix(epoch=epoch + 1, loss=f"{train_metrics['loss']:.4f}",
                         acc=f"{train_metrics['accuracy']:.4f}",
                         img_s=f"{train_metrics['images_per_s']:.0f}", refresh=False)
-      totals = zero_totals()
+      totals = zero_totals(replicated)
       interval_start, interval_images = time.time(), 0
 
     if end_of_epoch:

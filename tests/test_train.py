@@ -161,3 +161,13 @@ def test_bfloat16_compute_trains(tmp_path):
   assert results['test_accuracy'] > 0.85, results
   state, _ = checkpointing.Checkpoints(tmp_path).restore('latest', _state_like(tiny_config()))
   assert all(p.dtype == np.float32 for p in jax.tree.leaves(state.params))
+
+
+def test_train_step_compiles_once(tmp_path, caplog):
+  """Across epochs, log points and validations the step is compiled exactly once."""
+  import logging  # pylint: disable=g-import-not-at-top
+  with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+    train.train_and_evaluate(tiny_config(num_epochs=3), tmp_path, command='test')
+  compiled = [r.getMessage() for r in caplog.records if 'Finished XLA compilation' in r.getMessage()]
+  assert sum('jit(train_step)' in m for m in compiled) == 1, compiled
+  assert sum('jit(evaluate)' in m for m in compiled) == 2, compiled  # validation and test shapes
