@@ -19,16 +19,13 @@ def parse_flags(argv: list[str]) -> list[str]:
   `--config.model_kwargs.FIELD=VALUE` sets a module field of the chosen model (e.g.
   `shortcut=B`, `aux_logits=True`); the model checks the field name when it is built.
   """
-  model_kwargs = {}
-  rest = []
-  for arg in argv:
-    if arg.startswith(MODEL_KWARGS_PREFIX) and '=' in arg:
-      key, value = arg[len(MODEL_KWARGS_PREFIX):].split('=', 1)
-      model_kwargs[key] = _literal(value)
-    else:
-      rest.append(arg)
+  is_model_kwarg = lambda arg: arg.startswith(MODEL_KWARGS_PREFIX) and '=' in arg
+  model_kwargs = dict(arg[len(MODEL_KWARGS_PREFIX):].split('=', 1) for arg in argv
+                      if is_model_kwarg(arg))
+  model_kwargs = {key: _literal(value) for key, value in model_kwargs.items()}
+  rest = [arg for arg in argv if not is_model_kwarg(arg)]
   saved_argv = sys.argv[:]
-  sys.argv[:] = [a for a in sys.argv if not a.startswith(MODEL_KWARGS_PREFIX)]  # config_flags reads it
+  sys.argv[:] = [arg for arg in sys.argv if not is_model_kwarg(arg)]  # config_flags reads it too
   try:
     remaining = flags.FLAGS(rest)
     if model_kwargs:
@@ -38,7 +35,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     return remaining
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     message = str(e).replace('\\n', ' ').replace("\\'", "'")
-    valid = sorted(config_base._all_keys(config_base.base_config()))  # pylint: disable=protected-access
+    valid = sorted(config_base.all_keys(config_base.base_config()))
     print(f'Error: {message}\nValid config keys: {", ".join(valid)}', file=sys.stderr)
     sys.exit(2)
   finally:

@@ -121,18 +121,17 @@ def _check_keys(config, schema, prefix):
   for key in config.keys():
     path = prefix + key
     if key not in schema:
-      if prefix.startswith('model_kwargs'):
-        continue
-      raise KeyError(unknown_key_message(path, _all_keys(base_config())))
+      raise KeyError(unknown_key_message(path, all_keys(base_config())))
     if isinstance(schema[key], ml_collections.ConfigDict) and key != 'model_kwargs':
       _check_keys(config[key], schema[key], prefix=path + '.')
 
 
-def _all_keys(config, prefix=''):
+def all_keys(config, prefix='') -> list[str]:
+  """Every leaf key of a config, dotted ('data.image_size'); model_kwargs counts as one."""
   keys = []
   for key, value in config.items():
     if isinstance(value, ml_collections.ConfigDict) and key != 'model_kwargs':
-      keys.extend(_all_keys(value, prefix + key + '.'))
+      keys.extend(all_keys(value, prefix + key + '.'))
     else:
       keys.append(prefix + key)
   return keys

@@ -183,7 +183,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   parallel.maybe_initialize_distributed(config.distributed)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  session_start = time.time()
+  last_tick = time.time()
+
+  def tick() -> None:
+    """Adds the wall time since the last tick to the run's total, which survives resumes."""
+    nonlocal last_tick
+    now = time.time()
+    meta['wall_seconds'] += now - last_tick
+    last_tick = now
 
   splits = datasets.load(config.data)
   preprocess = input_pipeline.Preprocess.from_config(config.data, splits)
@@ -310,22 +317,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if 0 < config.early_stopping_patience <= meta['bad_epochs']:
           meta['stopped_early'] = True
           _log(f"Early stopping after epoch {epoch + 1}: {config.selection_metric} has not "
-               f"improved for {meta['bad_epochs']} epochs (best at epoch {meta['best_epoch']}).")
+               f"improved for {meta['bad_epochs']} validations (best at epoch {meta['best_epoch']}).")
       if bar is not None and val is not None:
         bar.write(f"epoch {epoch + 1:3d}  step {done:7d}  val loss {val['loss']:.4f}  "
                   f"val accuracy {val['accuracy']:.4f}")
-      meta['wall_seconds'] += time.time() - session_start
-      session_start = time.time()
+      tick()
       ckpts.save('latest', done, state, meta)
       interval_start = time.time()
     elif config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
-      meta['wall_seconds'] += time.time() - session_start
-      session_start = time.time()
+      tick()
       ckpts.save('latest', done, state, meta)
 
     if done == halt_after_step or STOP_REQUESTED.is_set():
-      meta['wall_seconds'] += time.time() - session_start
-      session_start = time.time()
+      tick()
       ckpts.save('latest', done, state, meta)
       halted = True
       break
@@ -359,7 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     test = run_eval('test', final_state)
     writer.write(int(state.step), 'test', test)
     results.update({f'test_{k}': v for k, v in test.items()})
-  meta['wall_seconds'] += time.time() - session_start
+  tick()
   results.update({
       'wall_time_s': meta['wall_seconds'],
       'train_images_per_s': meta['timed_images'] / meta['train_seconds'] if meta['train_seconds'] else None,
