@@ -22,7 +22,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   is_model_kwarg = lambda arg: arg.startswith(MODEL_KWARGS_PREFIX) and '=' in arg
   model_kwargs = dict(arg[len(MODEL_KWARGS_PREFIX):].split('=', 1) for arg in argv
                       if is_model_kwarg(arg))
-  model_kwargs = {key: _literal(value) for key, value in model_kwargs.items()}
+  model_kwargs = {key: literal(value) for key, value in model_kwargs.items()}
   rest = [arg for arg in argv if not is_model_kwarg(arg)]
   saved_argv = sys.argv[:]
   sys.argv[:] = [arg for arg in sys.argv if not is_model_kwarg(arg)]  # config_flags reads it too
@@ -42,7 +42,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.argv[:] = saved_argv
 
 
-def _literal(text: str):
+def literal(text: str):
   """'True' -> True, '3' -> 3, 'B' -> 'B'."""
   import ast  # pylint: disable=g-import-not-at-top
   try:

@@ -13,7 +13,9 @@ import ml_collections
 
 SCHEDULES = ('constant', 'step', 'cosine', 'plateau')
 OPTIMIZERS = ('sgd', 'adamw')
-DATA_SOURCES = ('bundled', 'tfds')
+# 'bundled': files shipped in data/; 'tfds': tensorflow-datasets; 'folder': an image folder
+# laid out as split/class/*.jpg (cnn_jax.datasets.image_folder).
+DATA_SOURCES = ('bundled', 'tfds', 'folder')
 UNITS = ('epochs', 'steps')
 METRICS = ('val_loss', 'val_accuracy')
 DTYPES = ('float32', 'bfloat16', 'float16')
@@ -30,9 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Data.
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = 'mnist'  # see cnn_jax.datasets.names()
-  c.data.source = 'bundled'  # 'bundled': files shipped in data/; 'tfds': tensorflow-datasets
-  c.data.data_dir = ''  # '' = the bundled folder (bundled) or TFDS's default data_dir (tfds)
+  c.data.dataset = 'mnist'  # see cnn_jax.datasets.names(); 'image_folder' = your own folder
+  c.data.source = 'bundled'  # 'bundled': files in data/; 'tfds'; 'folder': split/class/*.jpg
+  c.data.data_dir = ''  # '' = the bundled folder, TFDS's default or the dataset's default folder
   c.data.tfds_download = False  # let TFDS download and prepare when data_dir has no copy
   c.data.validation_size = 1024  # images carved from train for validation (C15)
   c.data.split_seed = 0  # fixes which train images become validation, independent of `seed`
@@ -41,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.normalize = True  # subtract the dataset's per-channel mean, divide by its std
   c.data.random_crop_padding = 0  # train-time augmentation: pad by this many pixels, crop back
   c.data.horizontal_flip = False  # train-time augmentation: random left-right flip
+  c.data.train_eval_size = 0  # fixed train images evaluated without augmentation at each validation (training error); 0 = off
 
   # Optimisation.
   c.batch_size = 64  # global batch, split over all devices of all hosts
@@ -72,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Evaluation, early stopping, checkpoints, logging.
   c.eval_every_epochs = 1  # validate every N epochs (and after the last); 1 = every epoch
+  c.eval_every_steps = 0  # validate every N steps instead (curves over iterations); 0 = use eval_every_epochs
+  c.gradient_diagnostics = False  # log per-block signal and gradient norms at init and each validation (C20)
+  c.eval_test_curve = False  # also evaluate the test split at each validation, for curves; selection never sees it
   c.selection_metric = 'val_loss'  # validation objective for the best checkpoint, early stopping, plateau
   c.selection_ties_to_latest = True  # on a tie (common for accuracy on a small split), keep the later checkpoint
   c.early_stopping_patience = 0  # stop after this many validations without improvement; 0 = off

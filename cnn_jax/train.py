@@ -25,8 +25,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from cnn_jax import (checkpointing, config_base, datasets, input_pipeline, models, optim, parallel,
-                     report)
+from cnn_jax import (checkpointing, config_base, datasets, diagnostics, input_pipeline, models,
+                     optim, parallel, report)
 from cnn_jax.metric_writers import MetricWriter
 
 # Set by a SIGTERM/SIGINT handler (cnn_jax.main): the loop saves the latest state and returns.
@@ -229,7 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   # The dataset lives on the devices; batches are gathered inside jit.
   train_x, train_y = input_pipeline.device_put_replicated(splits.train, replicated)
   eval_arrays = {}
-  for split, (images, labels) in (('val', splits.val), ('test', splits.test)):
+  for split, (images, labels) in (('val', splits.val), ('test', splits.test),
+                                  ('train_eval', train_eval_subset(splits.train, config.data))):
     if len(images):
       bs = _eval_batch_size(config.eval_batch_size, len(images))
       eval_arrays[split] = (bs, input_pipeline.device_put_replicated(
@@ -248,6 +249,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   def run_eval(split, eval_state):
     return {k: parallel.host_scalar(v) for k, v in
             p_evaluate[split](eval_state, *eval_arrays[split][1]).items()}
+
+  diagnose = None
+  if config.gradient_diagnostics:
+    diag_x, diag_y = splits.train[0][:config.batch_size], splits.train[1][:config.batch_size]
+    diagnose = diagnostics.make_diagnostics_fn(model, preprocess, step_cfg, diag_x, diag_y)
+    if int(state.step) == 0:
+      writer.write(0, 'diagnostics', diagnose(state))
 
   start_step = int(state.step)
   bar = _progress_bar(config, total_steps, start_step)
@@ -297,9 +305,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     if end_of_epoch:
       meta['epochs_done'] = epoch + 1
-      validate = 'val' in eval_arrays and (
-          (epoch + 1) % config.eval_every_epochs == 0 or done == total_steps)
-      val = run_eval('val', state) if validate else None
+    eval_point = done == total_steps or (
+        done % config.eval_every_steps == 0 if config.eval_every_steps else
+        end_of_epoch and (epoch + 1) % config.eval_every_epochs == 0)
+    if eval_point:
+      if 'train_eval' in eval_arrays:
+        writer.write(done, 'train_eval', run_eval('train_eval', state))
+      if config.eval_test_curve and 'test' in eval_arrays:
+        writer.write(done, 'test_curve', run_eval('test', state))
+      if diagnose is not None:
+        writer.write(done, 'diagnostics', diagnose(state))
+    if end_of_epoch or eval_point:
+      val = run_eval('val', state) if eval_point and 'val' in eval_arrays else None
       if val is not None:
         writer.write(done, 'val', val)
         value = _selection_value(config.selection_metric, val)
@@ -321,6 +338,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       if bar is not None and val is not None:
         bar.write(f"epoch {epoch + 1:3d}  step {done:7d}  val loss {val['loss']:.4f}  "
                   f"val accuracy {val['accuracy']:.4f}")
+      elif val is not None and not config.progress_bar:
+        _log(f"step {done}/{total_steps}  val loss {val['loss']:.4f}  "
+             f"val accuracy {val['accuracy']:.4f}")
       tick()
       ckpts.save('latest', done, state, meta)
       interval_start = time.time()
@@ -351,7 +371,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       'name': config.name or config.model,
       'model': config.model,
       'num_params': num_params,
-      'dataset': f'{splits.name} ({splits.source})',
+      'dataset': (f'{splits.name} ({splits.source})' if splits.source in config_base.DATA_SOURCES
+                  else splits.source),  # a folder's own label, e.g. 'CIFAR-10 (JPEG copy)'
       'num_train': num_train, 'num_val': len(splits.val[0]), 'num_test': len(splits.test[0]),
       'steps': int(state.step), 'epochs': meta['epochs_done'], 'steps_per_epoch': steps_per_epoch,
       'best_epoch': meta['best_epoch'], 'best_step': meta['best_step'],
@@ -359,6 +380,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   }
   if best is not None:
     results.update({f'val_{k}': v for k, v in run_eval('val', final_state).items()})
+  if 'train_eval' in eval_arrays:  # training error of the last state, without augmentation
+    results.update({f'final_train_eval_{k}': v for k, v in run_eval('train_eval', state).items()})
+    results['num_train_eval'] = min(config.data.train_eval_size, num_train)
   if 'test' in eval_arrays:
     test = run_eval('test', final_state)
     writer.write(int(state.step), 'test', test)
@@ -377,6 +401,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   ckpts.close()
   writer.close()
   return results
+
+
+def train_eval_subset(train, data_config):
+  """The fixed train images whose error, without augmentation, is the training error."""
+  images, labels = train
+  size = min(data_config.train_eval_size, len(images))
+  idx = np.sort(np.random.default_rng(data_config.split_seed + 1).permutation(len(images))[:size])
+  return images[idx], labels[idx]
 
 
 def _eval_batch_size(requested: int, num_examples: int) -> int:

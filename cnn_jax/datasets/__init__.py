@@ -6,18 +6,41 @@ Small datasets (MNIST, CIFAR) are loaded whole and then live on the accelerator
 from __future__ import annotations
 
 import difflib
+import pathlib
+from typing import NamedTuple
 
 import ml_collections
 
-from cnn_jax.datasets import mnist_idx, tfds_source
+from cnn_jax import config_base
+from cnn_jax.datasets import image_folder, mnist_idx, tfds_source
 from cnn_jax.datasets.splits import Splits, DataError, carve_validation
 
-# name -> (bundled loader or None, TFDS name, number of classes)
+# Data shared beside the repository: <repo root>/../shared/data.
+_SHARED_DATA = pathlib.Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
+
+# The standard CIFAR-10 label order: label i is CIFAR10_CLASSES[i]. Image-folder labels follow the
+# sorted folder names, which for these names is this order; the loader checks it.
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
+                   'truck')
+
+
+class Folder(NamedTuple):
+  """A dataset's default image folder (source='folder', data.data_dir='')."""
+  path: pathlib.Path
+  label: str  # Splits.source when this folder is read: how reports name the data
+  class_names: tuple[str, ...]  # the standard label order, checked against the folder names
+
+
+_CIFAR10_JPEG = Folder(_SHARED_DATA / 'cifar10-jpeg', 'CIFAR-10 (JPEG copy)', CIFAR10_CLASSES)
+
+# name -> (bundled loader, TFDS name, default image folder, number of classes);
+# None = not available that way (number of classes: taken from the folder).
 _DATASETS = {
-    'mnist': (mnist_idx.load, 'mnist', 10),
-    'fashion_mnist': (None, 'fashion_mnist', 10),
-    'cifar10': (None, 'cifar10', 10),
-    'cifar100': (None, 'cifar100', 100),
+    'mnist': (mnist_idx.load, 'mnist', None, 10),
+    'fashion_mnist': (None, 'fashion_mnist', None, 10),
+    'cifar10': (None, 'cifar10', _CIFAR10_JPEG, 10),
+    'cifar100': (None, 'cifar100', None, 100),
+    'image_folder': (None, None, None, None),  # yours: source='folder', data_dir=split/class/*.jpg
 }
 
 
@@ -31,17 +54,59 @@ def load(data: ml_collections.ConfigDict) -> Splits:
     close = difflib.get_close_matches(data.dataset, _DATASETS, n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ''
     raise ValueError(f'Unknown dataset {data.dataset!r}.{hint} Known: {", ".join(names())}.')
-  bundled, tfds_name, num_classes = _DATASETS[data.dataset]
-  if data.source == 'bundled':
+  bundled, tfds_name, folder, num_classes = _DATASETS[data.dataset]
+  source = data.source
+  if source == 'folder':
+    (train, test), num_classes, source = _load_folder(data, folder, num_classes)
+  elif source not in config_base.DATA_SOURCES:
+    raise ValueError(f'Unknown data.source {source!r}; one of {config_base.DATA_SOURCES}.')
+  elif data.dataset == 'image_folder':
+    raise ValueError(f"Dataset 'image_folder' is your own folder: set --config.data.source=folder "
+                     f'and --config.data.data_dir=DIR, a folder laid out as {image_folder.LAYOUT}.')
+  elif source == 'bundled':
     if bundled is None:
+      also = ', or --config.data.source=folder for its image folder' if folder else ''
       raise ValueError(f"Dataset {data.dataset!r} is not bundled; set --config.data.source=tfds "
                        "with a prepared --config.data.data_dir (or network and "
-                       "--config.data.tfds_download=True).")
+                       f"--config.data.tfds_download=True){also}.")
     train, test = bundled(data.data_dir or None)
   else:
     train, test = tfds_source.load(tfds_name, data.data_dir or None, download=data.tfds_download)
-  return carve_validation(data.dataset, data.source, num_classes, train, test,
+  return carve_validation(data.dataset, source, num_classes, train, test,
                           data.validation_size, data.split_seed, data.train_subset)
 
 
-__all__ = ['Splits', 'DataError', 'load', 'names']
+def _load_folder(data, folder: Folder | None, num_classes: int | None):
+  """(train, test), number of classes and the Splits source of an image folder."""
+  if data.data_dir:
+    root = pathlib.Path(data.data_dir).expanduser()
+  elif folder is not None:
+    root = folder.path
+  else:
+    raise ValueError(f'Dataset {data.dataset!r} has no default image folder; set '
+                     f'--config.data.data_dir=DIR, a folder laid out as {image_folder.LAYOUT}.')
+  is_default = folder is not None and root.resolve() == folder.path.resolve()
+  kwargs = {}
+  if is_default:
+    kwargs['missing_fix'] = (f'Set --config.data.data_dir=DIR to a copy laid out as '
+                             f'{image_folder.LAYOUT}, or use --config.data.source=tfds.')
+  (train, test), class_names = image_folder.load(root, **kwargs)
+  _check_classes(data.dataset, root, class_names, num_classes, folder)
+  source = folder.label if is_default else f'image folder {root.name}'
+  return (train, test), len(class_names), source
+
+
+def _check_classes(name, root, class_names, num_classes, folder: Folder | None) -> None:
+  found = ', '.join(class_names)
+  other = "or use --config.data.dataset=image_folder to train on this folder's own classes"
+  if num_classes is not None and len(class_names) != num_classes:
+    raise DataError(f'{root} has {len(class_names)} class folders ({found}) but {name} has '
+                    f'{num_classes} classes. Point --config.data.data_dir at a {name} folder, '
+                    f'{other}.')
+  if folder is not None and class_names != folder.class_names:
+    raise DataError(f'The class folders of {root} ({found}) are not the {name} classes in their '
+                    f'standard order ({", ".join(folder.class_names)}); labels follow the sorted '
+                    f'folder names. Rename the folders, {other}.')
+
+
+__all__ = ['Splits', 'DataError', 'CIFAR10_CLASSES', 'load', 'names']

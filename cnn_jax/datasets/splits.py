@@ -41,10 +41,24 @@ def carve_validation(name, source, num_classes, train, test, validation_size, sp
     train_idx = train_idx[:train_subset]
   train_idx = np.sort(train_idx)
   train_images = images[train_idx]
-  pixels = train_images.reshape(-1, train_images.shape[-1]).astype(np.float64) / 255.0
+  mean, std = channel_mean_std(train_images)
   return Splits(
       name=name, source=source, num_classes=num_classes,
       train=(train_images, labels[train_idx]),
       val=(images[val_idx], labels[val_idx]),
       test=test,
-      mean=pixels.mean(0).astype(np.float32), std=pixels.std(0).astype(np.float32))
+      mean=mean, std=std)
+
+
+def channel_mean_std(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std of uint8 images, in [0, 1], from exact 256-bin histograms
+  (float64 over 150M CIFAR pixels took 7 s; this takes well under one)."""
+  levels = np.arange(256, dtype=np.float64) / 255.0
+  flat = images.reshape(-1, images.shape[-1])
+  mean, std = [], []
+  for c in range(flat.shape[1]):
+    counts = np.bincount(flat[:, c], minlength=256).astype(np.float64)
+    m = counts @ levels / counts.sum()
+    mean.append(m)
+    std.append(np.sqrt(counts @ (levels - m)**2 / counts.sum()))
+  return np.asarray(mean, np.float32), np.asarray(std, np.float32)

@@ -1,0 +1,313 @@
+"""Image folders, `root/split/class/*.{png,jpg,jpeg}`, as uint8 arrays: decoded once, then cached.
+
+Labels follow the sorted class-folder names (every split must have the same ones) and files are
+sorted within a class, so arrays and labels are the same on every machine. Hidden entries (names
+starting with '.') and files with other extensions are skipped. Images are decoded with PIL to
+RGB, or to one channel when every image is grayscale, in one worker process per core. Measured on
+a 2-core machine with CIFAR-10's 60,000 32x32 JPEGs: 9.1 s with 2 processes, 13.6 s in one
+process, 14.4 s with 2 threads (opening a JPEG is mostly Python header parsing, which holds the
+GIL, so threads do not help; when another job keeps a core busy the processes gain nothing).
+
+The arrays are cached as an uncompressed .npz in `cache_dir` (default: the project cache's
+image_folder/, $CNN_JAX_CACHE_DIR/image_folder or ~/.cache/cnn_jax/image_folder), named by a
+fingerprint of the folder: the relative path, size and mtime_ns of every image. The fingerprint,
+not a hash of the files' bytes: the listing it comes with takes 0.6-0.8 s on CIFAR-10, and hashing
+the bytes of its 60,000 files (57 MB) would add 1.8-2.1 s even from the page cache, tripling the
+~1 s load of an unchanged folder. A file added, removed, renamed or rewritten changes the
+fingerprint, so the folder is decoded again; a cache file that fails to load or disagrees with the
+listing is rebuilt. Old cache files are not deleted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+from cnn_jax.datasets.splits import DataError
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')  # compared lower-case
+LAYOUT = 'split/class/image.{png,jpg,jpeg}'
+_LAYOUT_FIX = f'Point --config.data.data_dir at a folder laid out as {LAYOUT}.'
+_CACHE_VERSION = 1  # bump when the cache layout or the decoding changes
+_POOL_MIN_IMAGES = 4096  # below this, starting worker processes costs more than it saves
+_DATA_ERROR_EXIT = 3  # a decoding worker's exit status for a DataError (its message on stderr)
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+  """Every image of the folder in load order, and the fingerprint that names its cache."""
+  root: pathlib.Path
+  splits: tuple[str, ...]
+  class_names: tuple[str, ...]
+  files: dict[str, list[str]]  # split -> paths relative to root, 'split/class/name.jpg'
+  labels: dict[str, np.ndarray]  # split -> int32 [N]
+  fingerprint: str
+
+
+def load(root, splits=('train', 'test'), cache_dir=None, *, missing_fix: str = _LAYOUT_FIX):
+  """Returns (((images uint8 [N, H, W, C], labels int32 [N]) for each split), class_names).
+
+  `missing_fix` ends the error raised when `root` or a split folder is missing.
+  """
+  listing = list_images(root, tuple(splits), missing_fix)
+  cache = cache_file(listing, cache_dir)
+  arrays = _read_cache(cache, listing)
+  if arrays is None:
+    arrays = _decode_listing(listing)
+    _write_cache(cache, arrays)
+  per_split = tuple((arrays[f'images_{i}'], arrays[f'labels_{i}'])
+                    for i in range(len(listing.splits)))
+  return per_split, listing.class_names
+
+
+def default_cache_dir() -> pathlib.Path:
+  """image_folder/ in the project's cache: $CNN_JAX_CACHE_DIR, else $XDG_CACHE_HOME/cnn_jax."""
+  root = os.environ.get('CNN_JAX_CACHE_DIR')
+  if not root:
+    xdg = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    root = os.path.join(xdg, 'cnn_jax')
+  return pathlib.Path(root) / 'image_folder'
+
+
+def cache_file(listing: Listing, cache_dir=None) -> pathlib.Path:
+  folder = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+  return folder / f'{listing.root.resolve().name or "root"}-{listing.fingerprint[:24]}.npz'
+
+
+# Listing and fingerprint.
+
+def list_images(root, splits: tuple[str, ...], missing_fix: str = _LAYOUT_FIX) -> Listing:
+  """Scans the folder (no decoding) and checks its layout."""
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise DataError(f'Image folder {root} does not exist. {missing_fix}')
+  scans = {}
+  for split in splits:
+    if not (root / split).is_dir():
+      raise DataError(f'Image folder {root} has no {split!r} split: {root / split} is missing. '
+                      f'{missing_fix}')
+    scans[split] = _scan_split(root / split)
+  class_names = _common_classes(root, scans)
+  files, labels, lines = {}, {}, [f'image_folder v{_CACHE_VERSION} {splits}']
+  for split, classes in scans.items():
+    entries = [(f'{split}/{name}/{fname}', size, mtime_ns)
+               for name in class_names for fname, size, mtime_ns in classes[name]]
+    files[split] = [rel for rel, _, _ in entries]
+    labels[split] = np.repeat(np.arange(len(class_names), dtype=np.int32),
+                              [len(classes[name]) for name in class_names])
+    lines += [f'{rel}\0{size}\0{mtime_ns}' for rel, size, mtime_ns in entries]
+  fingerprint = hashlib.sha256('\n'.join(lines).encode('utf-8', 'surrogateescape')).hexdigest()
+  return Listing(root, splits, class_names, files, labels, fingerprint)
+
+
+def _scan_split(split_dir: pathlib.Path) -> dict[str, list[tuple[str, int, int]]]:
+  """Class name -> sorted (file name, size, mtime_ns) of its images."""
+  with os.scandir(split_dir) as entries:
+    class_dirs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith('.'))
+  if not class_dirs:
+    raise DataError(f'{split_dir} holds no class folders. Put its images in one sub-folder per '
+                    f'class: {LAYOUT}.')
+  return {name: _scan_class(split_dir / name) for name in class_dirs}
+
+
+def _scan_class(class_dir: pathlib.Path) -> list[tuple[str, int, int]]:
+  with os.scandir(class_dir) as entries:
+    images = [(e.name, e.stat()) for e in entries if _is_image(e)]
+  if not images:
+    raise DataError(f'Class folder {class_dir} holds no images ({", ".join(IMAGE_SUFFIXES)}). '
+                    'Add images to it or remove the folder.')
+  return [(name, st.st_size, st.st_mtime_ns) for name, st in sorted(images)]
+
+
+def _is_image(entry: os.DirEntry) -> bool:
+  name = entry.name
+  return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith('.') and entry.is_file()
+
+
+def _common_classes(root: pathlib.Path, scans: dict) -> tuple[str, ...]:
+  """The class names, which every split must share."""
+  splits = list(scans)
+  for split in splits:
+    for other in splits:
+      missing = sorted(set(scans[split]) - set(scans[other]))
+      if missing:
+        raise DataError(
+            f'Class {missing[0]!r} is in {root / split / missing[0]} but not in {root / other}: '
+            f'every split needs the same class folders. Add {root / other / missing[0]} (with '
+            f'images) or remove {root / split / missing[0]}.')
+  return tuple(scans[splits[0]])
+
+
+# Decoding.
+
+def _decode_listing(listing: Listing) -> dict[str, np.ndarray]:
+  paths = [str(listing.root / rel) for split in listing.splits for rel in listing.files[split]]
+  _note(f'Decoding {len(paths):,} images in {listing.root} (once; cached afterwards) ...')
+  images = _stack_same_size(_decode_many(paths), paths, listing.root)
+  arrays = {'class_names': np.asarray(listing.class_names, dtype=str)}
+  start = 0
+  for i, split in enumerate(listing.splits):
+    end = start + len(listing.files[split])
+    arrays[f'images_{i}'], arrays[f'labels_{i}'] = images[start:end], listing.labels[split]
+    start = end
+  return arrays
+
+
+def _decode_many(paths: list[str], workers: int | None = None) -> list[np.ndarray]:
+  """Decodes in `workers` processes (default: one per core), or here for a few images."""
+  workers = workers or _num_cpus()
+  if workers < 2 or len(paths) < _POOL_MIN_IMAGES:
+    return _decode_chunk(paths)
+  size = -(-len(paths) // workers)
+  shares = [paths[i:i + size] for i in range(0, len(paths), size)]
+  try:
+    return [image for share in _run_workers(shares) for image in share]
+  except _WorkerFailed as e:
+    _note(f'A decoding worker failed ({e}); decoding in this process instead.')
+    return _decode_chunk(paths)
+
+
+class _WorkerFailed(Exception):
+  pass
+
+
+def _run_workers(shares: list[list[str]]) -> list[list[np.ndarray]]:
+  """Decodes each share in a fresh `python -c` process, results pickled back through stdout.
+
+  Not multiprocessing: 'spawn' and 'forkserver' re-run the caller's main script in every worker,
+  and 'fork' is unsafe once JAX runs threads.
+  """
+  package_parent = str(pathlib.Path(__file__).resolve().parents[2])
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      p for p in (package_parent, os.environ.get('PYTHONPATH')) if p))
+  code = 'from cnn_jax.datasets import image_folder; image_folder.decode_worker_main()'
+  with tempfile.TemporaryDirectory(prefix='image_folder_') as tmp:
+    procs = []
+    try:
+      for i, share in enumerate(shares):
+        list_file = pathlib.Path(tmp) / f'share{i}.txt'
+        list_file.write_bytes(b'\0'.join(map(os.fsencode, share)))
+        procs.append(subprocess.Popen([sys.executable, '-c', code, str(list_file)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+      outputs = [proc.communicate() for proc in procs]
+    finally:  # interrupted: stop the workers too
+      for proc in procs:
+        if proc.poll() is None:
+          proc.kill()
+          proc.wait()
+  for proc, (out, err) in zip(procs, outputs):
+    message = err.decode(errors='replace').strip()
+    if proc.returncode == _DATA_ERROR_EXIT:
+      raise DataError(message.splitlines()[-1])  # the worker prints the DataError last
+    if proc.returncode != 0:
+      raise _WorkerFailed(f'exit code {proc.returncode}: {message[-500:]}')
+  return [pickle.loads(out) for out, _ in outputs]
+
+
+def decode_worker_main() -> None:
+  """A decoding worker: paths ('\\0'-separated) in the file argv[1], pickled arrays to stdout."""
+  paths = [os.fsdecode(p) for p in pathlib.Path(sys.argv[1]).read_bytes().split(b'\0')]
+  try:
+    images = _decode_chunk(paths)
+  except DataError as e:
+    print(e, file=sys.stderr)
+    sys.exit(_DATA_ERROR_EXIT)
+  pickle.dump(images, sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _decode_chunk(paths: list[str]) -> list[np.ndarray]:
+  return [decode(p) for p in paths]
+
+
+def decode(path) -> np.ndarray:
+  """One image as uint8 [H, W] (grayscale) or [H, W, 3]; an unreadable or truncated file raises."""
+  try:
+    with Image.open(path) as img:
+      img.load()  # decodes now, so a truncated file fails here and not later
+      if img.mode not in ('L', 'RGB'):
+        img = img.convert('L' if img.mode in ('1', 'LA') else 'RGB')
+      return np.asarray(img, np.uint8)
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise DataError(f'Cannot decode image {path}: {e}. Replace or delete the file.') from e
+
+
+def _stack_same_size(images: list[np.ndarray], paths: list[str], root) -> np.ndarray:
+  """One uint8 [N, H, W, C] array: C = 1 if every image is grayscale, else 3."""
+  example = {}  # (H, W) -> the first path of that size
+  for image, path in zip(images, paths):
+    example.setdefault(image.shape[:2], path)
+  if len(example) > 1:
+    sizes = ', '.join(f'{h}x{w} (e.g. {p})' for (h, w), p in example.items())
+    raise DataError(f'Images in {root} differ in size (height x width): {sizes}. Resize them to '
+                    'one size; every split must share it.')
+  channels = 3 if any(image.ndim == 3 for image in images) else 1
+  (height, width), = example
+  out = np.empty((len(images), height, width, channels), np.uint8)
+  for i, image in enumerate(images):
+    out[i] = image if image.ndim == 3 else image[..., None]  # a grayscale image fills every channel
+  return out
+
+
+def _num_cpus() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
+# Cache.
+
+def _read_cache(path: pathlib.Path, listing: Listing) -> dict[str, np.ndarray] | None:
+  """The cached arrays, or None when there are none or they do not match the listing."""
+  if not path.is_file():
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      arrays = {key: npz[key] for key in npz.files}
+    problem = _cache_problem(arrays, listing)
+  except Exception as e:  # pylint: disable=broad-except  # any unreadable cache is rebuilt
+    problem = f'unreadable ({type(e).__name__}: {e})'
+  if problem:
+    _note(f'Cache {path} is {problem}; decoding the images again.')
+    return None
+  return arrays
+
+
+def _cache_problem(arrays: dict[str, np.ndarray], listing: Listing) -> str | None:
+  if tuple(arrays['class_names'].tolist()) != listing.class_names:
+    return 'for other classes'
+  shapes = set()
+  for i, split in enumerate(listing.splits):
+    images, labels = arrays[f'images_{i}'], arrays[f'labels_{i}']
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(listing.files[split]):
+      return f'wrong for split {split!r}: images {images.dtype} {images.shape}'
+    if labels.dtype != np.int32 or not np.array_equal(labels, listing.labels[split]):
+      return f'wrong for split {split!r}: labels differ'
+    shapes.add(images.shape[1:])
+  return 'inconsistent: splits differ in image shape' if len(shapes) > 1 else None
+
+
+def _write_cache(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+  """Writes atomically (a temporary file, then os.replace); a failure only costs the cache."""
+  tmp = None
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
+    with os.fdopen(fd, 'wb') as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+    tmp = None
+  except OSError as e:
+    _note(f'Cannot write the cache {path} ({e}); the next load decodes again.')
+  finally:
+    if tmp and os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+def _note(msg: str) -> None:
+  print(f'image_folder: {msg}', file=sys.stderr, flush=True)

@@ -1,0 +1,368 @@
+"""Claims C20, C21: deeper plain nets train worse (degradation); residual connections fix it.
+
+    python -m experiments.degradation --preset=cpu                       # plain/ResNet-20 and -56
+    python -m experiments.degradation --preset=paper --models=plain20,plain32,plain44,plain56,resnet20,resnet32,resnet44,resnet56,resnet110
+    python -m experiments.degradation --preset=cpu --report_only         # report from the workdirs
+
+Trains each model of `--models` with `configs/cifar_resnet.py:<model>,<preset>` in
+`<workdir>/<model>` (resuming whatever is there; finished runs are skipped), one after another,
+then writes `report.md`, `figure6.png` and `diagnostics.png` in `<workdir>` from the runs' files:
+error curves like He et al.'s Figure 6, final errors beside their Table 6, the claim checks, and
+the per-block signal and gradient norms (dy/dx = 1 + dF/dx). `--report_dir` copies the report and
+every run's records there.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import sys
+
+from absl import app, flags
+
+from configs import cifar_resnet
+from cnn_jax import cli, config_base, report
+from cnn_jax.metric_writers import read_metrics
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_PRESET = flags.DEFINE_enum('preset', 'cpu', ['', *cifar_resnet.PRESETS],
+                            'Protocol of configs/cifar_resnet.py ("" = the recipe, 45k/5k split).')
+_MODELS = flags.DEFINE_list('models', ['plain20', 'plain56', 'resnet20', 'resnet56'],
+                            'Any of plain{20,32,44,56,110}, resnet{20,32,44,56,110}.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Default: workdirs/degradation_<preset>.')
+_REPORT_DIR = flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
+_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only write the report from the workdirs.')
+_OVERRIDES = flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE for every run, e.g. '
+                                       '--set=data.data_dir=/data/cifar10.')
+
+# He et al. 2016, Table 6: CIFAR-10 test error (%) of the ResNets; parameters.
+PAPER_TEST_ERROR = {'resnet20': 8.75, 'resnet32': 7.51, 'resnet44': 7.17, 'resnet56': 6.97,
+                    'resnet110': 6.43}
+PAPER_PARAMS = {'resnet20': '0.27M', 'resnet32': '0.46M', 'resnet44': '0.66M',
+                'resnet56': '0.85M', 'resnet110': '1.7M'}
+RECORDS = ('results.json', 'metrics.jsonl', 'config.json')
+
+
+def model_config(model: str, preset: str, overrides: list[str]):
+  config = cifar_resnet.get_config(f'{model},{preset}' if preset else model)
+  for item in overrides:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise ValueError(f'--set expects KEY=VALUE, got {item!r}.')
+    target = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      target = target[p]
+    if leaf not in target:
+      raise KeyError(config_base.unknown_key_message(key, config_base.all_keys(config)))
+    target[leaf] = cli.literal(value)
+  config_base.validate(config)
+  return config
+
+
+def depth(model: str) -> int:
+  return int(model.lstrip('plainresnet'))
+
+
+def load_run(run_dir: pathlib.Path) -> dict | None:
+  """A run's curves and results; None if it has not logged anything yet."""
+  if not (run_dir / 'metrics.jsonl').exists():
+    return None
+  records = read_metrics(run_dir / 'metrics.jsonl')
+  by_split = lambda s: [r for r in records if r['split'] == s]
+  results = run_dir / 'results.json'
+  return {
+      'train': by_split('train_eval'), 'test': by_split('test_curve'), 'val': by_split('val'),
+      'diagnostics': by_split('diagnostics'),
+      'results': json.loads(results.read_text()) if results.exists() else None,
+  }
+
+
+# ----------------------------------------------------------------------------------- plots
+
+
+def plot_figure6(runs: dict, out: pathlib.Path) -> pathlib.Path:
+  """Error against iterations: plain (left) and residual (right); train dashed, test solid."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+  colors = {20: 'tab:orange', 32: 'tab:blue', 44: 'tab:green', 56: 'tab:red', 110: 'black'}
+  for ax, family in zip(axes, ('plain', 'resnet')):
+    for model, run in sorted(runs.items(), key=lambda kv: depth(kv[0])):
+      if not model.startswith(family):
+        continue
+      c = colors.get(depth(model), None)
+      label = f"{'plain' if family == 'plain' else 'ResNet'}-{depth(model)}"
+      for split, style in (('train', '--'), ('test', '-')):
+        rows = run[split]
+        if rows:
+          ax.plot([r['step'] for r in rows], [100 * (1 - r['accuracy']) for r in rows], style,
+                  color=c, label=f'{label} {split}', linewidth=1.5)
+    ax.set_title('plain networks' if family == 'plain' else 'residual networks')
+    ax.set_xlabel('iterations')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  axes[0].set_ylabel('error (%)  [dashed: training, solid: test]')
+  fig.suptitle('CIFAR-10 (JPEG copy): degradation of plain nets, He et al. Figure 6 style')
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
+def plot_diagnostics(runs: dict, out: pathlib.Path) -> pathlib.Path | None:
+  """Backward signal |dL/dy| and forward signal RMS per block, at init and later, per model."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  with_diag = {m: r for m, r in runs.items() if r['diagnostics']}
+  if not with_diag:
+    return None
+  fig, axes = plt.subplots(2, len(with_diag), figsize=(4 * len(with_diag), 7), squeeze=False)
+  for col, (model, run) in enumerate(sorted(with_diag.items())):
+    diags = run['diagnostics']
+    picks = sorted({0, len(diags) // 2, len(diags) - 1})
+    for row, kind in enumerate(('grad_rms', 'act_rms')):
+      ax = axes[row][col]
+      for i in picks:
+        rec = diags[i]
+        names = _block_names(rec, kind)
+        ax.plot(range(len(names)), [rec[f'{kind}/{n}'] for n in names], 'o-', markersize=2,
+                label=f"step {rec['step']}")
+      ax.set_yscale('log')
+      ax.set_title(f'{model}: ' + ('|dL/d(block output)|' if kind == 'grad_rms'
+                                   else 'RMS of block output'), fontsize=9)
+      ax.set_xlabel('block (stem ... head)')
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
+
+
+def _block_names(record: dict, kind: str) -> list[str]:
+  """Blocks in network order, the BN of the stem and the head left out."""
+  names = [k.split('/', 1)[1] for k in record if k.startswith(kind + '/')]
+  return [n for n in names if n.startswith('stage') or n == 'stem_conv']
+
+
+# ----------------------------------------------------------------------------------- report
+
+
+def final_errors(run: dict) -> dict:
+  """Final training and test error (%) of the last state, and the number of images behind them."""
+  out = {}
+  if run['train']:
+    out['train'] = 100 * (1 - run['train'][-1]['accuracy'])
+  if run['test']:
+    out['test'] = 100 * (1 - run['test'][-1]['accuracy'])
+  out['step'] = max([r['step'] for r in run['train'] + run['test']], default=0)
+  return out
+
+
+def _se(err_pct: float, n: int) -> float:
+  """Binomial standard error of an error rate, in percentage points."""
+  p = err_pct / 100
+  return 100 * (p * (1 - p) / max(n, 1)) ** 0.5
+
+
+def claim_checks(runs: dict, n_train: int, n_test: int) -> list[list[str]]:
+  """Each check as measured: the compared numbers, their difference in standard errors, verdict."""
+  err = {m: final_errors(r) for m, r in runs.items()}
+  rows = []
+
+  def compare(claim, text, a, b, split, n):
+    if a not in err or b not in err or split not in err[a] or split not in err[b]:
+      rows.append([claim, text, 'not run', '', ''])
+      return
+    ea, eb = err[a][split], err[b][split]
+    z = (ea - eb) / max((_se(ea, n) ** 2 + _se(eb, n) ** 2) ** 0.5, 1e-9)
+    rows.append([claim, text, f'{a} {ea:.2f}% vs {b} {eb:.2f}%', f'{ea - eb:+.2f} pp ({z:+.1f} SE)',
+                 'yes' if ea > eb else '**no**'])
+
+  plains = sorted((m for m in err if m.startswith('plain')), key=depth) or ['plain20', 'plain56']
+  deep, shallow = plains[-1], plains[0] if len(plains) > 1 else 'plain20'
+  twin = deep.replace('plain', 'resnet')
+  compare('C20, C21', f'{deep} training error above {shallow} (degradation)', deep, shallow,
+          'train', n_train)
+  compare('C20', f'{deep} training error above {twin} (residuals remove it)', deep, twin,
+          'train', n_train)
+  compare('C21', f'{deep} test error above {shallow}', deep, shallow, 'test', n_test)
+  resnets = sorted((m for m in err if m.startswith('resnet') and 'test' in err[m]), key=depth)
+  if len(resnets) >= 2:
+    errs = [err[m]['test'] for m in resnets]
+    falls = all(a > b for a, b in zip(errs, errs[1:]))
+    rows.append(['C21', 'ResNet test error falls with depth',
+                 ', '.join(f'{m} {e:.2f}%' for m, e in zip(resnets, errs)),
+                 f'{errs[-1] - errs[0]:+.2f} pp deepest vs shallowest',
+                 'yes' if falls else '**no**'])
+  else:
+    rows.append(['C21', 'ResNet test error falls with depth', 'needs two ResNets', '', ''])
+  return rows
+
+
+def diagnostics_table(runs: dict) -> str:
+  """At initialisation: the backward signal at the first block over that at the last block."""
+  rows = []
+  for model, run in sorted(runs.items(), key=lambda kv: (kv[0].startswith('resnet'), depth(kv[0]))):
+    if not run['diagnostics']:
+      continue
+    for rec in (run['diagnostics'][0], run['diagnostics'][-1]):
+      names = [n for n in _block_names(rec, 'grad_rms') if n.startswith('stage')]
+      first, last = rec[f'grad_rms/{names[0]}'], rec[f'grad_rms/{names[-1]}']
+      acts = [rec[f'act_rms/{n}'] for n in names]
+      rows.append([model, rec['step'], f'{first:.3g}', f'{last:.3g}', f'{first / last:.3g}',
+                   f'{min(acts):.3g} – {max(acts):.3g}'])
+  return report.markdown_table(
+      ['model', 'step', 'norm of dL/dy, first block', 'last block', 'first / last',
+       'block output RMS (min – max)'], rows)
+
+
+def write_report(workdir: pathlib.Path, models: list[str], preset: str) -> pathlib.Path:
+  runs = {m: r for m in models if (r := load_run(workdir / m)) is not None}
+  if not runs:
+    raise SystemExit(f'No runs with metrics under {workdir}; train first (drop --report_only).')
+  fig6 = plot_figure6(runs, workdir / 'figure6.png')
+  diag_png = plot_diagnostics(runs, workdir / 'diagnostics.png')
+  done = {m: r['results'] for m, r in runs.items() if r['results']}
+  any_results = next(iter(done.values()), None)
+  config = model_config(models[0], preset, _OVERRIDES.value)
+  n_train = any_results['num_train_eval'] if any_results else config.data.train_eval_size
+  n_test = any_results['num_test'] if any_results else 10_000
+
+  table_rows = []
+  for model in sorted(runs, key=lambda m: (m.startswith('resnet'), depth(m))):
+    run, res = runs[model], runs[model]['results']
+    fe = final_errors(run)
+    table_rows.append([
+        model, f"{res['num_params']:,}" if res else '…',
+        f"{fe['step']:,}" + ('' if res else ' (running)'),
+        f"{fe.get('train', float('nan')):.2f}", f"{fe.get('test', float('nan')):.2f}",
+        f"{100 * (1 - res['test_accuracy']):.2f} (step {res['best_step']:,})"
+        if res and res.get('best_step') else '–',
+        f"{PAPER_TEST_ERROR[model]:.2f} ({PAPER_PARAMS[model]})" if model in PAPER_TEST_ERROR else '–',
+        f"{res['wall_time_s'] / 60:.0f} min" if res else '…',
+        f"{res['train_images_per_s']:,.0f}" if res and res['train_images_per_s'] else '…'])
+  table = report.markdown_table(
+      ['model', 'params', 'iterations', 'train error % (final)', 'test error % (final)',
+       'test error % (best val ckpt)', 'paper test error % (Table 6)', 'wall time',
+       'train images/s'], table_rows)
+  checks = report.markdown_table(['claim', 'check', 'measured', 'difference', 'holds'],
+                                 claim_checks(runs, n_train, n_test))
+  env = report.environment()
+  hardware = (f"{any_results['device_count']} x {any_results['device_kind']}, host "
+              f"{any_results['host_cpu']}" if any_results else env['host_cpu'])
+  dataset = any_results['dataset'] if any_results else config.data.dataset
+  commands = '\n'.join(sorted({f"- `{r['command']}`" for r in done.values()})) or '- (none finished)'
+  status = ('all runs finished' if len(done) == len(models) else
+            f'{len(done)} of {len(models)} runs finished; the others are partial — rerun the '
+            'command to resume them')
+  text = f"""# Degradation: plain networks against ResNets on CIFAR-10 — claims C20, C21
+
+Generated by `experiments/degradation.py` from the runs' `metrics.jsonl` and `results.json`
+({status}).
+
+- **Command**: `python -m experiments.degradation --preset={preset} --models={','.join(models)}`
+  (each run: `configs/cifar_resnet.py:<model>{',' + preset if preset else ''}`); per-run commands below.
+- **Data**: {dataset}: {any_results['num_train'] if any_results else '?':,} training images,
+  {any_results['num_val'] if any_results else '?':,} validation, {n_test:,} test. Per-channel
+  normalisation with the training split's statistics; 4-pixel zero padding, random 32x32 crop and
+  horizontal flip, on the device.
+- **Protocol**: {_protocol(config, preset)}
+- **How errors are measured**: at every evaluation point, without augmentation and with BatchNorm's
+  running averages, on a fixed subset of {n_train:,} training images (training error) and on the whole
+  test split (test error). "Final" is the last state; the best-validation checkpoint's test error is
+  also given. Differences are in percentage points with their binomial standard error (SE).
+- **Hardware**: {hardware}.
+
+## Final errors beside He et al. (2016), Table 6
+
+{table}
+
+Table 6 gives no numbers for the plain nets; Figure 6 shows their error rising with depth
+(plain-56 above plain-20 in both training and test error).
+
+## Claim checks (computed from the runs)
+
+{checks}
+
+![Figure 6 style curves]({fig6.name})
+
+## Signal and gradient through depth (C20: dy/dx = 1 + dF/dx)
+
+On one fixed training batch, in train mode: the RMS over examples of |dL/d(block output)| (the
+backward signal reaching each block) and the RMS of each block's output, at initialisation and
+along training (`cnn_jax/diagnostics.py`).
+
+{diagnostics_table(runs)}
+
+{f'![diagnostics]({diag_png.name})' if diag_png else ''}
+
+## Per-run commands
+
+{commands}
+
+## Environment
+
+{report.environment_markdown(env)}
+"""
+  path = workdir / 'report.md'
+  path.write_text(text)
+  return path
+
+
+def _protocol(config, preset: str) -> str:
+  base = (f'batch {config.batch_size}, SGD momentum {config.momentum}, lr {config.learning_rate} '
+          f'divided by 10 at iterations {" and ".join(f"{b:,}" for b in config.lr_boundaries)} of '
+          f'{config.num_steps:,}, weight decay {config.weight_decay:g} (L2; the '
+          f'lecture says 1e-5, He et al. 1e-4), He-normal init, option-A shortcuts.')
+  if preset == 'cpu':
+    base += (' **Reduced for a 2-core CPU**: the same networks, data and recipe, with the paper\'s '
+             f'64k-iteration schedule scaled by {config.num_steps / 64_000:.3g} (decays at the same '
+             'fractions, 50% and 75%). Depth is what the claim is about, so the networks keep '
+             'their full depth and width; the reduction is in training length only. He et al.\'s '
+             'Figure 6 shows the plain-56 curve above plain-20 from the first thousand iterations '
+             'on, so a short run can test the ordering of training errors; absolute errors are far '
+             'above the paper\'s converged values.')
+  return base
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.setup_process()
+  preset, models = _PRESET.value, _MODELS.value
+  unknown = [m for m in models if m not in cifar_resnet.MODELS]
+  if unknown:
+    raise app.UsageError(f'Unknown model(s) {unknown}; choose from {cifar_resnet.MODELS}.')
+  workdir = pathlib.Path(_WORKDIR.value or ROOT / 'workdirs' / f"degradation_{preset or 'recipe'}")
+  workdir.mkdir(parents=True, exist_ok=True)
+  configs = {m: model_config(m, preset, _OVERRIDES.value) for m in models}  # fail before training
+  if not _REPORT_ONLY.value:
+    for model in models:
+      run_dir = workdir / model
+      if (run_dir / 'results.json').exists():
+        print(f'{model}: finished, skipped ({run_dir}).', file=sys.stderr)
+        continue
+      print(f'{model}: training in {run_dir} ...', file=sys.stderr, flush=True)
+      cli.run_training(configs[model], run_dir, 'experiments.degradation')
+  path = write_report(workdir, models, preset)
+  print(f'report: {path}')
+  if _REPORT_DIR.value:
+    out = pathlib.Path(_REPORT_DIR.value)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ('report.md', 'figure6.png', 'diagnostics.png'):
+      if (workdir / name).exists():
+        shutil.copy(workdir / name, out / name)
+    for model in models:
+      for name in RECORDS:
+        if (workdir / model / name).exists():
+          (out / model).mkdir(exist_ok=True)
+          shutil.copy(workdir / model / name, out / model / name)
+    print(f'copied to {out}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)
