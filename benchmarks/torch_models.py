@@ -61,6 +61,7 @@ _MODELS = {
     'resnet20': functools.partial(CifarResNet, 20),
     'resnet56': functools.partial(CifarResNet, 56),
     'plain20': functools.partial(CifarResNet, 20, residual=False),
+    'plain56': functools.partial(CifarResNet, 56, residual=False),
 }
 
 

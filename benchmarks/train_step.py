@@ -1,70 +1,97 @@
-"""Training-step throughput: cnn_jax (jit, donated state) beside a PyTorch baseline, same machine.
+"""Training-step throughput: cnn_jax's own `train_step` beside a PyTorch twin, on one machine.
 
-    python -m benchmarks.train_step [--models=lenet5,resnet20] [--steps=50] [--xla_flags=...]
+    python -m benchmarks.train_step [--models=lenet5,resnet20,resnet56,plain56] [--steps=20]
+                                    [--json=benchmarks/results/cpu.json] [--variants=defaults,none]
 
-For each model it times SGD-with-momentum training steps on random data of the model's input
-shape (data already on the device, compilation and warm-up excluded) and prints images/s for JAX
-and for the equivalent PyTorch model (torch.set_num_threads = all cores). PyTorch comes from
-requirements-bench.txt (`make bench` installs it). Each JAX variant runs in its own process so
-XLA_FLAGS (e.g. --xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce) take effect.
+Per model it runs, each in a fresh process (so XLA flags and memory figures are its own):
+* `jax`: the loop's jitted `cnn_jax.train.train_step` (donated state, data on the device, batches
+  gathered and augmented inside jit) with the project's XLA settings (cnn_jax/xla_setup.py);
+* `jax-plain` (`--variants` includes `none`): the same with those settings off
+  (CNN_JAX_XLA_DEFAULTS=0), i.e. XLA's defaults: the "before" column;
+* `pytorch`: the same network in PyTorch eager, fp32, channels-last, all cores, SGD momentum.
+It prints and (with --json) writes images/s, the ratio to PyTorch, compile time (persistent
+cache off), peak resident memory, and achieved GFLOP/s = 6 x MACs x images/s (forward 2 x MACs,
+backward twice the forward). The README table is generated from the committed JSON.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
 
-BATCH = {'lenet5': 64, 'resnet20': 128, 'resnet56': 128, 'plain20': 128}
-SHAPE = {'lenet5': (32, 32, 1), 'resnet20': (32, 32, 3), 'resnet56': (32, 32, 3),
-         'plain20': (32, 32, 3)}
+BATCH = {'lenet5': 64, 'resnet20': 128, 'resnet56': 128, 'plain20': 128, 'plain56': 128,
+         'resnet50': 256}
+SHAPE = {'lenet5': (32, 32, 1), 'resnet50': (224, 224, 3)}
+SHAPE_DEFAULT = (32, 32, 3)
+VARIANTS = {'defaults': {}, 'none': {'CNN_JAX_XLA_DEFAULTS': '0'}}
 
 
-def jax_images_per_s(name: str, steps: int) -> float:
+def _shape(name):
+  return SHAPE.get(name, SHAPE_DEFAULT)
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def jax_child(name: str, steps: int, batch: int) -> dict:
+  """Times the loop's own train_step; returns images/s, compile time and memory."""
+  import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (XLA settings first)
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from cnn_jax import config_base, input_pipeline, models, optim, parallel, train  # pylint: disable=g-import-not-at-top
 
-  batch, shape = BATCH[name], SHAPE[name]
+  jax.config.update('jax_enable_compilation_cache', False)  # time a real compile
+  shape = _shape(name)
   config = config_base.base_config()
   config.momentum, config.weight_decay = 0.9, 1e-4
   tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, 100))
   mesh = parallel.make_mesh()
-  model = models.create(name, num_classes=10)
+  model = models.create(name, num_classes=10 if name != 'resnet50' else 1000)
   state = train.create_train_state(model, tx, shape, jax.random.key(0), parallel.replicated(mesh))
-  n = batch * 8
+  n = batch * 4
   images = jax.random.randint(jax.random.key(1), (n,) + shape, 0, 255).astype(jnp.uint8)
   labels = jax.random.randint(jax.random.key(2), (n,), 0, 10)
-  pre = input_pipeline.Preprocess(mean=(0.5,) * shape[-1], std=(0.25,) * shape[-1])
+  augment = shape[0] == 32 and shape[-1] == 3  # the CIFAR recipe's crop and flip
+  pre = input_pipeline.Preprocess(mean=(0.5,) * shape[-1], std=(0.25,) * shape[-1],
+                                  random_crop_padding=4 if augment else 0, horizontal_flip=augment)
   cfg = train.StepConfig(batch, 10, 0.0, 0.0, pre, parallel.batch_sharded(mesh))
   step = jax.jit(functools.partial(train.train_step, cfg=cfg), donate_argnums=(0, 1))
   perm = jnp.arange(n)
   totals = train.zero_totals(parallel.replicated(mesh))
   rng = jax.random.key(3)
-  for i in range(3):  # compile + warm-up
-    state, totals = step(state, totals, images, labels, perm, i % 8, rng)
+  start = time.perf_counter()
+  compiled = step.lower(state, totals, images, labels, perm, 0, rng).compile()
+  compile_s = time.perf_counter() - start
+  mem = compiled.memory_analysis()
+  for i in range(2):  # warm-up
+    state, totals = compiled(state, totals, images, labels, perm, i % 4, rng)
   jax.block_until_ready(totals)
   start = time.perf_counter()
   for i in range(steps):
-    state, totals = step(state, totals, images, labels, perm, i % 8, rng)
+    state, totals = compiled(state, totals, images, labels, perm, i % 4, rng)
   jax.block_until_ready(totals)
-  return steps * batch / (time.perf_counter() - start)
+  seconds = time.perf_counter() - start
+  return {'images_per_s': steps * batch / seconds, 'compile_s': compile_s,
+          'peak_rss_mb': _peak_rss_mb(),
+          'xla_temp_mb': getattr(mem, 'temp_size_in_bytes', 0) / 2**20 if mem else None,
+          'xla_flags': os.environ.get('XLA_FLAGS', ''), 'jax_version': jax.__version__}
 
 
-def torch_images_per_s(name: str, steps: int) -> float | None:
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
+def torch_child(name: str, steps: int, batch: int) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count())
-  batch, (h, w, c) = BATCH[name], SHAPE[name]
-  model = torch_models.create(name)
+  h, w, c = _shape(name)
+  model = torch_models.create(name).to(memory_format=torch.channels_last)
   opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-  x = torch.randn(batch, c, h, w)
+  x = torch.randn(batch, c, h, w).to(memory_format=torch.channels_last)
   y = torch.randint(0, 10, (batch,))
   loss_fn = torch.nn.CrossEntropyLoss()
   model.train()
@@ -76,73 +103,119 @@ def torch_images_per_s(name: str, steps: int) -> float | None:
     opt.step()
     return loss
 
-  for _ in range(3):
+  for _ in range(2):
     one_step()
   start = time.perf_counter()
   for _ in range(steps):
     loss = one_step()
   loss.item()
-  return steps * batch / (time.perf_counter() - start)
+  seconds = time.perf_counter() - start
+  return {'images_per_s': steps * batch / seconds, 'peak_rss_mb': _peak_rss_mb(),
+          'num_params': torch_models.num_params(model), 'torch_version': torch.__version__}
 
 
-def _param_counts(name: str) -> str:
-  """Both frameworks' parameter counts: the baseline must be the same network."""
+def model_facts(name: str) -> dict:
+  import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from cnn_jax import models  # pylint: disable=g-import-not-at-top
-  model = models.create(name, num_classes=10)
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                                jnp.zeros((1,) + SHAPE[name]), train=False))
-  ours = sum(int(x.size) for x in jax.tree.leaves(variables['params']))
+  from cnn_jax import conv_arithmetic, models  # pylint: disable=g-import-not-at-top
+  model = models.create(name, num_classes=10 if name != 'resnet50' else 1000)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + _shape(name)),
+                                                train=False))
+  params = sum(int(x.size) for x in jax.tree.leaves(variables['params']))
+  return {'num_params': params, 'macs': conv_arithmetic.count_flops(model, _shape(name)).macs}
+
+
+def _run_child(kind: str, name: str, steps: int, batch: int, env_extra: dict) -> dict | None:
+  env = dict(os.environ, **env_extra)
+  out = subprocess.run([sys.executable, '-m', 'benchmarks.train_step', f'--child={kind}:{name}',
+                        f'--steps={steps}', f'--batch={batch}'], env=env, capture_output=True,
+                       text=True, check=False)
+  if out.returncode:
+    print(f'# {kind} {name}: failed: {out.stderr.strip().splitlines()[-3:]}', file=sys.stderr)
+    return None
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict:
+  from cnn_jax import report  # pylint: disable=g-import-not-at-top
+  flags = ''
   try:
-    from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
-    theirs = f'{torch_models.num_params(torch_models.create(name)):,}'
-  except ImportError:
-    theirs = '-'
-  return f'{ours:,} / {theirs}'
+    text = open('/proc/cpuinfo').read()
+    flags = ' '.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f' {f}' in text)
+  except OSError:
+    pass
+  return {'host_cpu': report.host_cpu(), 'isa': flags,
+          'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d')}
 
 
-def _child(name, steps):
-  print(json.dumps({'jax': jax_images_per_s(name, steps)}))
+def _fmt(v, spec=',.0f'):
+  return '-' if v is None else format(v, spec)
+
+
+def table(rows: list[dict], variants: list[str]) -> str:
+  from cnn_jax.report import markdown_table  # pylint: disable=g-import-not-at-top
+  headers = ["model", "batch", "params", "MMACs/img"]
+  headers += [f'jax ({v}) img/s' for v in variants] + ['pytorch img/s', 'jax / pytorch',
+                                                         'compile s', 'peak MB jax / torch',
+                                                         'GFLOP/s jax / torch']
+  body = []
+  for r in rows:
+    jax_best = r['jax'].get('defaults') or {}
+    pt = r.get('pytorch') or {}
+    gf = lambda ips: None if ips is None else 6 * r['macs'] * ips / 1e9
+    body.append([r['model'], r['batch'], f"{r['num_params']:,}", f"{r['macs'] / 1e6:,.1f}"]
+                + [_fmt((r['jax'].get(v) or {}).get('images_per_s')) for v in variants]
+                + [_fmt(pt.get('images_per_s')),
+                   _fmt(r.get('ratio'), '.2f'), _fmt(jax_best.get('compile_s'), '.1f'),
+                   f"{_fmt(jax_best.get('peak_rss_mb'))} / {_fmt(pt.get('peak_rss_mb'))}",
+                   f"{_fmt(gf(jax_best.get('images_per_s')), '.1f')} / "
+                   f"{_fmt(gf(pt.get('images_per_s')), '.1f')}"])
+  return markdown_table(headers, body)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--models', default='lenet5,resnet20')
-  parser.add_argument('--steps', type=int, default=50)
-  parser.add_argument('--xla_flags', default='--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce',
-                      help='An extra XLA_FLAGS variant to time beside the default ("" to skip).')
+  parser.add_argument('--models', default='lenet5,resnet20,resnet56,plain56')
+  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--batch', type=int, default=0, help='0 = the model\'s benchmark batch')
+  parser.add_argument('--variants', default='defaults,none',
+                      help='defaults: project XLA settings; none: XLA defaults (before)')
+  parser.add_argument('--no_torch', action='store_true')
+  parser.add_argument('--json', default=None, help='Also write the results to this file.')
   parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    _child(args.child, args.steps)
+    kind, name = args.child.split(':')
+    fn = jax_child if kind == 'jax' else torch_child
+    print(json.dumps(fn(name, args.steps, args.batch)))
     return
-  import platform  # pylint: disable=g-import-not-at-top
-  variants = [('jax', '')] + ([('jax+flags', args.xla_flags)] if args.xla_flags else [])
-  print(f'# train-step throughput, images/s ({platform.machine()}, {os.cpu_count()} cores, '
-        f'{args.steps} timed steps; XLA flags variant: {args.xla_flags or "none"})')
-  header = (['model', 'batch', 'params (jax / torch)'] + [v for v, _ in variants]
-            + ['pytorch', 'jax / pytorch'])
-  print('| ' + ' | '.join(header) + ' |\n|' + '---|' * len(header))
+  variants = args.variants.split(',')
+  info = machine()
+  print(f"# train-step throughput on {info['host_cpu']} [{info['isa']}], {info['date']}; "
+        f'{args.steps} timed steps after 2 warm-up steps', flush=True)
+  rows = []
   for name in args.models.split(','):
-    row = [name, str(BATCH[name]), _param_counts(name)]
-    results = []
-    for _, flags in variants:
-      env = dict(os.environ, XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' ' + flags).strip())
-      out = subprocess.run([sys.executable, '-m', 'benchmarks.train_step', f'--child={name}',
-                            f'--steps={args.steps}'], env=env, capture_output=True, text=True,
-                           check=False)
-      if out.returncode:
-        results.append(None)
-        print(f'# {name} {flags}: failed: {out.stderr.strip().splitlines()[-1:]}', file=sys.stderr)
-        continue
-      results.append(json.loads(out.stdout.strip().splitlines()[-1])['jax'])
-    row += [f'{r:,.0f}' if r else 'failed' for r in results]
-    pt = torch_images_per_s(name, args.steps)
-    row.append(f'{pt:,.0f}' if pt else 'not installed')
-    best = max((r for r in results if r), default=None)
-    row.append(f'{best / pt:.2f}' if (best and pt) else '-')
-    print('| ' + ' | '.join(row) + ' |', flush=True)
+    batch = args.batch or BATCH[name]
+    row = {'model': name, 'batch': batch, **model_facts(name), 'jax': {}}
+    for v in variants:
+      row['jax'][v] = _run_child('jax', name, args.steps, batch, VARIANTS[v])
+    row['pytorch'] = None if args.no_torch else _run_child('torch', name, args.steps, batch, {})
+    best = (row['jax'].get('defaults') or {}).get('images_per_s')
+    pt = (row['pytorch'] or {}).get('images_per_s')
+    row['ratio'] = best / pt if best and pt else None
+    rows.append(row)
+    print(f"{name}: " + ', '.join(f"jax[{v}] {_fmt((row['jax'][v] or {}).get('images_per_s'))}"
+                                  for v in variants)
+          + f", pytorch {_fmt(pt)} img/s", flush=True)
+  text = table(rows, variants)
+  print(text)
+  if args.json:
+    command = 'python -m benchmarks.train_step ' + ' '.join(sys.argv[1:])
+    with open(args.json, 'w') as f:
+      json.dump({'machine': info, 'command': command, 'variants': variants, 'rows': rows}, f,
+                indent=2)
+      f.write('\n')
 
 
 if __name__ == '__main__':

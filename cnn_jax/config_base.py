@@ -2,12 +2,15 @@
 
 An experiment config (configs/*.py) starts from `base_config()`, overrides what its experiment
 needs and returns the locked dict. Every hyper-parameter lives here, with a one-line comment;
-none is hard-coded in the library. `validate()` rejects keys the schema does not know, naming
-the nearest valid ones, and values outside their allowed set.
+none is hard-coded in the library. `validate()` rejects keys the schema does not know and values
+outside their allowed set with a `ConfigError` that names the nearest valid key or value, at any
+nesting depth (`data.dataset`, `model_kwargs.shortcut`).
 """
 from __future__ import annotations
 
 import difflib
+import numbers
+from typing import Any, Iterable
 
 import ml_collections
 
@@ -19,6 +22,14 @@ DATA_SOURCES = ('bundled', 'tfds', 'folder')
 UNITS = ('epochs', 'steps')
 METRICS = ('val_loss', 'val_accuracy')
 DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+class ConfigError(ValueError):
+  """A config key or value that the schema or the model does not allow.
+
+  The message names the key, the nearest valid keys or values and, where there is one, the fix.
+  The command line prints it without a traceback (exit code 2).
+  """
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -88,48 +99,145 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Distributed.
   c.distributed = False  # call jax.distributed.initialize() (multi-host); env vars give the cluster
+  c.stop_check_every_steps = 10  # multi-process: hosts agree on a stop request (SIGTERM, Ctrl-C) every N steps; 1 process: every step
   return c
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Fails with a clear message on keys the schema lacks or values it does not allow."""
+  """Raises ConfigError on keys the schema lacks or values it does not allow, naming the nearest."""
   _check_keys(config, base_config(), prefix='')
   choices = {
       'optimizer': OPTIMIZERS, 'lr_schedule': SCHEDULES, 'schedule_unit': UNITS,
       'selection_metric': METRICS, 'dtype': DTYPES, 'data.source': DATA_SOURCES,
   }
   for key, allowed in choices.items():
-    value = _get(config, key)
-    if value not in allowed:
-      raise ValueError(f'config.{key}={value!r} is not one of {allowed}.')
+    check_choice(key, _get(config, key), allowed)
   positive = ('batch_size', 'eval_batch_size', 'learning_rate', 'log_every_steps',
-              'eval_every_epochs')
+              'eval_every_epochs', 'stop_check_every_steps')
   for key in positive:
     if not _get(config, key) > 0:
-      raise ValueError(f'config.{key} must be > 0, got {_get(config, key)!r}.')
+      raise ConfigError(f'config.{key} must be > 0, got {_get(config, key)!r}.')
+  non_negative = ('num_steps', 'num_epochs', 'eval_every_steps', 'checkpoint_every_steps',
+                  'early_stopping_patience', 'weight_decay', 'momentum', 'grad_clip_norm',
+                  'data.validation_size', 'data.train_subset', 'data.image_size',
+                  'data.train_eval_size', 'data.random_crop_padding')
+  for key in non_negative:
+    if _get(config, key) < 0:
+      raise ConfigError(f'config.{key} must be >= 0, got {_get(config, key)!r}.')
   if config.nesterov and config.momentum <= 0:
-    raise ValueError('config.nesterov=True needs config.momentum > 0.')
+    raise ConfigError('config.nesterov=True needs config.momentum > 0.')
   if config.num_epochs <= 0 and config.num_steps <= 0:
-    raise ValueError('Set config.num_epochs or config.num_steps to a positive value.')
+    raise ConfigError('Set config.num_epochs or config.num_steps to a positive value.')
   if config.lr_schedule == 'step' and not config.lr_boundaries:
-    raise ValueError("config.lr_schedule='step' needs config.lr_boundaries, e.g. (30, 60).")
+    raise ConfigError("config.lr_schedule='step' needs config.lr_boundaries, e.g. (30, 60).")
+  _check_model(config.model, config.model_kwargs)
+  _check_dataset(config.data.dataset)
+
+
+def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
+  """ConfigError naming the nearest allowed value unless `value` is one of `allowed`."""
+  allowed = tuple(allowed)
+  if value not in allowed:
+    raise ConfigError(f'config.{key}={value!r} is not valid.{did_you_mean(value, allowed)} '
+                      f'Valid values: {", ".join(map(repr, allowed))}.')
+
+
+def nearest(value: Any, candidates: Iterable[Any], n: int = 3) -> list[Any]:
+  """The candidates closest to `value`: numbers by distance, strings by spelling.
+
+  Close spellings (difflib's ratio >= 0.6) first; when none is that close, the single closest
+  candidate, so an error can always name one.
+  """
+  candidates = list(candidates)
+  if not candidates:
+    return []
+  if isinstance(value, numbers.Number) and not isinstance(value, bool):
+    numeric = [c for c in candidates if isinstance(c, numbers.Number)]
+    return sorted(numeric, key=lambda c: abs(c - value))[:1]
+  text = str(value)
+  ratio = lambda c: difflib.SequenceMatcher(None, text, str(c)).ratio()
+  ranked = sorted(candidates, key=ratio, reverse=True)
+  close = [c for c in ranked if ratio(c) >= 0.6][:n]
+  return close or ranked[:1]
+
+
+def did_you_mean(value: Any, candidates: Iterable[Any]) -> str:
+  best = nearest(value, candidates)
+  return f" Did you mean {' or '.join(map(repr, best))}?" if best else ''
 
 
 def unknown_key_message(key: str, valid: list[str]) -> str:
-  close = difflib.get_close_matches(key.split('.')[-1], [v.split('.')[-1] for v in valid], n=3)
-  full = [v for v in valid if v.split('.')[-1] in close]
-  hint = f" Did you mean {', '.join(repr(k) for k in full)}?" if full else ''
-  return (f'Unknown config key {key!r}.{hint} '
-          f'Valid keys: {", ".join(sorted(valid))}.')
+  """'Unknown config key' naming the nearest valid keys, at the depth where `key` went wrong.
+
+  `key` is dotted ('data.name'); `valid` the valid dotted leaf keys. The message lists the valid
+  keys of the deepest known parent ('data'), and the nearest keys across the whole schema.
+  """
+  parts = key.split('.')
+  nodes = {'.'.join(v.split('.')[:i]) for v in valid for i in range(1, v.count('.') + 1)}
+  depth = 0  # number of leading parts that name known nodes
+  while depth < len(parts) - 1 and '.'.join(parts[:depth + 1]) in nodes:
+    depth += 1
+  parent = '.'.join(parts[:depth])
+  prefix = parent + '.' if parent else ''
+  siblings = sorted({prefix + v[len(prefix):].split('.')[0] for v in valid
+                     if v.startswith(prefix)})
+  wrong = parts[depth]
+  # Score every valid key by its whole path and by its last part, so 'data.name' finds both
+  # 'data.dataset' (its siblings) and 'name' (the same word at the top level).
+  leaf = lambda k: k.split('.')[-1]
+  score = lambda k: max(difflib.SequenceMatcher(None, key, k).ratio(),
+                        difflib.SequenceMatcher(None, wrong, leaf(k)).ratio(),
+                        difflib.SequenceMatcher(None, parts[-1], leaf(k)).ratio())
+  pool = sorted(set(valid) | set(siblings), key=score, reverse=True)
+  best = [k for k in pool if score(k) >= 0.6][:3] or pool[:1]
+  where = f'config.{parent}' if parent else 'the config (top level)'
+  return (f'Unknown config key {key!r}. Did you mean {" or ".join(map(repr, best))}? '
+          f'Valid keys of {where}: {", ".join(s[len(prefix):] for s in siblings)}.')
+
+
+def check_key(key: str) -> None:
+  """ConfigError unless the dotted `key` names a leaf, a section or a model_kwargs field path."""
+  valid = all_keys(base_config())
+  if key in valid or key.startswith('model_kwargs.'):
+    return
+  if any(v.startswith(key + '.') for v in valid):
+    return
+  raise ConfigError(unknown_key_message(key, valid))
 
 
 def _check_keys(config, schema, prefix):
   for key in config.keys():
     path = prefix + key
     if key not in schema:
-      raise KeyError(unknown_key_message(path, all_keys(base_config())))
+      raise ConfigError(unknown_key_message(path, all_keys(base_config())))
     if isinstance(schema[key], ml_collections.ConfigDict) and key != 'model_kwargs':
       _check_keys(config[key], schema[key], prefix=path + '.')
+
+
+def _check_model(name: str, model_kwargs) -> None:
+  """The model exists and has every field that model_kwargs sets (nothing is built)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from cnn_jax import models  # pylint: disable=g-import-not-at-top  (models is heavy)
+  if name not in models.names():
+    raise ConfigError(f'Unknown model {name!r} (config.model).{did_you_mean(name, models.names())}'
+                      f' Known models: {", ".join(models.names())}.')
+  ctor = models.spec(name).ctor
+  cls = getattr(ctor, 'func', ctor)  # functools.partial aliases: the class's fields
+  if not dataclasses.is_dataclass(cls):
+    return
+  fields = sorted(f.name for f in dataclasses.fields(cls)
+                  if f.name not in ('parent', 'name', 'num_classes'))
+  for key in model_kwargs.keys():
+    if key not in fields:
+      raise ConfigError(f'Model {name!r} has no field {key!r} (config.model_kwargs.{key}).'
+                        f'{did_you_mean(key, fields)} Its fields: {", ".join(fields)}.')
+
+
+def _check_dataset(name: str) -> None:
+  from cnn_jax import datasets  # pylint: disable=g-import-not-at-top  (datasets imports this)
+  if name not in datasets.names():
+    raise ConfigError(f'Unknown dataset {name!r} (config.data.dataset).'
+                      f'{did_you_mean(name, datasets.names())} Known: {", ".join(datasets.names())}.')
 
 
 def all_keys(config, prefix='') -> list[str]:

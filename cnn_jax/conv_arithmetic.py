@@ -1,7 +1,7 @@
 """Convolution arithmetic: output sizes, receptive fields, parameter and MAC counts.
 
 Every formula here is checked against real convolutions in tests/test_conv_arithmetic.py.
-Claim ids refer to /work/shared/CLAIMS.md (C1–C10, C18).
+Claim ids refer to shared/CLAIMS.md beside the repository (C1–C10, C18).
 
     conv_output_size(32, 5)                     # 28   (C4)
     receptive_field([(3, 1)] * 3)               # 7    (C7)

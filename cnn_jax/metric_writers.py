@@ -7,6 +7,8 @@ import time
 
 import jax
 
+from cnn_jax.checkpointing import WorkdirError, write_text
+
 
 class MetricWriter:
 
@@ -23,22 +25,35 @@ class MetricWriter:
       return
     record = {'step': int(step), 'split': split, 'time': time.time(),
               **{k: float(v) for k, v in metrics.items()}}
-    with self.path.open('a') as f:
-      f.write(json.dumps(record) + '\n')
+    try:
+      with self.path.open('a') as f:
+        f.write(json.dumps(record) + '\n')
+    except OSError as e:
+      raise WorkdirError(f'Cannot write {self.path}: {e.strerror or e}. Checkpoints already '
+                         'written are intact; free disk space or make the workdir writable, then '
+                         'rerun the same command to resume.') from e
     for key, value in metrics.items():
       self._tb.add_scalar(f'{split}/{key}', float(value), int(step))
 
   def truncate_after(self, step: int) -> None:
-    """On resume, drops records written after the checkpoint so the log has no duplicates."""
+    """On resume, drops records written after the checkpoint so the log has no duplicates (and a
+    line torn by a kill in mid-write)."""
     if not self._enabled or not self.path.exists():
       return
     keep = [line for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line)['step'] <= step]
-    self.path.write_text(''.join(line + '\n' for line in keep))
+            if (record := _parse(line)) is not None and record['step'] <= step]
+    write_text(self.path, ''.join(line + '\n' for line in keep))
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def _parse(line: str) -> dict | None:
+  try:
+    return json.loads(line)
+  except ValueError:
+    return None
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict]:

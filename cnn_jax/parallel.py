@@ -4,21 +4,129 @@ Training is data-parallel with `jit` and `NamedSharding`: parameters are replica
 batch is split along the mesh's 'data' axis, and XLA inserts the gradient all-reduce. Batch
 statistics (BatchNorm) are computed over the global batch because the computation is written
 for the global array.
+
+Multi-process (several hosts, or several processes on one machine): `config.distributed=True`
+calls `jax.distributed.initialize`. Its coordinator address, process count and id come from
+`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` when set (what
+`scripts/launch_local.py` sets), otherwise from jax's cluster auto-detection (SLURM, Open MPI,
+Kubernetes, Cloud TPU). CPU collectives between processes use gloo.
 """
 from __future__ import annotations
+
+import os
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from cnn_jax.config_base import ConfigError
+
 DATA_AXIS = 'data'
+ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'  # host:port of process 0 (read by jax itself too)
+ENV_NUM_PROCESSES = 'JAX_NUM_PROCESSES'
+ENV_PROCESS_ID = 'JAX_PROCESS_ID'
 
 
-def maybe_initialize_distributed(enabled: bool) -> None:
-  """Multi-host: coordinator address, process count and id come from the environment (or the
-  cluster auto-detection of jax.distributed, e.g. SLURM, TPU pods)."""
-  if enabled and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+def maybe_initialize_distributed(enabled: bool) -> bool:
+  """Joins the other processes when `enabled`; True if this call initialised jax.distributed.
+
+  Must run before anything else touches a JAX device in the process.
+  """
+  if not enabled or jax.distributed.is_initialized():
+    return False
+  kwargs = {}
+  if os.environ.get(ENV_NUM_PROCESSES):
+    kwargs = dict(coordinator_address=os.environ.get(ENV_COORDINATOR),
+                  num_processes=int(os.environ[ENV_NUM_PROCESSES]),
+                  process_id=int(os.environ[ENV_PROCESS_ID]))
+  if not os.environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
+    # Cross-process collectives of the CPU backend (only the CPU backend reads this setting).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(**kwargs)
+  _orbax_barriers_without_collectives()
+  return True
+
+
+def _orbax_barriers_without_collectives() -> None:
+  """Orbax's barriers on the coordination service rather than on device collectives (orbax's
+  flag --experimental_orbax_use_distributed_barrier; see SYNC_TIMEOUT_MS for why)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint  # pylint: disable=g-import-not-at-top,unused-import  (defines the flag)
+  name = 'experimental_orbax_use_distributed_barrier'
+  if name in flags.FLAGS:
+    flags.FLAGS[name].value = True
+    flags.FLAGS[name].present = 1  # readable before absl parses the command line (tests)
+
+
+def process_count() -> int:
+  return jax.process_count()
+
+
+# Agreement between processes goes through jax.distributed's coordination service (a key-value
+# store and barriers on the host), not through device collectives: it never waits for the
+# devices, and its timeout is ours. (Gloo, the CPU collectives, gives a new group of devices 30 s
+# to meet, which a process still compiling can miss.)
+SYNC_TIMEOUT_MS = int(float(os.environ.get('CNN_JAX_SYNC_TIMEOUT_S', '3600')) * 1000)
+_rounds: dict[str, int] = {}
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.global_state.client
+
+
+def _next_key(name: str) -> str:
+  """A key per call of `name`; every process calls in the same order, so keys match."""
+  _rounds[name] = _rounds.get(name, 0) + 1
+  return f'cnn_jax/{name}/{_rounds[name]}'
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if `flag` is True on any; every process must call it at the same
+  point of its program (free with one process)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  client, me, n = _client(), jax.process_index(), jax.process_count()
+  key = _next_key('any')
+  client.key_value_set(f'{key}/{me}', '1' if flag else '0')
+  result = any(client.blocking_key_value_get(f'{key}/{i}', SYNC_TIMEOUT_MS) == '1'
+               for i in range(n))
+  round_ = _rounds['any']
+  if round_ > 2:  # every process has read round - 2 before it wrote round - 1
+    client.key_value_delete(f'cnn_jax/any/{round_ - 2}/{me}')
+  return result
+
+
+def all_processes(flag: bool) -> bool:
+  """True on every process if `flag` is True on all of them (same calling rule as any_process)."""
+  return not any_process(not flag)
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier called `name` (no device collective)."""
+  if jax.process_count() > 1:
+    _client().wait_at_barrier(_next_key(name), SYNC_TIMEOUT_MS)
+
+
+class CompiledTogether:
+  """A jitted function that, in a multi-process run, is compiled ahead of its first call and
+  then waits for every process before running.
+
+  Compile times differ between processes (load, a compilation-cache hit on one host only); the
+  barrier keeps the first collective of the program from timing out on a process still
+  compiling. With one process it is the jitted function itself.
+  """
+
+  def __init__(self, jitted, name: str):
+    self._jitted, self._name, self._compiled = jitted, name, None
+
+  def __call__(self, *args):
+    if jax.process_count() == 1:
+      return self._jitted(*args)
+    if self._compiled is None:
+      self._compiled = self._jitted.lower(*args).compile()
+      barrier(f'compiled/{self._name}')
+    return self._compiled(*args)
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -38,8 +146,10 @@ def batch_sharded(mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, what: str = 'batch_size') -> None:
   n = jax.device_count()
   if batch_size % n:
-    raise ValueError(f'config.{what}={batch_size} is not divisible by the {n} devices; '
-                     f'use a multiple of {n}.')
+    lower, upper = batch_size // n * n, -(-batch_size // n) * n
+    near = ' or '.join(str(b) for b in (lower, upper) if b > 0)
+    raise ConfigError(f'config.{what}={batch_size} is not divisible by the {n} devices; use a '
+                      f'multiple of {n}. Did you mean {near}?')
 
 
 def device_summary() -> dict:

@@ -4,9 +4,15 @@
 epoch, keeps the latest and the best checkpoint, stops early on the validation objective, and
 finally evaluates the best checkpoint once on the test set. Rerunning it on the same workdir
 resumes from the latest checkpoint and reaches the same result as an uninterrupted run.
+
+The loop reads in three parts: `setup` (data on the devices, the jitted steps, the restored
+state), `train_loop` with `eval_point` (validation, selection of the best checkpoint,
+reduce-on-plateau, early stopping) and the checkpoint cadence, and `final_results`. The run's
+bookkeeping is a `RunState`, saved as JSON beside every checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -15,7 +21,7 @@ import shlex
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -27,10 +33,17 @@ from flax.training import train_state
 
 from cnn_jax import (checkpointing, config_base, datasets, diagnostics, input_pipeline, models,
                      optim, parallel, report)
+from cnn_jax.config_base import ConfigError
 from cnn_jax.metric_writers import MetricWriter
 
-# Set by a SIGTERM/SIGINT handler (cnn_jax.main): the loop saves the latest state and returns.
+# Set by a SIGTERM/SIGINT handler (cnn_jax.cli): the loop saves the latest state and returns.
 STOP_REQUESTED = threading.Event()
+
+
+def stop_requested(step: int) -> bool:
+  """The default `should_stop`: a SIGTERM or Ctrl-C has arrived in this process."""
+  del step
+  return STOP_REQUESTED.is_set()
 
 
 class TrainState(train_state.TrainState):
@@ -68,11 +81,15 @@ def train_step(state: TrainState, totals: dict, images, labels, perm, step_in_ep
   """One SGD step on the `step_in_epoch`-th batch of the epoch order `perm`.
 
   `totals` accumulates loss and accuracy on the device until the loop reads them at a log
-  point, so no step waits for the host.
+  point, so no step waits for the host; it also keeps the first step whose loss was not finite.
   """
-  x, y = input_pipeline.take_batch(images, labels, perm, step_in_epoch, cfg.batch_size)
-  x = jax.lax.with_sharding_constraint(x, cfg.batch_sharding)
-  y = jax.lax.with_sharding_constraint(y, cfg.batch_sharding)
+  # The batch's indices are split over the devices first, so each device gathers only its own
+  # part of the batch from its copy of the dataset (in a multi-process run, each process only
+  # materialises its devices' share).
+  idx = jax.lax.dynamic_slice_in_dim(perm, step_in_epoch * cfg.batch_size, cfg.batch_size)
+  idx = jax.lax.with_sharding_constraint(idx, cfg.batch_sharding)
+  x = jax.lax.with_sharding_constraint(images[idx], cfg.batch_sharding)
+  y = jax.lax.with_sharding_constraint(labels[idx], cfg.batch_sharding)
   aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
   x = cfg.preprocess(x, aug_rng, train=True)
 
@@ -92,10 +109,13 @@ def train_step(state: TrainState, totals: dict, images, labels, perm, step_in_ep
   state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
                         opt_state=opt_state, batch_stats=updates.get('batch_stats', {}))
   n = jnp.float32(cfg.batch_size)
+  first_bad = totals['first_nonfinite_step']
   totals = {
       'loss': totals['loss'] + loss * n,
       'correct': totals['correct'] + jnp.sum(jnp.argmax(logits, -1) == y),
       'count': totals['count'] + n,
+      'first_nonfinite_step': jnp.where((first_bad < 0) & ~jnp.isfinite(loss), state.step,
+                                        first_bad),
   }
   return state, totals
 
@@ -119,10 +139,22 @@ def evaluate(state: TrainState, images, labels, mask, cfg: StepConfig) -> dict:
   return {'loss': loss / count, 'accuracy': correct / count}
 
 
+def _fresh_totals() -> dict:
+  totals = {k: jnp.zeros((), jnp.float32) for k in ('loss', 'correct', 'count')}
+  totals['first_nonfinite_step'] = jnp.full((), -1, jnp.int32)  # -1: every loss was finite
+  return totals
+
+
+@functools.lru_cache(maxsize=None)
+def _fresh_totals_on(sharding):
+  # Made on the devices by a jitted function: a device_put from the host would make every
+  # process compare its values with the others' first (a collective) at each log point.
+  return jax.jit(_fresh_totals, out_shardings=sharding)
+
+
 def zero_totals(sharding=None) -> dict:
   """Fresh metric totals; placed like the step's outputs so the step compiles once."""
-  totals = {k: jnp.zeros((), jnp.float32) for k in ('loss', 'correct', 'count')}
-  return totals if sharding is None else jax.device_put(totals, sharding)
+  return _fresh_totals() if sharding is None else _fresh_totals_on(sharding)()
 
 
 def create_train_state(model, tx, input_shape, rng, sharding) -> TrainState:
@@ -138,34 +170,98 @@ def create_train_state(model, tx, input_shape, rng, sharding) -> TrainState:
 
 
 def check_input_shape(name: str, model, shape) -> None:
-  """Fails early, naming the fix, when the data does not fit the model."""
+  """Fails early with a ConfigError naming the fix when the data does not fit the model."""
   expected = models.input_shape(name)
   hint = (f"Model {name!r} expects images of shape {expected} (H, W, C) but the data pipeline "
           f"yields {tuple(shape)}. Set --config.data.image_size to pad the images, or pick a "
           f"model whose input fits (cnn_jax.models.input_shape(name)).")
   if models.spec(name).fixed_input and tuple(shape) != tuple(expected):
-    raise ValueError(hint)
+    raise ConfigError(hint)
   x = jax.ShapeDtypeStruct((1,) + tuple(shape), jnp.float32)
   try:
     variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
     out = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
+  except ConfigError:  # a model field out of range (depth, shortcut): its own message
+    raise
   except Exception as e:  # shape arithmetic failed somewhere inside the model
-    raise ValueError(f'{hint}\nUnderlying error: {e}') from e
+    raise ConfigError(f'{hint}\nUnderlying error: {e}') from e
   if out.ndim != 2:
-    raise ValueError(f'Model {name!r} returns outputs of shape {out.shape[1:]} per image (e.g. '
+    raise ConfigError(f'Model {name!r} returns outputs of shape {out.shape[1:]} per image (e.g. '
                      'per-pixel logits for segmentation); this loop trains classifiers, whose '
                      'output is (num_classes,). Pick a classification model.')
+
+
+@dataclasses.dataclass
+class RunState:
+  """The loop's bookkeeping, saved as JSON with every checkpoint (the 'meta' item).
+
+  The keys are those of the plain dict that older checkpoints carry, so either restores.
+  """
+  best_value: float = math.inf  # the best validation objective so far (minimised)
+  best_epoch: int | None = None  # epoch and step of the best checkpoint
+  best_step: int | None = None
+  bad_epochs: int = 0  # validations in a row without improvement (early stopping)
+  stopped_early: bool = False
+  train_seconds: float = 0.0  # timed training (compilation excluded), for images/s
+  timed_images: int = 0
+  wall_seconds: float = 0.0  # wall time of the run, summed over resumes
+  epochs_done: int = 0
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, record: dict) -> 'RunState':
+    """From a saved record; keys it does not know are ignored, missing ones take defaults."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in record.items() if k in names})
+
+
+@dataclasses.dataclass
+class Run:
+  """What `setup` builds for one run; `train_loop`, `eval_point` and `final_results` use it."""
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  splits: datasets.Splits
+  steps_per_epoch: int
+  total_steps: int
+  lr_fn: Callable[[int], Any]
+  num_params: int
+  book: RunState
+  ckpts: checkpointing.Checkpoints
+  writer: MetricWriter
+  replicated: Any
+  train_arrays: tuple  # (images, labels) on the devices
+  eval_arrays: dict  # split -> (batch size, (images, labels, mask) on the devices)
+  p_train_step: Callable
+  p_permutation: Callable
+  p_evaluate: dict
+  data_rng: jax.Array
+  step_rng: jax.Array
+  diagnose: Callable | None = None
+  last_tick: float = dataclasses.field(default_factory=time.time)
+
+  @property
+  def num_train(self) -> int:
+    return len(self.splits.train[0])
+
+  def evaluate(self, split: str, state: TrainState) -> dict:
+    return {k: parallel.host_scalar(v) for k, v in
+            self.p_evaluate[split](state, *self.eval_arrays[split][1]).items()}
+
+  def tick(self) -> None:
+    """Adds the wall time since the last tick to the run's total, which survives resumes."""
+    now = time.time()
+    self.book.wall_seconds += now - self.last_tick
+    self.last_tick = now
+
+  def save(self, kind: str, step: int, state: TrainState) -> None:
+    self.ckpts.save(kind, step, state, self.book.to_json())
 
 
 def _selection_value(metric: str, val: dict) -> float:
   """The validation objective to minimise."""
   return val['loss'] if metric == 'val_loss' else -val['accuracy']
-
-
-def _fresh_meta() -> dict:
-  return {'best_value': math.inf, 'best_epoch': None, 'best_step': None, 'bad_epochs': 0,
-          'stopped_early': False, 'train_seconds': 0.0, 'timed_images': 0, 'wall_seconds': 0.0,
-          'epochs_done': 0}
 
 
 def _log(msg: str) -> None:
@@ -174,26 +270,64 @@ def _log(msg: str) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-                       halt_after_step: int | None = None, command: str | None = None) -> dict:
+                       should_stop: Callable[[int], bool] | None = None,
+                       command: str | None = None) -> dict:
   """Trains and evaluates; returns the contents of results.json.
 
-  `halt_after_step` simulates a pre-emption (tests): the loop saves and returns after that step.
+  `should_stop(step)` is asked after every step whether this process wants to stop (default: a
+  SIGTERM or Ctrl-C arrived); all processes agree on the step (the first check point after any
+  of them asked), save the state there and return {'status': 'interrupted', 'step': ...}.
+  Tests inject it to simulate a pre-emption at a given step.
   """
   config_base.validate(config)
   parallel.maybe_initialize_distributed(config.distributed)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  last_tick = time.time()
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise checkpointing.WorkdirError(f'Cannot create the workdir {workdir}: {e}') from e
+  with checkpointing.WorkdirLock(workdir):
+    run, state = setup(config, workdir)
+    failed = True
+    try:
+      state, halted = train_loop(run, state, should_stop or stop_requested)
+      run.ckpts.wait()  # a failed background write surfaces here
+      if halted:
+        _log(f'Stopped at step {int(state.step)}; the state is saved. Rerun the same command '
+             'to resume.')
+        results = {'status': 'interrupted', 'step': int(state.step)}
+      else:
+        results = final_results(run, state, command)
+      failed = False
+      return results
+    finally:
+      _close(run, quiet=failed)
 
-  def tick() -> None:
-    """Adds the wall time since the last tick to the run's total, which survives resumes."""
-    nonlocal last_tick
-    now = time.time()
-    meta['wall_seconds'] += now - last_tick
-    last_tick = now
 
-  splits = datasets.load(config.data)
-  preprocess = input_pipeline.Preprocess.from_config(config.data, splits)
+def _close(run: Run, quiet: bool) -> None:
+  """Finishes background writes and closes files; while an error propagates, a second error
+  here (the same full disk) is not allowed to replace it."""
+  try:
+    run.ckpts.wait()
+    run.ckpts.close()
+  except Exception:  # pylint: disable=broad-except
+    if not quiet:
+      raise
+  finally:
+    run.writer.close()
+
+
+def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run, TrainState]:
+  """Data on the devices, the model, the jitted steps; the state restored from the latest
+  checkpoint when there is one."""
+  try:
+    splits = datasets.load(config.data)  # DataError: the files; ValueError: the config
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  try:
+    preprocess = input_pipeline.Preprocess.from_config(config.data, splits)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
   input_shape = preprocess.output_shape(splits.image_shape)
   model = models.create(config.model, num_classes=splits.num_classes,
                         dtype=jnp.dtype(config.dtype), **config.model_kwargs)
@@ -204,7 +338,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   num_train = len(splits.train[0])
   steps_per_epoch = num_train // config.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f'config.batch_size={config.batch_size} exceeds the {num_train} training images.')
+    raise ConfigError(f'config.batch_size={config.batch_size} exceeds the {num_train} training '
+                      f'images. Did you mean {num_train // jax.device_count() * jax.device_count()}'
+                      ' or less?')
   total_steps = config.num_steps or config.num_epochs * steps_per_epoch
   lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch, total_steps)
   tx = optim.create_optimizer(config, lr_fn)
@@ -215,19 +351,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   state = create_train_state(model, tx, input_shape, init_rng, replicated)
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
 
+  parallel.barrier('setup')  # the processes meet before orbax's first barrier
   ckpts = checkpointing.Checkpoints(workdir)
   writer = MetricWriter(workdir)
-  meta = _fresh_meta()
-  restored = ckpts.restore('latest', state)
-  if restored is not None:
-    state, meta = restored
-    writer.truncate_after(int(state.step))
-    _log(f'Resuming from step {int(state.step)} (checkpoint in {workdir / "checkpoints"}).')
-  if parallel.is_main_process():
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  book = RunState()
+  try:
+    restored = ckpts.restore('latest', state)
+    writer.truncate_after(0 if restored is None else int(restored[0].step))  # drop what a
+    # killed run logged after its last checkpoint (all of it when it had none)
+    if restored is not None:
+      state, meta = restored
+      book = RunState.from_json(meta)
+      _log(f'Resuming from step {int(state.step)} (checkpoint in {workdir / "checkpoints"}).')
+    if parallel.is_main_process():
+      checkpointing.write_text(workdir / 'config.json',
+                               config.to_json_best_effort(indent=2, sort_keys=True))
+  except BaseException:
+    ckpts.close()
+    writer.close()
+    raise
 
   # The dataset lives on the devices; batches are gathered inside jit.
-  train_x, train_y = input_pipeline.device_put_replicated(splits.train, replicated)
+  train_arrays = input_pipeline.device_put_replicated(splits.train, replicated)
   eval_arrays = {}
   for split, (images, labels) in (('val', splits.val), ('test', splits.test),
                                   ('train_eval', train_eval_subset(splits.train, config.data))):
@@ -240,166 +385,201 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         label_smoothing=config.label_smoothing,
                         aux_loss_weight=config.aux_loss_weight, preprocess=preprocess,
                         batch_sharding=parallel.batch_sharded(mesh))
-  p_train_step = jax.jit(functools.partial(train_step, cfg=step_cfg), donate_argnums=(0, 1))
-  p_permutation = jax.jit(functools.partial(input_pipeline.epoch_permutation,
-                                            num_examples=num_train), out_shardings=replicated)
-  p_evaluate = {split: jax.jit(functools.partial(
-      evaluate, cfg=step_cfg.replace(batch_size=bs))) for split, (bs, _) in eval_arrays.items()}
-
-  def run_eval(split, eval_state):
-    return {k: parallel.host_scalar(v) for k, v in
-            p_evaluate[split](eval_state, *eval_arrays[split][1]).items()}
-
-  diagnose = None
+  run = Run(
+      config=config, workdir=workdir, splits=splits, steps_per_epoch=steps_per_epoch,
+      total_steps=total_steps, lr_fn=lr_fn, num_params=num_params, book=book, ckpts=ckpts,
+      writer=writer, replicated=replicated, train_arrays=train_arrays, eval_arrays=eval_arrays,
+      p_train_step=parallel.CompiledTogether(jax.jit(
+          functools.partial(train_step, cfg=step_cfg), donate_argnums=(0, 1)), 'train_step'),
+      p_permutation=jax.jit(functools.partial(input_pipeline.epoch_permutation,
+                                              num_examples=num_train), out_shardings=replicated),
+      p_evaluate={split: parallel.CompiledTogether(jax.jit(functools.partial(
+          evaluate, cfg=step_cfg.replace(batch_size=bs))), f'evaluate_{split}')
+                  for split, (bs, _) in eval_arrays.items()},
+      data_rng=data_rng, step_rng=step_rng)
   if config.gradient_diagnostics:
     diag_x, diag_y = splits.train[0][:config.batch_size], splits.train[1][:config.batch_size]
-    diagnose = diagnostics.make_diagnostics_fn(model, preprocess, step_cfg, diag_x, diag_y)
+    run.diagnose = diagnostics.make_diagnostics_fn(model, preprocess, step_cfg, diag_x, diag_y)
     if int(state.step) == 0:
-      writer.write(0, 'diagnostics', diagnose(state))
+      writer.write(0, 'diagnostics', run.diagnose(state))
+  return run, state
 
+
+def train_loop(run: Run, state: TrainState,
+               should_stop: Callable[[int], bool]) -> tuple[TrainState, bool]:
+  """Steps from the restored step to the end; returns the last state and whether it halted
+  on a stop request (after saving it)."""
+  config, book = run.config, run.book
   start_step = int(state.step)
-  bar = _progress_bar(config, total_steps, start_step)
-  totals = zero_totals(replicated)
+  bar = _progress_bar(config, run.total_steps, start_step)
+  totals = zero_totals(run.replicated)
   interval_start, interval_images, first_interval = time.time(), 0, True
   perm = None
-  step = start_step
+  stop_wanted = False  # this process was asked to stop; the processes agree at check points
+  check_every = 1 if parallel.process_count() == 1 else config.stop_check_every_steps
   halted = False
-  for step in range(start_step, total_steps):
-    if meta['stopped_early']:
+  for step in range(start_step, run.total_steps):
+    if book.stopped_early:
       break
-    epoch, step_in_epoch = divmod(step, steps_per_epoch)
+    epoch, step_in_epoch = divmod(step, run.steps_per_epoch)
     if perm is None or step_in_epoch == 0:
-      perm = p_permutation(data_rng, epoch)
-    state, totals = p_train_step(state, totals, train_x, train_y, perm, step_in_epoch, step_rng)
+      perm = run.p_permutation(run.data_rng, epoch)
+    state, totals = run.p_train_step(state, totals, *run.train_arrays, perm, step_in_epoch,
+                                     run.step_rng)
     done = step + 1
     interval_images += config.batch_size
-    end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
+    end_of_epoch = done % run.steps_per_epoch == 0 or done == run.total_steps
+    eval_now = is_eval_point(config, done, end_of_epoch, epoch, run.total_steps)
+    checkpoint_now = end_of_epoch or eval_now or (
+        config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0)
+    stop_wanted = stop_wanted or bool(should_stop(done))
+    stop_now = (done % check_every == 0 or done == run.total_steps) and parallel.any_process(
+        stop_wanted)
 
-    if done % config.log_every_steps == 0 or end_of_epoch:
+    if done % config.log_every_steps == 0 or end_of_epoch or checkpoint_now or stop_now:
       host = jax.device_get(totals)
+      _check_finite(run, state, host, done)  # before anything is saved
+    if done % config.log_every_steps == 0 or end_of_epoch:
       elapsed = time.time() - interval_start
       train_metrics = {'loss': host['loss'] / host['count'],
                        'accuracy': host['correct'] / host['count'],
-                       'learning_rate': float(lr_fn(done - 1)) * float(state.plateau.scale),
+                       'learning_rate': float(run.lr_fn(done - 1)) * float(state.plateau.scale),
                        'images_per_s': interval_images / max(elapsed, 1e-9)}
-      if not np.isfinite(train_metrics['loss']):
-        ckpts.wait()
-        raise FloatingPointError(
-            f"Training diverged: the train loss is {train_metrics['loss']} at step {done} "
-            f"(epoch {epoch + 1}, learning rate {train_metrics['learning_rate']:.4g}). The last "
-            f"good checkpoint (step {ckpts.latest_step()}) is kept in {workdir / 'checkpoints'}. "
-            'Lower --config.learning_rate, add --config.warmup or --config.grad_clip_norm, and '
-            'start in a new --workdir.')
-      writer.write(done, 'train', train_metrics)
+      run.writer.write(done, 'train', train_metrics)
       if not first_interval:  # the first interval includes compilation
-        meta['train_seconds'] += elapsed
-        meta['timed_images'] += interval_images
+        book.train_seconds += elapsed
+        book.timed_images += interval_images
       first_interval = False
       if bar is not None:
         bar.update(done - bar.n)
         bar.set_postfix(epoch=epoch + 1, loss=f"{train_metrics['loss']:.4f}",
                         acc=f"{train_metrics['accuracy']:.4f}",
                         img_s=f"{train_metrics['images_per_s']:.0f}", refresh=False)
-      totals = zero_totals(replicated)
+      totals = zero_totals(run.replicated)
       interval_start, interval_images = time.time(), 0
 
     if end_of_epoch:
-      meta['epochs_done'] = epoch + 1
-    eval_point = done == total_steps or (
-        done % config.eval_every_steps == 0 if config.eval_every_steps else
-        end_of_epoch and (epoch + 1) % config.eval_every_epochs == 0)
-    if eval_point:
-      if 'train_eval' in eval_arrays:
-        writer.write(done, 'train_eval', run_eval('train_eval', state))
-      if config.eval_test_curve and 'test' in eval_arrays:
-        writer.write(done, 'test_curve', run_eval('test', state))
-      if diagnose is not None:
-        writer.write(done, 'diagnostics', diagnose(state))
-    if end_of_epoch or eval_point:
-      val = run_eval('val', state) if eval_point and 'val' in eval_arrays else None
-      if val is not None:
-        writer.write(done, 'val', val)
-        value = _selection_value(config.selection_metric, val)
-        improved = value < meta['best_value']
-        tie = value == meta['best_value'] and config.selection_ties_to_latest
-        meta['bad_epochs'] = 0 if improved else meta['bad_epochs'] + 1  # a tie is no progress
-        if improved or tie:
-          meta.update(best_value=value, best_epoch=epoch + 1, best_step=done)
-          ckpts.save('best', done, state, meta)
-        if config.lr_schedule == 'plateau':
-          state = state.replace(plateau=optim.plateau_update(
-              state.plateau, value, patience=config.plateau_patience,
-              factor=config.lr_decay_factor, min_scale=config.plateau_min_scale,
-              cooldown=config.plateau_cooldown, rtol=config.plateau_rtol))
-        if 0 < config.early_stopping_patience <= meta['bad_epochs']:
-          meta['stopped_early'] = True
-          _log(f"Early stopping after epoch {epoch + 1}: {config.selection_metric} has not "
-               f"improved for {meta['bad_epochs']} validations (best at epoch {meta['best_epoch']}).")
-      if bar is not None and val is not None:
-        bar.write(f"epoch {epoch + 1:3d}  step {done:7d}  val loss {val['loss']:.4f}  "
-                  f"val accuracy {val['accuracy']:.4f}")
-      elif val is not None and not config.progress_bar:
-        _log(f"step {done}/{total_steps}  val loss {val['loss']:.4f}  "
-             f"val accuracy {val['accuracy']:.4f}")
-      tick()
-      ckpts.save('latest', done, state, meta)
-      interval_start = time.time()
-    elif config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
-      tick()
-      ckpts.save('latest', done, state, meta)
-
-    if done == halt_after_step or STOP_REQUESTED.is_set():
-      tick()
-      ckpts.save('latest', done, state, meta)
+      book.epochs_done = epoch + 1
+    if eval_now:
+      state = eval_point(run, state, done, epoch, bar)
+    if checkpoint_now or stop_now:
+      run.tick()
+      run.save('latest', done, state)
+      if eval_now or end_of_epoch:
+        interval_start = time.time()  # validation and saving are not training time
+    if stop_now:
       halted = True
       break
-
   if bar is not None:
     bar.close()
-  ckpts.wait()
-  if halted:
-    ckpts.close()
-    writer.close()
-    _log(f'Stopped at step {int(state.step)}; the state is saved. Rerun the same command to resume.')
-    return {'status': 'interrupted', 'step': int(state.step)}
+  return state, halted
 
-  # The final figures come from the best checkpoint (the latest when there is no validation).
-  best = ckpts.restore('best', state) if 'val' in eval_arrays else None
+
+def is_eval_point(config, done: int, end_of_epoch: bool, epoch: int, total_steps: int) -> bool:
+  """Validation cadence: every eval_every_steps steps, or every eval_every_epochs epochs; and
+  always after the last step."""
+  if done == total_steps:
+    return True
+  if config.eval_every_steps:
+    return done % config.eval_every_steps == 0
+  return end_of_epoch and (epoch + 1) % config.eval_every_epochs == 0
+
+
+def eval_point(run: Run, state: TrainState, done: int, epoch: int, bar=None) -> TrainState:
+  """Everything done at an evaluation point: the curves (train_eval, test_curve, diagnostics),
+  then validation, selection of the best checkpoint, reduce-on-plateau and early stopping."""
+  config, book, writer = run.config, run.book, run.writer
+  if 'train_eval' in run.eval_arrays:
+    writer.write(done, 'train_eval', run.evaluate('train_eval', state))
+  if config.eval_test_curve and 'test' in run.eval_arrays:
+    writer.write(done, 'test_curve', run.evaluate('test', state))
+  if run.diagnose is not None:
+    writer.write(done, 'diagnostics', run.diagnose(state))
+  if 'val' not in run.eval_arrays:
+    return state
+  val = run.evaluate('val', state)
+  writer.write(done, 'val', val)
+  value = _selection_value(config.selection_metric, val)
+  improved = value < book.best_value
+  tie = value == book.best_value and config.selection_ties_to_latest
+  book.bad_epochs = 0 if improved else book.bad_epochs + 1  # a tie is no progress
+  if improved or tie:
+    book.best_value, book.best_epoch, book.best_step = value, epoch + 1, done
+    run.save('best', done, state)
+  if config.lr_schedule == 'plateau':
+    state = state.replace(plateau=optim.plateau_update(
+        state.plateau, value, patience=config.plateau_patience, factor=config.lr_decay_factor,
+        min_scale=config.plateau_min_scale, cooldown=config.plateau_cooldown,
+        rtol=config.plateau_rtol))
+  if 0 < config.early_stopping_patience <= book.bad_epochs:
+    book.stopped_early = True
+    _log(f'Early stopping after epoch {epoch + 1}: {config.selection_metric} has not improved '
+         f'for {book.bad_epochs} validations (best at epoch {book.best_epoch}).')
+  line = f"val loss {val['loss']:.4f}  val accuracy {val['accuracy']:.4f}"
+  if bar is not None:
+    bar.write(f'epoch {epoch + 1:3d}  step {done:7d}  {line}')
+  elif not config.progress_bar:
+    _log(f'step {done}/{run.total_steps}  {line}')
+  return state
+
+
+def _check_finite(run: Run, state: TrainState, host_totals: dict, done: int) -> None:
+  """Stops the run when a loss was not finite; the last checkpoint saved before it is kept."""
+  bad_step = int(host_totals['first_nonfinite_step'])  # the step (1-based) whose loss it was
+  if bad_step < 0:
+    return
+  run.ckpts.wait()
+  last = run.ckpts.latest_step()
+  epoch = (bad_step - 1) // run.steps_per_epoch
+  lr = float(run.lr_fn(bad_step - 1)) * float(state.plateau.scale)
+  kept = (f'The last good checkpoint (step {last}) is kept in {run.workdir / "checkpoints"}'
+          if last is not None else 'No checkpoint had been written yet')
+  raise FloatingPointError(
+      f'Training diverged: the train loss is not finite from step {bad_step} (epoch {epoch + 1}, '
+      f'learning rate {lr:.4g}); the run stopped at step {done} without saving. {kept}. Lower '
+      '--config.learning_rate, add --config.warmup or --config.grad_clip_norm, and start in a '
+      'new --workdir.')
+
+
+def final_results(run: Run, state: TrainState, command: str | None) -> dict:
+  """Test figures from the best checkpoint (the latest when there is no validation split), the
+  run's figures and environment; written to results.json by process 0."""
+  config, book, splits = run.config, run.book, run.splits
+  best = run.ckpts.restore('best', state) if 'val' in run.eval_arrays else None
   final_state = best[0] if best is not None else state
   results = {
-      'status': 'stopped_early' if meta['stopped_early'] else 'completed',
+      'status': 'stopped_early' if book.stopped_early else 'completed',
       'name': config.name or config.model,
       'model': config.model,
-      'num_params': num_params,
+      'num_params': run.num_params,
       'dataset': (f'{splits.name} ({splits.source})' if splits.source in config_base.DATA_SOURCES
                   else splits.source),  # a folder's own label, e.g. 'CIFAR-10 (JPEG copy)'
-      'num_train': num_train, 'num_val': len(splits.val[0]), 'num_test': len(splits.test[0]),
-      'steps': int(state.step), 'epochs': meta['epochs_done'], 'steps_per_epoch': steps_per_epoch,
-      'best_epoch': meta['best_epoch'], 'best_step': meta['best_step'],
+      'num_train': run.num_train, 'num_val': len(splits.val[0]), 'num_test': len(splits.test[0]),
+      'steps': int(state.step), 'epochs': book.epochs_done, 'steps_per_epoch': run.steps_per_epoch,
+      'best_epoch': book.best_epoch, 'best_step': book.best_step,
       'selection_metric': config.selection_metric,
   }
   if best is not None:
-    results.update({f'val_{k}': v for k, v in run_eval('val', final_state).items()})
-  if 'train_eval' in eval_arrays:  # training error of the last state, without augmentation
-    results.update({f'final_train_eval_{k}': v for k, v in run_eval('train_eval', state).items()})
-    results['num_train_eval'] = min(config.data.train_eval_size, num_train)
-  if 'test' in eval_arrays:
-    test = run_eval('test', final_state)
-    writer.write(int(state.step), 'test', test)
+    results.update({f'val_{k}': v for k, v in run.evaluate('val', final_state).items()})
+  if 'train_eval' in run.eval_arrays:  # training error of the last state, without augmentation
+    results.update({f'final_train_eval_{k}': v
+                    for k, v in run.evaluate('train_eval', state).items()})
+    results['num_train_eval'] = min(config.data.train_eval_size, run.num_train)
+  if 'test' in run.eval_arrays:
+    test = run.evaluate('test', final_state)
+    run.writer.write(int(state.step), 'test', test)
     results.update({f'test_{k}': v for k, v in test.items()})
-  tick()
+  run.tick()
   results.update({
-      'wall_time_s': meta['wall_seconds'],
-      'train_images_per_s': meta['timed_images'] / meta['train_seconds'] if meta['train_seconds'] else None,
+      'wall_time_s': book.wall_seconds,
+      'train_images_per_s': book.timed_images / book.train_seconds if book.train_seconds else None,
       **parallel.device_summary(),
       'host_cpu': report.host_cpu(),
       'jax_version': jax.__version__,
       'command': command if command is not None else shlex.join([sys.executable] + sys.argv),
   })
   if parallel.is_main_process():
-    (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
-  ckpts.close()
-  writer.close()
+    checkpointing.write_text(run.workdir / 'results.json', json.dumps(results, indent=2) + '\n')
   return results
 
 

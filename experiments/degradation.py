@@ -25,15 +25,21 @@ from cnn_jax import cli, config_base, report
 from cnn_jax.metric_writers import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_PRESET = flags.DEFINE_enum('preset', 'cpu', ['', *cifar_resnet.PRESETS],
-                            'Protocol of configs/cifar_resnet.py ("" = the recipe, 45k/5k split).')
-_MODELS = flags.DEFINE_list('models', ['plain20', 'plain56', 'resnet20', 'resnet56'],
-                            'Any of plain{20,32,44,56,110}, resnet{20,32,44,56,110}.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Default: workdirs/degradation_<preset>.')
-_REPORT_DIR = flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
-_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only write the report from the workdirs.')
-_OVERRIDES = flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE for every run, e.g. '
-                                       '--set=data.data_dir=/data/cifar10.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Command-line flags; defined only when run as a script, so tests can import the module."""
+  flags.DEFINE_enum('preset', 'cpu', ['', *cifar_resnet.PRESETS],
+                    'Protocol of configs/cifar_resnet.py ("" = the recipe, 45k/5k split).')
+  flags.DEFINE_list('models', ['plain20', 'plain56', 'resnet20', 'resnet56'],
+                    'Any of plain{20,32,44,56,110}, resnet{20,32,44,56,110}.')
+  flags.DEFINE_string('workdir', None, 'Default: workdirs/degradation_<preset>.')
+  flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
+  flags.DEFINE_bool('report_only', False, 'Only write the report from the workdirs.')
+  flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE for every run, e.g. '
+                            '--set=data.data_dir=/data/cifar10.')
+
 
 # He et al. 2016, Table 6: CIFAR-10 test error (%) of the ResNets; parameters.
 PAPER_TEST_ERROR = {'resnet20': 8.75, 'resnet32': 7.51, 'resnet44': 7.17, 'resnet56': 6.97,
@@ -151,13 +157,14 @@ def _block_names(record: dict, kind: str) -> list[str]:
 # ----------------------------------------------------------------------------------- report
 
 
-def final_errors(run: dict) -> dict:
-  """Final training and test error (%) of the last state, and the number of images behind them."""
+def final_errors(run: dict, at_step: int | None = None) -> dict:
+  """Training and test error (%) at the last evaluation (at or before `at_step` if given)."""
   out = {}
-  if run['train']:
-    out['train'] = 100 * (1 - run['train'][-1]['accuracy'])
-  if run['test']:
-    out['test'] = 100 * (1 - run['test'][-1]['accuracy'])
+  for split in ('train', 'test'):
+    rows = [r for r in run[split] if at_step is None or r['step'] <= at_step]
+    if rows:
+      out[split] = 100 * (1 - rows[-1]['accuracy'])
+      out[f'{split}_step'] = rows[-1]['step']
   out['step'] = max([r['step'] for r in run['train'] + run['test']], default=0)
   return out
 
@@ -174,13 +181,19 @@ def claim_checks(runs: dict, n_train: int, n_test: int) -> list[list[str]]:
   rows = []
 
   def compare(claim, text, a, b, split, n):
+    """At the last iteration both runs have reached, so a partial run is compared fairly."""
     if a not in err or b not in err or split not in err[a] or split not in err[b]:
       rows.append([claim, text, 'not run', '', ''])
       return
-    ea, eb = err[a][split], err[b][split]
+    common = min(err[a]['step'], err[b]['step'])
+    fa, fb = final_errors(runs[a], common), final_errors(runs[b], common)
+    if split not in fa or split not in fb or fa[f'{split}_step'] != fb[f'{split}_step']:
+      rows.append([claim, text, 'no common evaluation point yet', '', ''])
+      return
+    ea, eb = fa[split], fb[split]
     z = (ea - eb) / max((_se(ea, n) ** 2 + _se(eb, n) ** 2) ** 0.5, 1e-9)
-    rows.append([claim, text, f'{a} {ea:.2f}% vs {b} {eb:.2f}%', f'{ea - eb:+.2f} pp ({z:+.1f} SE)',
-                 'yes' if ea > eb else '**no**'])
+    rows.append([claim, text, f'{a} {ea:.2f}% vs {b} {eb:.2f}% at iteration {common:,}',
+                 f'{ea - eb:+.2f} pp ({z:+.1f} SE)', 'yes' if ea > eb else '**no**'])
 
   plains = sorted((m for m in err if m.startswith('plain')), key=depth) or ['plain20', 'plain56']
   deep, shallow = plains[-1], plains[0] if len(plains) > 1 else 'plain20'
@@ -192,10 +205,11 @@ def claim_checks(runs: dict, n_train: int, n_test: int) -> list[list[str]]:
   compare('C21', f'{deep} test error above {shallow}', deep, shallow, 'test', n_test)
   resnets = sorted((m for m in err if m.startswith('resnet') and 'test' in err[m]), key=depth)
   if len(resnets) >= 2:
-    errs = [err[m]['test'] for m in resnets]
+    common = min(err[m]['step'] for m in resnets)
+    errs = [final_errors(runs[m], common)['test'] for m in resnets]
     falls = all(a > b for a, b in zip(errs, errs[1:]))
     rows.append(['C21', 'ResNet test error falls with depth',
-                 ', '.join(f'{m} {e:.2f}%' for m, e in zip(resnets, errs)),
+                 ', '.join(f'{m} {e:.2f}%' for m, e in zip(resnets, errs)) + f' at {common:,}',
                  f'{errs[-1] - errs[0]:+.2f} pp deepest vs shallowest',
                  'yes' if falls else '**no**'])
   else:
@@ -220,7 +234,8 @@ def diagnostics_table(runs: dict) -> str:
        'block output RMS (min – max)'], rows)
 
 
-def write_report(workdir: pathlib.Path, models: list[str], preset: str) -> pathlib.Path:
+def write_report(workdir: pathlib.Path, models: list[str], preset: str,
+                 overrides: tuple[str, ...] = ()) -> pathlib.Path:
   runs = {m: r for m in models if (r := load_run(workdir / m)) is not None}
   if not runs:
     raise SystemExit(f'No runs with metrics under {workdir}; train first (drop --report_only).')
@@ -228,7 +243,7 @@ def write_report(workdir: pathlib.Path, models: list[str], preset: str) -> pathl
   diag_png = plot_diagnostics(runs, workdir / 'diagnostics.png')
   done = {m: r['results'] for m, r in runs.items() if r['results']}
   any_results = next(iter(done.values()), None)
-  config = model_config(models[0], preset, _OVERRIDES.value)
+  config = model_config(models[0], preset, list(overrides))
   n_train = any_results['num_train_eval'] if any_results else config.data.train_eval_size
   n_test = any_results['num_test'] if any_results else 10_000
 
@@ -249,8 +264,8 @@ def write_report(workdir: pathlib.Path, models: list[str], preset: str) -> pathl
       ['model', 'params', 'iterations', 'train error % (final)', 'test error % (final)',
        'test error % (best val ckpt)', 'paper test error % (Table 6)', 'wall time',
        'train images/s'], table_rows)
-  checks = report.markdown_table(['claim', 'check', 'measured', 'difference', 'holds'],
-                                 claim_checks(runs, n_train, n_test))
+  check_rows = claim_checks(runs, n_train, n_test)
+  checks = report.markdown_table(['claim', 'check', 'measured', 'difference', 'holds'], check_rows)
   env = report.environment()
   hardware = (f"{any_results['device_count']} x {any_results['device_kind']}, host "
               f"{any_results['host_cpu']}" if any_results else env['host_cpu'])
@@ -310,6 +325,21 @@ along training (`cnn_jax/diagnostics.py`).
 """
   path = workdir / 'report.md'
   path.write_text(text)
+  finals = {m: final_errors(r) for m, r in runs.items()}
+  headline = '; '.join(
+      f"{m} train {finals[m].get('train', float('nan')):.1f}% / test "
+      f"{finals[m].get('test', float('nan')):.1f}% at {finals[m]['step']:,} it"
+      + ('' if runs[m]['results'] else ' (running)')
+      for m in sorted(runs, key=lambda m: (m.startswith('resnet'), depth(m))))
+  summary = {
+      'experiment': 'degradation', 'claims': 'C20, C21', 'preset': preset, 'status': status,
+      'command': f"python -m experiments.degradation --preset={preset} --models={','.join(models)}",
+      'headline': headline, 'final_errors': finals,
+      'checks': [row for row in check_rows if row[-1]],  # verdicts only, not the 'not run' rows
+      'train_wall_time_s': sum(r['wall_time_s'] for r in done.values()),
+      'runs': {m: r for m, r in done.items()},
+  }
+  (workdir / 'results.json').write_text(json.dumps(summary, indent=2) + '\n')
   return path
 
 
@@ -333,14 +363,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.setup_process()
-  preset, models = _PRESET.value, _MODELS.value
+  preset, models = FLAGS.preset, FLAGS.models
   unknown = [m for m in models if m not in cifar_resnet.MODELS]
   if unknown:
     raise app.UsageError(f'Unknown model(s) {unknown}; choose from {cifar_resnet.MODELS}.')
-  workdir = pathlib.Path(_WORKDIR.value or ROOT / 'workdirs' / f"degradation_{preset or 'recipe'}")
+  workdir = pathlib.Path(FLAGS.workdir or ROOT / 'workdirs' / f"degradation_{preset or 'recipe'}")
   workdir.mkdir(parents=True, exist_ok=True)
-  configs = {m: model_config(m, preset, _OVERRIDES.value) for m in models}  # fail before training
-  if not _REPORT_ONLY.value:
+  configs = {m: model_config(m, preset, FLAGS.set) for m in models}  # fail before training
+  if not FLAGS.report_only:
     for model in models:
       run_dir = workdir / model
       if (run_dir / 'results.json').exists():
@@ -348,12 +378,12 @@ def main(argv):
         continue
       print(f'{model}: training in {run_dir} ...', file=sys.stderr, flush=True)
       cli.run_training(configs[model], run_dir, 'experiments.degradation')
-  path = write_report(workdir, models, preset)
+  path = write_report(workdir, models, preset, FLAGS.set)
   print(f'report: {path}')
-  if _REPORT_DIR.value:
-    out = pathlib.Path(_REPORT_DIR.value)
+  if FLAGS.report_dir:
+    out = pathlib.Path(FLAGS.report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ('report.md', 'figure6.png', 'diagnostics.png'):
+    for name in ('report.md', 'results.json', 'figure6.png', 'diagnostics.png'):
       if (workdir / name).exists():
         shutil.copy(workdir / name, out / name)
     for model in models:
@@ -365,4 +395,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

@@ -19,14 +19,57 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def lenet5_table() -> str:
   r = json.loads((ROOT / 'reports/lenet5_mnist/results.json').read_text())
+  seeds_path = ROOT / 'reports/lenet5_mnist/seeds.json'
+  seeds = '—'
+  if seeds_path.exists():
+    s = json.loads(seeds_path.read_text())
+    if s['mean'] is not None:
+      seeds = (f"{s['mean']:.2%}" + (f" ± {s['std']:.2%}" if s['std'] is not None else '')
+               + f" ({s['seeds_done']} seeds)")
   return markdown_table(
-      ['experiment', 'claims', 'test accuracy', 'lecture', 'best epoch', 'wall time',
+      ['experiment', 'claims', 'test accuracy', 'over seeds', 'lecture', 'best epoch', 'wall time',
        'train images/s', 'hardware', 'command'],
       [[f"[{r['name']}](reports/lenet5_mnist/report.md)", 'C13-C15', f"{r['test_accuracy']:.2%}",
-        'about 99%', f"{r['best_epoch']} of {r['epochs']}", f"{r['wall_time_s']:.0f} s",
+        seeds, 'about 99%', f"{r['best_epoch']} of {r['epochs']}", f"{r['wall_time_s']:.0f} s",
         f"{r['train_images_per_s']:,.0f}",
         f"{r['device_count']} x {r['device_kind']}, host {r.get('host_cpu', '?')}",
         f"`{r['command']}`"]])
+
+
+# The lecture-claim experiments: name -> (claims, what it shows, the command that makes its report).
+EXPERIMENTS = {
+    'degradation_cpu': ('C20, C21', 'plain vs residual CIFAR nets, 20 and 56 layers (CPU protocol)',
+                        'python -m experiments.degradation --preset=cpu '
+                        '--report_dir=reports/degradation_cpu'),
+    'lr_sweep': ('C15', 'one epoch at α = 1, 0.1, 0.01',
+                 'python -m experiments.lr_sweep --report_dir=reports/lr_sweep'),
+    'gd_variants': ('C13', 'GD vs SGD vs mini-batch SGD, early stopping',
+                    'python -m experiments.gd_variants --report_dir=reports/gd_variants'),
+    'init_variance': ('C12', 'signal variance through 50 layers per initialisation',
+                      'python -m experiments.init_variance --report_dir=reports/init_variance'),
+    'cnn_vs_fc': ('C25', 'LeNet-5 vs an FC net: parameters, data size, shifts',
+                  'python -m experiments.cnn_vs_fc --report_dir=reports/cnn_vs_fc'),
+    'visualize_filters': ('C26', 'first-layer filters and feature maps (MNIST)',
+                          'python -m experiments.visualize_filters '
+                          '--report_dir=reports/visualize_filters'),
+}
+
+
+def experiments_table() -> str:
+  rows = []
+  for name, (claims, what, command) in EXPERIMENTS.items():
+    path = ROOT / 'reports' / name / 'results.json'
+    if not path.exists():
+      rows.append([name, claims, what, 'no committed report yet', '—', '—', f'`{command}`'])
+      continue
+    r = json.loads(path.read_text())
+    checks = r.get('checks', [])
+    held = sum(c[-1] == 'yes' for c in checks)
+    wall = r.get('train_wall_time_s') or r.get('experiment_wall_time_s')
+    rows.append([f'[{name}](reports/{name}/report.md)', claims, what, r['headline'],
+                 f'{held} of {len(checks)}', f'{wall:.0f} s', f"`{r['command']}`"])
+  return markdown_table(['experiment', 'claims', 'what', 'headline (measured)', 'checks hold',
+                         'wall time', 'command'], rows)
 
 
 def params_table() -> str:
@@ -42,7 +85,8 @@ def params_table() -> str:
   return markdown_table(['model', 'parameters (ours)', 'published', 'match', 'GMACs/image'], rows)
 
 
-TABLES = {'lenet5_mnist': lenet5_table, 'param_counts': params_table}
+TABLES = {'lenet5_mnist': lenet5_table, 'experiments': experiments_table,
+          'param_counts': params_table}
 
 
 def render(text: str) -> str:

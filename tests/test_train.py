@@ -38,7 +38,7 @@ def test_resume_matches_uninterrupted(tmp_path, tiny_run):
   _, reference = tiny_run
   workdir = tmp_path / 'resumed'
   config = tiny_config()
-  halted = train.train_and_evaluate(config, workdir, halt_after_step=47, command='test')
+  halted = train.train_and_evaluate(config, workdir, should_stop=lambda step: step >= 47, command='test')
   assert halted == {'status': 'interrupted', 'step': 47}
   assert not (workdir / 'results.json').exists()
   resumed = train.train_and_evaluate(config, workdir, command='test')
@@ -52,7 +52,7 @@ def test_resume_restores_identical_state(tmp_path):
   config = tiny_config(num_epochs=1)
   a, b = tmp_path / 'a', tmp_path / 'b'
   train.train_and_evaluate(config, a, command='test')
-  train.train_and_evaluate(config, b, halt_after_step=9, command='test')
+  train.train_and_evaluate(config, b, should_stop=lambda step: step >= 9, command='test')
   train.train_and_evaluate(config, b, command='test')
   target = _state_like(config)
   sa, _ = checkpointing.Checkpoints(a).restore('latest', target)

@@ -23,7 +23,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.resnet import BasicBlock, batch_norm, conv_kernel_init, torch_pad
+from cnn_jax.models.layers import batch_norm, classifier_head, conv_kernel_init, torch_pad
+from cnn_jax.models.resnet import BasicBlock, check_depth, residual_stages
 
 # depth -> n, the blocks per stage (depth = 6n + 2).
 CIFAR_DEPTHS: dict[int, int] = {8: 1, 20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}
@@ -48,9 +49,7 @@ class CifarResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.depth not in CIFAR_DEPTHS:
-      raise ValueError(
-          f'CIFAR ResNet depth must be one of {sorted(CIFAR_DEPTHS)}, got {self.depth}.')
+    check_depth(self.depth, CIFAR_DEPTHS, 'CIFAR ResNet')
     n = CIFAR_DEPTHS[self.depth]
     conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
     norm = batch_norm(train, self.dtype)
@@ -59,17 +58,10 @@ class CifarResNet(nn.Module):
     x = conv(self.widths[0], (3, 3), padding=torch_pad(3), name='stem_conv')(x)
     x = self.act(norm(name='stem_bn')(x))
     self.sow('intermediates', 'stem', x)
-    for i, width in enumerate(self.widths):
-      for j in range(n):
-        x = BasicBlock(width, conv=conv, norm=norm, act=self.act,
-                       strides=2 if i > 0 and j == 0 else 1, shortcut=self.shortcut,
-                       residual=self.residual, zero_init_last=self.zero_init_residual,
-                       name=f'stage{i + 1}_block{j + 1}')(x)
-      self.sow('intermediates', f'stage{i + 1}', x)
-    x = jnp.mean(x, axis=(1, 2))
-    self.sow('intermediates', 'pre_logits', x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
-    return x.astype(jnp.float32)
+    x = residual_stages(self, x, BasicBlock, self.widths, [n] * len(self.widths), conv=conv,
+                        norm=norm, act=self.act, shortcut=self.shortcut, residual=self.residual,
+                        zero_init_last=self.zero_init_residual)
+    return classifier_head(self, x, self.num_classes, self.dtype)
 
 
 ResNet8 = partial(CifarResNet, depth=8)

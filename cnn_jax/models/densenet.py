@@ -23,7 +23,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.resnet import batch_norm, torch_pad
+from cnn_jax.models.layers import batch_norm, classifier_head, torch_pad
 
 ModuleDef = Any
 
@@ -145,10 +145,7 @@ class DenseNet(nn.Module):
         x = Transition(int(math.floor(x.shape[-1] * self.compression)), conv=conv, norm=norm,
                        act=self.act, name=f'transition{i + 1}')(x)
     x = self.act(norm(name='final_bn')(x))
-    x = jnp.mean(x, axis=(1, 2))
-    self.sow('intermediates', 'pre_logits', x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
-    return x.astype(jnp.float32)
+    return classifier_head(self, x, self.num_classes, self.dtype)
 
 
 DenseNet121 = partial(DenseNet, depth=121)

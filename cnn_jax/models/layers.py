@@ -1,12 +1,43 @@
-"""Small building blocks shared by several model families (pooling with torchvision semantics)."""
+"""Small building blocks shared by several model families: PyTorch-equivalent initialisation,
+padding and BatchNorm, the pooled classifier head, and pooling with torchvision semantics."""
 from __future__ import annotations
 
 import math
+from functools import partial
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+ModuleDef = Any
+
+# torchvision: nn.init.kaiming_normal_(w, mode='fan_out', nonlinearity='relu') (untruncated).
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def torch_pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  """PyTorch-style symmetric padding of a k x k window (k odd): k // 2 on every side."""
+  return ((k // 2, k // 2), (k // 2, k // 2))
+
+
+def batch_norm(train: bool, dtype: Any) -> ModuleDef:
+  """PyTorch BatchNorm2d defaults (momentum 0.1 == flax 0.9, eps 1e-5); stats move in train."""
+  return partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                 dtype=dtype)
+
+
+def classifier_head(module: nn.Module, x: jax.Array, num_classes: int, dtype: Any) -> jax.Array:
+  """Global average pool, sown as 'pre_logits', then a fully connected layer named 'head'.
+
+  Call it from a model's compact `__call__` (`module` is that model): the Dense becomes the
+  model's submodule 'head'. Returns float32 logits.
+  """
+  x = jnp.mean(x, axis=(1, 2))
+  module.sow('intermediates', 'pre_logits', x)
+  x = nn.Dense(num_classes, dtype=dtype, name='head')(x)
+  return x.astype(jnp.float32)
 
 
 def _adaptive_matrix(in_size: int, out_size: int) -> np.ndarray:

@@ -20,22 +20,17 @@ resnet152 60,192,808.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-ModuleDef = Any
-
-# torchvision: nn.init.kaiming_normal_(w, mode='fan_out', nonlinearity='relu') (untruncated).
-conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+from cnn_jax.config_base import ConfigError, did_you_mean
+# Re-exported: these lived here before models/layers.py held them.
+from cnn_jax.models.layers import (ModuleDef, batch_norm, classifier_head,  # noqa: F401
+                                   conv_kernel_init, torch_pad)
 
 SHORTCUTS = ('A', 'B')
-
-
-def torch_pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
-  """PyTorch-style symmetric padding of a k x k window (k odd): k // 2 on every side."""
-  return ((k // 2, k // 2), (k // 2, k // 2))
 
 
 def shortcut_a(x, features: int, strides: int):
@@ -118,7 +113,8 @@ def _last_scale_init(zero: bool):
 def _shortcut(block, x, out_features: int):
   """Identity, or (where stride or width change, as torchvision decides) option A / B."""
   if block.shortcut not in SHORTCUTS:
-    raise ValueError(f'shortcut must be one of {SHORTCUTS}, got {block.shortcut!r}.')
+    raise ConfigError(f'shortcut must be one of {SHORTCUTS}, got {block.shortcut!r} '
+                      f'(config.model_kwargs.shortcut).{did_you_mean(block.shortcut, SHORTCUTS)}')
   if block.strides == 1 and x.shape[-1] == out_features:
     return x
   if block.shortcut == 'A':
@@ -137,10 +133,26 @@ RESNET_DEPTHS: dict[int, tuple[type[nn.Module], tuple[int, ...]]] = {
 }
 
 
-def batch_norm(train: bool, dtype: Any) -> ModuleDef:
-  """PyTorch BatchNorm2d defaults (momentum 0.1 == flax 0.9, eps 1e-5); stats move in train."""
-  return partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                 dtype=dtype)
+def residual_stages(module: nn.Module, x, block: type[nn.Module], widths: Sequence[int],
+                    blocks_per_stage: Sequence[int], **block_fields):
+  """The stage loop shared by the ImageNet and the CIFAR ResNets (and their plain twins).
+
+  Stage i (1-based) has `blocks_per_stage[i-1]` blocks of `widths[i-1]` planes; the first block
+  of every stage but the first has stride 2. Blocks are the submodules 'stage{i}_block{j}' of
+  `module` (the calling model) and each stage's output is sown as 'stage{i}'.
+  """
+  for i, (width, num_blocks) in enumerate(zip(widths, blocks_per_stage)):
+    for j in range(num_blocks):
+      x = block(width, strides=2 if i > 0 and j == 0 else 1, name=f'stage{i + 1}_block{j + 1}',
+                **block_fields)(x)
+    module.sow('intermediates', f'stage{i + 1}', x)
+  return x
+
+
+def check_depth(depth: int, table: dict, what: str) -> None:
+  if depth not in table:
+    raise ConfigError(f'{what} depth must be one of {sorted(table)}, got {depth} '
+                      f'(config.model_kwargs.depth).{did_you_mean(depth, sorted(table))}')
 
 
 class ResNet(nn.Module):
@@ -162,8 +174,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.depth not in RESNET_DEPTHS:
-      raise ValueError(f'ResNet depth must be one of {sorted(RESNET_DEPTHS)}, got {self.depth}.')
+    check_depth(self.depth, RESNET_DEPTHS, 'ResNet')
     block, stage_sizes = RESNET_DEPTHS[self.depth]
     conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
     norm = batch_norm(train, self.dtype)
@@ -173,16 +184,10 @@ class ResNet(nn.Module):
     x = self.act(norm(name='stem_bn')(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=torch_pad(3))
     self.sow('intermediates', 'stem', x)
-    for i, n_blocks in enumerate(stage_sizes):
-      for j in range(n_blocks):
-        x = block(self.width * 2**i, conv=conv, norm=norm, act=self.act,
-                  strides=2 if i > 0 and j == 0 else 1, shortcut=self.shortcut,
-                  zero_init_last=self.zero_init_residual, name=f'stage{i + 1}_block{j + 1}')(x)
-      self.sow('intermediates', f'stage{i + 1}', x)
-    x = jnp.mean(x, axis=(1, 2))
-    self.sow('intermediates', 'pre_logits', x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
-    return x.astype(jnp.float32)
+    x = residual_stages(self, x, block, [self.width * 2**i for i in range(len(stage_sizes))],
+                        stage_sizes, conv=conv, norm=norm, act=self.act, shortcut=self.shortcut,
+                        zero_init_last=self.zero_init_residual)
+    return classifier_head(self, x, self.num_classes, self.dtype)
 
 
 ResNet18 = partial(ResNet, depth=18)

@@ -1,0 +1,191 @@
+"""Claim C13: full-batch GD, SGD (batch 1) and mini-batch SGD on the same budget of examples
+seen; validation curves; early stopping picks the best epoch.
+
+    python -m experiments.gd_variants [--preset=toy] [--seeds=3] [--workdir=DIR]
+                                      [--report_dir=reports/gd_variants] [--report_only]
+
+Runs the sweep of configs/gd_variants.py (variant x seeds) with cnn_jax.sweep, then writes
+report.md, gd_variants.png and results.json: validation loss and accuracy per epoch (= per pass
+over the training subset, the same examples-seen budget for every variant), the epoch early
+stopping selects (lowest validation loss) and the test accuracy of that checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+from absl import app, flags
+import numpy as np
+
+from cnn_jax import cli, report, sweep
+from cnn_jax.metric_writers import read_metrics
+from experiments import lecture_common as common
+
+
+def define_flags() -> None:
+  """Command-line flags; defined only when run as a script, so that tests can import
+  several experiments."""
+  global _PRESET, _SEEDS, _WORKDIR, _REPORT_DIR, _PARALLEL, _REPORT_ONLY
+  _PRESET = flags.DEFINE_enum('preset', 'full', ['full', 'toy'], 'toy: 128 images, 5 epochs.')
+  _SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds per variant (default 3; toy: 0 = one).')
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Default: workdirs/gd_variants[_toy].')
+  _REPORT_DIR = flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
+  _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Members run at once (subprocesses).')
+  _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only write the report from the workdir.')
+
+
+OUTPUTS = ('report.md', 'gd_variants.png', 'results.json', 'sweep.md', 'sweep.csv', 'members.csv')
+OVERFIT = 1.05  # "the validation loss turns up": final > 1.05 x its minimum
+
+
+def variant_name(batch: int, subset: int) -> str:
+  return ('full-batch GD' if batch == subset else 'SGD (batch 1)' if batch == 1 else
+          f'mini-batch SGD ({batch})')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.setup_process()
+  clock = common.Clock()
+  preset = _PRESET.value
+  toy = preset == 'toy'
+  seeds = (0 if toy else 3) if _SEEDS.value is None else _SEEDS.value
+  spec = sweep.Sweep('configs/gd_variants.py' + (':toy' if toy else ''), seeds=seeds)
+  workdir = pathlib.Path(_WORKDIR.value or common.ROOT / 'workdirs' /
+                         ('gd_variants' + ('_toy' if toy else '')))
+  members, _ = common.run_sweep(spec, workdir, _PARALLEL.value, _REPORT_ONLY.value,
+                                title='C13: GD, SGD and mini-batch SGD')
+  config = members[0].config
+  subset = config.data.train_subset
+  variants: dict[str, dict] = {}
+  for m in members:
+    run_dir = workdir / m.name
+    if not sweep.is_done(run_dir):
+      continue
+    results = json.loads((run_dir / 'results.json').read_text())
+    val = [r for r in read_metrics(run_dir / 'metrics.jsonl') if r['split'] == 'val']
+    v = variants.setdefault(variant_name(m.config.batch_size, subset), {
+        'batch_size': m.config.batch_size, 'learning_rate': m.config.learning_rate,
+        'steps': results['steps'], 'runs': []})
+    v['runs'].append({
+        'seed': m.overrides.get('seed'), 'val_loss': [r['loss'] for r in val],
+        'val_accuracy': [r['accuracy'] for r in val], 'best_epoch': results['best_epoch'],
+        'test_accuracy': results['test_accuracy'], 'wall_time_s': results['wall_time_s'],
+        'examples_seen': results['steps'] * m.config.batch_size})
+  for v in variants.values():
+    curves = np.asarray([r['val_loss'] for r in v['runs']])
+    v['mean_val_loss'] = curves.mean(0).tolist()
+    v['mean_val_accuracy'] = np.asarray([r['val_accuracy'] for r in v['runs']]).mean(0).tolist()
+    v['min_val_loss'] = [min(r['val_loss']) for r in v['runs']]
+    v['final_over_min'] = [r['val_loss'][-1] / min(r['val_loss']) for r in v['runs']]
+
+  checks, all_hold = [], True
+
+  def add(*row, holds):
+    nonlocal all_hold
+    all_hold &= holds
+    checks.append(common.check_row(*row, holds))
+
+  gd, mb = variants.get('full-batch GD'), variants.get('mini-batch SGD (64)')
+  sgd = variants.get('SGD (batch 1)')
+  budgets = {k: sorted({r['examples_seen'] for r in v['runs']}) for k, v in variants.items()}
+  add('C13', 'examples seen by each variant', 'same budget', 'equal',
+      ', '.join(f'{k}: {b[0]:,}' for k, b in budgets.items()),
+      holds=len({b[0] for b in budgets.values()}) == 1)
+  if gd and mb:
+    add('C13', 'lowest validation loss, mini-batch vs full-batch GD (same examples seen)',
+        'mini-batches: many more updates per pass', 'mini-batch < GD (mean over seeds)',
+        f"{np.mean(mb['min_val_loss']):.3f} vs {np.mean(gd['min_val_loss']):.3f}",
+        holds=np.mean(mb['min_val_loss']) < np.mean(gd['min_val_loss']))
+  overfit = {k: v for k, v in variants.items() if np.mean(v['final_over_min']) > OVERFIT}
+  add('C13', 'early stopping: variants whose validation loss turns up pick an earlier epoch',
+      'stop at the validation minimum', f'final val loss > {OVERFIT} x min, and best epoch < last',
+      '; '.join(f"{k}: best epochs {[r['best_epoch'] for r in v['runs']]} of {config.num_epochs}, "
+                f"final/min {np.mean(v['final_over_min']):.2f}" for k, v in variants.items()),
+      holds=bool(overfit) and all(r['best_epoch'] < config.num_epochs
+                                  for v in overfit.values() for r in v['runs']))
+
+  rows = []
+  for k, v in variants.items():
+    stat = lambda xs: {'mean': float(np.mean(xs)),
+                       'std': float(np.std(xs, ddof=1)) if len(xs) > 1 else float('nan')}
+    rows.append([k, v['batch_size'], v['learning_rate'], f"{v['steps']:,}", len(v['runs']),
+                 sweep.pm(stat(v['min_val_loss'])),
+                 ', '.join(str(r['best_epoch']) for r in v['runs']),
+                 sweep.pm(stat([r['test_accuracy'] for r in v['runs']]), '{:.2f}%', 100),
+                 f"{np.mean(v['final_over_min']):.2f}",
+                 f"{np.mean([r['wall_time_s'] for r in v['runs']]):.0f} s"])
+  table = report.markdown_table(
+      ['variant', 'batch', 'α', 'updates', 'seeds', 'lowest val loss', 'best epoch per seed',
+       'test accuracy at the best epoch', 'final / lowest val loss', 'wall time per run'], rows)
+  png = plot(variants, workdir / 'gd_variants.png', subset)
+  facts = clock.facts()
+  command = cli.command_line('experiments.gd_variants')
+  train_wall = sum(r['wall_time_s'] for v in variants.values() for r in v['runs'])
+  rel = workdir.relative_to(common.ROOT) if workdir.is_relative_to(common.ROOT) else workdir
+  text = common.header(
+      title='Gradient descent, SGD and mini-batch SGD', claims='claim C13', command=command,
+      data=(f'MNIST, bundled IDX files; {subset:,} training images (a fixed subset, the same for '
+            f'every seed), {config.data.validation_size:,} validation images carved from train, '
+            '10,000 test; padded to 32x32.'),
+      protocol=(f'LeNet-5, plain SGD, {config.num_epochs} epochs = {config.num_epochs * subset:,} '
+                'examples seen by every variant; validation after every epoch; the best '
+                f'checkpoint (early stopping\'s choice) is the epoch of lowest {config.selection_metric}'
+                f', evaluated once on test; {max(seeds, 1)} seed(s); sweep `{" ".join(spec.command(rel))}`.'),
+      train_wall_s=train_wall, facts=facts, generator='experiments/gd_variants.py')
+  text += f"""
+## Claim checks
+
+{report.markdown_table(common.CHECK_HEADERS, checks)}
+
+## Variants
+
+{table}
+
+![validation curves]({png.name})
+
+Wall times are per run and include validation after every epoch and one checkpoint per epoch;
+SGD with batch 1 pays a dispatch per example, which dominates on a CPU.
+
+{common.footer()}"""
+  (workdir / 'report.md').write_text(text)
+  headline = ', '.join(f"{k.split(' (')[0] if 'mini' not in k else 'mini-batch'} "
+                       f"{np.mean(v['min_val_loss']):.3f}" for k, v in variants.items())
+  common.write_json(workdir / 'results.json', {
+      'experiment': 'gd_variants', 'claims': 'C13', 'preset': preset, 'command': command,
+      'all_checks_hold': all_hold, 'checks': checks, 'train_wall_time_s': train_wall, **facts,
+      'headline': f'lowest val loss at equal examples seen: {headline}',
+      'variants': variants})
+  print(f"claims hold: {all_hold}; report: {workdir / 'report.md'}")
+  common.copy_outputs(workdir, _REPORT_DIR.value, OUTPUTS)
+
+
+def plot(variants: dict, out: pathlib.Path, subset: int) -> pathlib.Path:
+  plt = common.pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for k, v in variants.items():
+    for ax, key in zip(axes, ('val_loss', 'val_accuracy')):
+      mean = v[f'mean_{key}']
+      line, = ax.plot(np.arange(1, len(mean) + 1) * subset, mean, 'o-', markersize=3,
+                      label=f"{k}, α {v['learning_rate']}")
+      for r in v['runs']:
+        ax.plot(np.arange(1, len(r[key]) + 1) * subset, r[key], alpha=0.25,
+                color=line.get_color())
+        ax.axvline(r['best_epoch'] * subset, color=line.get_color(), linestyle=':', alpha=0.5)
+  axes[0].set_yscale('log')
+  axes[0].set_ylabel('validation loss (dotted: best epoch per seed)')
+  axes[1].set_ylabel('validation accuracy')
+  for ax in axes:
+    ax.set_xlabel('training examples seen')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

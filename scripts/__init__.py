@@ -1,0 +1,1 @@
+"""Command-line tools: the local multi-process launcher and the fault report."""

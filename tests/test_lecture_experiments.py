@@ -1,0 +1,90 @@
+"""The lecture-claim experiments: their measurements on known inputs, and their toy presets."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from experiments import cnn_vs_fc, init_variance, lr_sweep, visualize_filters
+from tests.helpers import run_module
+
+
+def test_init_variance_toy_measures_the_c12_facts():
+  p = init_variance.PRESETS['toy']
+  data = init_variance.run_all(p['depth'], p['width'], p['batch'], p['seeds'])
+  he = init_variance.ratio_stats(data[('relu', 'He (2/n)')]['act_var'])
+  lecun = init_variance.ratio_stats(data[('relu', 'LeCun (1/n)')]['act_var'])
+  assert he['finite'] and he['max_over_min'] <= 2, he
+  assert abs(lecun['per_layer_ratio'] - 0.5) < 0.1, lecun  # theory: exactly 1/2 per ReLU layer
+  # tanh is ~linear near 0: LeCun keeps the variance far better than through ReLU.
+  assert init_variance.ratio_stats(data[('tanh', 'LeCun (1/n)')]['act_var'])['per_layer_ratio'] > 0.8
+  rows, holds = init_variance.checks(data, p['depth'])
+  assert holds, rows
+  assert len(data[('relu', 'He (2/n)')]['grad_std']) == p['depth']
+
+
+def test_ratio_stats_flags_overflow_and_underflow():
+  assert init_variance.ratio_stats([1.0, 2.0, math.inf])['what'] == 'overflows'
+  s = init_variance.ratio_stats([1e-3, 1e-20, 0.0])
+  assert not s['finite'] and s['first_non_finite_layer'] == 3 and s['what'] == 'underflows to 0'
+  assert init_variance.ratio_stats([4.0, 2.0, 1.0])['per_layer_ratio'] == pytest.approx(0.5)
+
+
+def test_shift_moves_digits_and_fills_with_background():
+  img = np.zeros((1, 6, 6, 1), np.uint8)
+  img[0, 2, 3] = 7
+  img[0, 0, 0] = 9  # leaves the frame when moved up or left
+  right = cnn_vs_fc.shift_images(img, 0, 2)
+  assert right[0, 2, 5, 0] == 7 and right[0, 0, 2, 0] == 9 and right.sum() == 16
+  up = cnn_vs_fc.shift_images(img, -1, 0)
+  assert up[0, 1, 3, 0] == 7 and up.sum() == 7
+  np.testing.assert_array_equal(cnn_vs_fc.shift_images(img, 0, 0), img)
+
+
+def test_orientation_selectivity():
+  edge = np.zeros((5, 5))
+  edge[:, :2], edge[:, 3:] = -1.0, 1.0  # a vertical edge
+  osi, angle = visualize_filters.orientation(edge)
+  assert osi > 0.5 and abs(angle - 90) < 1  # a 5x5 step edge: 0.56 (finite-size leakage)
+  osi_h, angle_h = visualize_filters.orientation(edge.T)
+  assert osi_h == pytest.approx(osi) and min(angle_h, 180 - angle_h) < 1
+  blob = np.outer(np.hanning(5), np.hanning(5))  # isotropic
+  assert visualize_filters.orientation(blob)[0] < 0.1
+
+
+def _outcome(curve, diverged=False, test_accuracy=None, val_loss=None):
+  return {'curve': curve, 'diverged': diverged, 'error': '', 'first_loss': curve[0][1],
+          'final_loss': curve[-1][1], 'test_accuracy': test_accuracy, 'val_loss': val_loss,
+          'val_accuracy': None, 'wall_time_s': 1.0}
+
+
+def test_lr_sweep_checks_decide_from_the_curves():
+  slow = _outcome([(10, 2.3), (50, 1.5), (100, 0.9)], test_accuracy=0.8, val_loss=0.9)
+  fast = _outcome([(10, 2.0), (30, 0.8), (100, 0.3)], test_accuracy=0.95, val_loss=0.3)
+  stuck = _outcome([(10, 2.4), (100, 2.31)], test_accuracy=0.11, val_loss=2.3)
+  rows, holds = lr_sweep.checks({(1.0, 0): stuck, (0.1, 0): fast, (0.01, 0): slow})
+  assert holds, rows
+  learned = _outcome([(10, 2.0), (100, 0.5)], test_accuracy=0.9, val_loss=0.5)
+  rows, holds = lr_sweep.checks({(1.0, 0): learned, (0.1, 0): slow, (0.01, 0): fast})
+  assert not holds and [r[-1] for r in rows] == ['**no**'] * 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['lr_sweep', 'cnn_vs_fc', 'gd_variants', 'visualize_filters'])
+def test_toy_preset_writes_its_report(tmp_path, name):
+  out = run_module([f'experiments.{name}', '--preset=toy', f'--workdir={tmp_path}'], timeout=1800)
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.loads((tmp_path / 'results.json').read_text())
+  report = (tmp_path / 'report.md').read_text()
+  assert results['command'].startswith(f'python -m experiments.{name}') and results['checks']
+  for fact in ('**Hardware**', '**Data**', 'wall time', '## Environment'):
+    assert fact in report
+  if name == 'lr_sweep':  # 31 steps already separate the three rates
+    assert results['all_checks_hold'], results['checks']
+  if name == 'cnn_vs_fc':
+    assert results['checks'][0][-1] == 'yes'  # parameters: 61,706 vs 1,453,094
+    assert {s['num_params'] for s in results['settings']} == {61706, 1453094}
+  if name == 'gd_variants':
+    assert results['checks'][0][-1] == 'yes'  # the same number of examples seen
+  if name == 'visualize_filters':
+    assert len(results['filters']) == 6 and (tmp_path / 'filters.png').exists()
