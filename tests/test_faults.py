@@ -88,7 +88,7 @@ def test_second_run_on_a_busy_workdir_is_refused_and_a_killed_holder_frees_it(tm
 # ----------------------------------------------------------------------------- damaged checkpoints
 
 
-@pytest.mark.parametrize('how', ['flip', 'truncate'])
+@pytest.mark.parametrize('how', ['flip', pytest.param('truncate', marks=pytest.mark.slow)])
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, stopped, reference, how,
                                                              capfd):
   workdir = _copy(stopped, tmp_path)

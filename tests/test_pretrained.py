@@ -399,8 +399,9 @@ TORCH_CASES = {
 
 @pytest.mark.parametrize('name', sorted(TORCH_CASES))
 def test_logits_match_torch_reference(name):
-  pytest.importorskip('torch')
+  torch = pytest.importorskip('torch')
   kwargs = TORCH_CASES[name]
+  torch.manual_seed(0)  # the weights torch's init draws at construction
   compare_with_torch(name, randomise(torch_reference(name, **kwargs)), **kwargs)
 
 
@@ -409,6 +410,8 @@ TORCHVISION_DEFAULT = ('alexnet_tv', 'googlenet', 'resnet18', 'vgg11_bn', 'dense
 
 def torchvision_model(name):
   tv = pytest.importorskip('torchvision')
+  import torch
+  torch.manual_seed(0)  # the weights torch's init draws at construction
   kwargs = {'aux_logits': False, 'init_weights': True} if name == 'googlenet' else {}
   return randomise(getattr(tv.models, pretrained.torchvision_name(name))(weights=None, **kwargs))
 
