@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SETUP := scripts/setup_env.sh
 
-.PHONY: setup lenet5-mnist lenet5-mnist-quick test test-all param-table readme bench clean
+.PHONY: setup degradation-toy degradation-cpu lenet5-mnist lenet5-mnist-quick test test-all param-table readme bench clean
 
 setup:
 	@$(SETUP)
@@ -10,6 +10,12 @@ setup:
 ## The main job: LeNet-5 on the bundled MNIST (claims C13-C15); report in workdirs/lenet5_mnist/.
 lenet5-mnist: setup
 	$(PY) -m experiments.lenet5_mnist
+
+degradation-toy: setup
+	$(PY) -m experiments.degradation --preset=toy --models=plain8,resnet8
+
+degradation-cpu: setup
+	$(PY) -m experiments.degradation --preset=cpu --models=plain20,plain56,resnet56,resnet20 --report_dir=reports/degradation_cpu
 
 lenet5-mnist-quick: setup
 	$(PY) -m experiments.lenet5_mnist --config=configs/lenet5_mnist.py:quick
