@@ -46,7 +46,12 @@ class MetricWriter:
 
   def close(self) -> None:
     if self._tb is not None:
-      self._tb.close()
+      tb, self._tb = self._tb, None
+      try:
+        tb.close()  # flushes the event file
+      except OSError as e:
+        raise WorkdirError(f'Cannot write the TensorBoard events in {self.path.parent}: '
+                           f'{e.strerror or e}.') from e
 
 
 def _parse(line: str) -> dict | None:

@@ -307,14 +307,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 def _close(run: Run, quiet: bool) -> None:
   """Finishes background writes and closes files; while an error propagates, a second error
   here (the same full disk) is not allowed to replace it."""
-  try:
-    run.ckpts.wait()
-    run.ckpts.close()
-  except Exception:  # pylint: disable=broad-except
-    if not quiet:
-      raise
-  finally:
-    run.writer.close()
+  for close in (run.ckpts.wait, run.ckpts.close, run.writer.close):
+    try:
+      close()
+    except Exception:  # pylint: disable=broad-except
+      if not quiet:
+        raise
 
 
 def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run, TrainState]:

@@ -496,8 +496,9 @@ def _last_line(text: str) -> str:
 
 
 def _error_line(text: str) -> str:
-  lines = [l for l in text.splitlines() if 'Error:' in l]
-  return (lines[-1] if lines else _last_line(text))[:240]
+  """The exception the process ended with (the last line of its traceback)."""
+  lines = [l for l in text.splitlines() if re.match(r'[\w.]*(Error|Exception|Locked):', l)]
+  return (lines[-1] if lines else _last_line(text))[:300]
 
 
 def write_report(rows: list[Row], out: pathlib.Path, seconds: float) -> pathlib.Path:
