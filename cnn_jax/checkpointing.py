@@ -129,7 +129,7 @@ class Checkpoints:
       manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                  meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as e:  # pylint: disable=broad-except  (an earlier background write, too)
-      raise self._write_error(kind, f'step {step}', e) from e
+      raise self._write_error(kind, f'the save at step {step}', e) from e
 
   def restore(self, kind: str, target: Any) -> tuple[Any, dict] | None:
     """The newest intact `kind` checkpoint restored onto `target`'s structure and shardings
@@ -167,7 +167,7 @@ class Checkpoints:
       try:
         manager.wait_until_finished()
       except Exception as e:  # pylint: disable=broad-except
-        raise self._write_error(kind, 'the last step', e) from e
+        raise self._write_error(kind, 'the last save', e) from e
 
   def close(self) -> None:
     for manager in self._managers.values():

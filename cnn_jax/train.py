@@ -307,12 +307,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 def _close(run: Run, quiet: bool) -> None:
   """Finishes background writes and closes files; while an error propagates, a second error
   here (the same full disk) is not allowed to replace it."""
+  first_error = None
   for close in (run.ckpts.wait, run.ckpts.close, run.writer.close):
     try:
       close()
-    except Exception:  # pylint: disable=broad-except
-      if not quiet:
-        raise
+    except Exception as e:  # pylint: disable=broad-except  (close the rest, then raise)
+      first_error = first_error or e
+  if first_error is not None and not quiet:
+    raise first_error
 
 
 def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run, TrainState]:

@@ -497,8 +497,11 @@ def _last_line(text: str) -> str:
 
 def _error_line(text: str) -> str:
   """The exception the process ended with (the last line of its traceback)."""
-  lines = [l for l in text.splitlines() if re.match(r'[\w.]*(Error|Exception|Locked):', l)]
-  return (lines[-1] if lines else _last_line(text))[:300]
+  lines = text.splitlines()
+  ours = [l for l in lines if re.match(r'(cnn_jax\.[\w.]+|FloatingPointError|Config error|Data '
+                                       r'error)[:\s]', l)]
+  other = [l for l in lines if re.match(r'[\w.]*(Error|Exception):', l)]
+  return ((ours or other or [_last_line(text)])[-1])[:300]
 
 
 def write_report(rows: list[Row], out: pathlib.Path, seconds: float) -> pathlib.Path:
