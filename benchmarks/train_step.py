@@ -4,10 +4,14 @@
                                     [--json=benchmarks/results/cpu.json] [--variants=defaults,none]
 
 Per model it runs, each in a fresh process (so XLA flags and memory figures are its own):
-* `jax`: the loop's jitted `cnn_jax.train.train_step` (donated state, data on the device, batches
-  gathered and augmented inside jit) with the project's XLA settings (cnn_jax/xla_setup.py);
-* `jax-plain` (`--variants` includes `none`): the same with those settings off
-  (CNN_JAX_XLA_DEFAULTS=0), i.e. XLA's defaults: the "before" column;
+* `jax`: the loop's jitted `cnn_jax.train.train_step` as built by the loop's own `train.setup`
+  from the model's experiment config (configs/lenet5_mnist.py, configs/cifar_resnet.py): the real
+  data on the device, batches gathered and augmented inside jit, donated state; with the
+  project's XLA settings (cnn_jax/xla_setup.py). Timed alone ("step") and then inside
+  `train.train_loop` ("loop": log points, stop checks, epoch permutations), by the loop's own
+  images/s bookkeeping;
+* `jax (none)` (`--variants` includes `none`): the same with those settings off
+  (CNN_JAX_XLA_DEFAULTS=0, the user's own XLA_FLAGS), i.e. XLA's defaults: the "before" column;
 * `pytorch`: the same network in PyTorch eager, fp32, channels-last, all cores, SGD momentum.
 It prints and (with --json) writes images/s, the ratio to PyTorch, compile time (persistent
 cache off), peak resident memory, and achieved GFLOP/s = 6 x MACs x images/s (forward 2 x MACs,
@@ -19,6 +23,7 @@ import argparse
 import datetime
 import json
 import os
+import pathlib
 import resource
 import subprocess
 import sys
@@ -29,6 +34,9 @@ BATCH = {'lenet5': 64, 'resnet20': 128, 'resnet56': 128, 'plain20': 128, 'plain5
 SHAPE = {'lenet5': (32, 32, 1), 'resnet50': (224, 224, 3)}
 SHAPE_DEFAULT = (32, 32, 3)
 VARIANTS = {'defaults': {}, 'none': {'CNN_JAX_XLA_DEFAULTS': '0'}}
+# The user's own XLA_FLAGS, before `import cnn_jax` in this process adds the project's: each child
+# starts from these, so the `none` variant really runs with XLA's defaults.
+USER_XLA_FLAGS = os.environ.get('XLA_FLAGS')
 
 
 def _shape(name):
@@ -39,49 +47,70 @@ def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def bench_config(name: str, batch: int):
+  """The experiment config a model is trained with, set up for timing: the real data and
+  augmentation, SGD momentum 0.9 and weight decay 1e-4 like the PyTorch twin, no validation."""
+  from cnn_jax import sweep  # pylint: disable=g-import-not-at-top
+  if name == 'lenet5':
+    module, arg = sweep.load_config_file('configs/lenet5_mnist.py')
+  else:  # CIFAR-10 from its image folder, 4-px crop and flip; another input size by padding
+    module, arg = sweep.load_config_file('configs/cifar_resnet.py:resnet20')
+  config = module.get_config(arg)
+  config.model = name
+  config.batch_size = batch
+  config.momentum, config.weight_decay = 0.9, 1e-4
+  config.data.validation_size = 0
+  config.data.train_eval_size = 0
+  config.eval_test_curve = False
+  config.gradient_diagnostics = False
+  config.checkpoint_every_steps = 0
+  config.progress_bar = False
+  if _shape(name)[0] != 32:
+    config.data.image_size = _shape(name)[0]  # e.g. ResNet-50 at 224: CIFAR padded, same cost
+  return config
+
+
 def jax_child(name: str, steps: int, batch: int) -> dict:
-  """Times the loop's own train_step; returns images/s, compile time and memory."""
+  """Times the loop's own train_step, built by the loop's own `setup`, alone (bare) and inside
+  `train_loop` (log points, stop checks, epoch permutations); returns images/s, compile time and
+  memory."""
+  import tempfile  # pylint: disable=g-import-not-at-top
   import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (XLA settings first)
-  import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from cnn_jax import config_base, input_pipeline, models, optim, parallel, train  # pylint: disable=g-import-not-at-top
+  from cnn_jax import train  # pylint: disable=g-import-not-at-top
 
   jax.config.update('jax_enable_compilation_cache', False)  # time a real compile
-  shape = _shape(name)
-  config = config_base.base_config()
-  config.momentum, config.weight_decay = 0.9, 1e-4
-  tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, 100))
-  mesh = parallel.make_mesh()
-  model = models.create(name, num_classes=10 if name != 'resnet50' else 1000)
-  state = train.create_train_state(model, tx, shape, jax.random.key(0), parallel.replicated(mesh))
-  n = batch * 4
-  images = jax.random.randint(jax.random.key(1), (n,) + shape, 0, 255).astype(jnp.uint8)
-  labels = jax.random.randint(jax.random.key(2), (n,), 0, 10)
-  augment = shape[0] == 32 and shape[-1] == 3  # the CIFAR recipe's crop and flip
-  pre = input_pipeline.Preprocess(mean=(0.5,) * shape[-1], std=(0.25,) * shape[-1],
-                                  random_crop_padding=4 if augment else 0, horizontal_flip=augment)
-  cfg = train.StepConfig(batch, 10, 0.0, 0.0, pre, parallel.batch_sharded(mesh))
-  step = jax.jit(functools.partial(train.train_step, cfg=cfg), donate_argnums=(0, 1))
-  perm = jnp.arange(n)
-  totals = train.zero_totals(parallel.replicated(mesh))
-  rng = jax.random.key(3)
-  start = time.perf_counter()
-  compiled = step.lower(state, totals, images, labels, perm, 0, rng).compile()
-  compile_s = time.perf_counter() - start
-  mem = compiled.memory_analysis()
-  for i in range(2):  # warm-up
-    state, totals = compiled(state, totals, images, labels, perm, i % 4, rng)
-  jax.block_until_ready(totals)
-  start = time.perf_counter()
-  for i in range(steps):
-    state, totals = compiled(state, totals, images, labels, perm, i % 4, rng)
-  jax.block_until_ready(totals)
-  seconds = time.perf_counter() - start
-  return {'images_per_s': steps * batch / seconds, 'compile_s': compile_s,
-          'peak_rss_mb': _peak_rss_mb(),
-          'xla_temp_mb': getattr(mem, 'temp_size_in_bytes', 0) / 2**20 if mem else None,
-          'xla_flags': os.environ.get('XLA_FLAGS', ''), 'jax_version': jax.__version__}
+  config = bench_config(name, batch)
+  warmup = 2
+  config.num_steps = 3 * steps  # bare: warm-up + steps; loop: the rest (see below)
+  config.log_every_steps = steps
+  with tempfile.TemporaryDirectory() as workdir:
+    run, state = train.setup(config, pathlib.Path(workdir))
+    try:
+      totals = train.zero_totals(run.replicated)
+      perm = run.p_permutation(run.data_rng, 0)
+      args = lambda i: (*run.train_arrays, perm, i, run.step_rng)
+      start = time.perf_counter()
+      state, totals = run.p_train_step(state, totals, *args(0))
+      jax.block_until_ready(totals)
+      compile_s = time.perf_counter() - start  # compile + one step
+      for i in range(1, warmup):
+        state, totals = run.p_train_step(state, totals, *args(i))
+      jax.block_until_ready(totals)
+      start = time.perf_counter()
+      for i in range(warmup, warmup + steps):
+        state, totals = run.p_train_step(state, totals, *args(i))
+      jax.block_until_ready(totals)
+      bare = steps * batch / (time.perf_counter() - start)
+      # The loop from step warmup + steps to 3 * steps: its first log interval (to 2 * steps) is
+      # not timed by the loop, the second (`steps` steps) is: the loop's own images/s figure.
+      state, _ = train.train_loop(run, state, should_stop=lambda step: False)
+      loop = run.book.timed_images / run.book.train_seconds
+    finally:
+      train._close(run, quiet=True)  # pylint: disable=protected-access
+  return {'images_per_s': bare, 'loop_images_per_s': loop, 'compile_s': compile_s,
+          'peak_rss_mb': _peak_rss_mb(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'jax_version': jax.__version__}
 
 
 def torch_child(name: str, steps: int, batch: int) -> dict:
@@ -128,6 +157,9 @@ def model_facts(name: str) -> dict:
 
 def _run_child(kind: str, name: str, steps: int, batch: int, env_extra: dict) -> dict | None:
   env = dict(os.environ, **env_extra)
+  env.pop('XLA_FLAGS', None)
+  if USER_XLA_FLAGS is not None:
+    env['XLA_FLAGS'] = USER_XLA_FLAGS
   out = subprocess.run([sys.executable, '-m', 'benchmarks.train_step', f'--child={kind}:{name}',
                         f'--steps={steps}', f'--batch={batch}'], env=env, capture_output=True,
                        text=True, check=False)
@@ -153,10 +185,18 @@ def _fmt(v, spec=',.0f'):
   return '-' if v is None else format(v, spec)
 
 
+def _loop_cell(result: dict) -> str:
+  loop, step = result.get('loop_images_per_s'), result.get('images_per_s')
+  if loop is None or not step:
+    return '-'
+  return f'{loop:,.0f} ({loop / step:.2f})'
+
+
 def table(rows: list[dict], variants: list[str]) -> str:
   from cnn_jax.report import markdown_table  # pylint: disable=g-import-not-at-top
   headers = ["model", "batch", "params", "MMACs/img"]
-  headers += [f'jax ({v}) img/s' for v in variants] + ['pytorch img/s', 'jax / pytorch',
+  headers += [f'jax ({v}) img/s' for v in variants] + ['jax loop img/s (loop / step)',
+                                                         'pytorch img/s', 'jax / pytorch',
                                                          'compile s', 'peak MB jax / torch',
                                                          'GFLOP/s jax / torch']
   body = []
@@ -166,7 +206,7 @@ def table(rows: list[dict], variants: list[str]) -> str:
     gf = lambda ips: None if ips is None else 6 * r['macs'] * ips / 1e9
     body.append([r['model'], r['batch'], f"{r['num_params']:,}", f"{r['macs'] / 1e6:,.1f}"]
                 + [_fmt((r['jax'].get(v) or {}).get('images_per_s')) for v in variants]
-                + [_fmt(pt.get('images_per_s')),
+                + [_loop_cell(jax_best), _fmt(pt.get('images_per_s')),
                    _fmt(r.get('ratio'), '.2f'), _fmt(jax_best.get('compile_s'), '.1f'),
                    f"{_fmt(jax_best.get('peak_rss_mb'))} / {_fmt(pt.get('peak_rss_mb'))}",
                    f"{_fmt(gf(jax_best.get('images_per_s')), '.1f')} / "

@@ -98,14 +98,22 @@ def _check_fingerprint(state: Any, meta: dict) -> None:
 class Checkpoints:
   """The 'latest' and 'best' checkpoints of a workdir; every process calls every method."""
 
+  _instances = 0  # created in the same order on every process
+
   def __init__(self, workdir: str | pathlib.Path):
     self.root = pathlib.Path(workdir).resolve() / 'checkpoints'
+    Checkpoints._instances += 1
+    # Orbax names its multi-process barriers after the step folder ('8.orbax-checkpoint-tmp');
+    # a prefix per manager keeps 'latest' and 'best' saving the same step from sharing one.
+    barriers = lambda kind: ocp.options.MultiprocessingOptions(
+        barrier_sync_key_prefix=f'cnn_jax_{Checkpoints._instances}_{kind}')
     try:
       self._managers = {
           kind: ocp.CheckpointManager(
               self.root / kind, item_names=('state', 'meta'),
               options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                   cleanup_tmp_directories=True))
+                                                   cleanup_tmp_directories=True,
+                                                   multiprocessing_options=barriers(kind)))
           for kind, keep in KEEP.items()
       }
     except OSError as e:

@@ -8,7 +8,8 @@ process with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set, 
 `--xla_force_host_platform_device_count=<devices_per_process>` and gloo collectives: the same code
 path as several hosts. Process i's output goes to `<workdir>/process_<i>.log` (process 0's also
 to the terminal). SIGTERM or Ctrl-C is forwarded to every process, which agree on the step to
-save at; if one process dies, the others are stopped. Exits with the first non-zero exit code.
+save at (exit code 130); if one process fails, the others are stopped. Exits with the first
+failure's exit code, else 130 if the run was stopped, else 0.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+INTERRUPTED = 130  # cnn_jax.cli: the run saved its state on SIGTERM / Ctrl-C and stopped
 
 
 def free_port() -> int:
@@ -93,18 +95,21 @@ def launch(module: str, args: list[str], processes: int, devices_per_process: in
       signal.signal(s, handler)
     for log in logs:
       log.close()
-  failed = [c for c in codes if c != 0]
-  return failed[0] if failed else 0
+  failed = [c for c in codes if c not in (0, INTERRUPTED)]
+  if failed:
+    return failed[0] if failed[0] > 0 else 128 - failed[0]  # killed by signal N: 128 + N
+  return INTERRUPTED if INTERRUPTED in codes else 0
 
 
 def _wait_all(procs) -> list[int]:
-  """Waits for every process; once one fails, the others get SIGTERM, then SIGKILL."""
+  """Waits for every process; once one fails (an exit code other than 0 and 130, the code of
+  a run that saved and stopped), the others get SIGTERM, then SIGKILL."""
   deadline = None
   while True:
     codes = [p.poll() for p in procs]
     if all(c is not None for c in codes):
       return codes
-    if deadline is None and any(c not in (None, 0) for c in codes):
+    if deadline is None and any(c not in (None, 0, INTERRUPTED) for c in codes):
       for p in procs:
         if p.poll() is None:
           p.terminate()

@@ -5,7 +5,6 @@ of its state bit-identical. The 20-point SIGKILL test is slow; the default suite
 `python -m scripts.fault_report` runs the same scenarios and writes reports/faults/report.md.
 """
 import errno
-import json
 import os
 import re
 import shutil
@@ -20,7 +19,6 @@ import pytest
 from cnn_jax import checkpointing, train
 from cnn_jax.checkpointing import CheckpointError, WorkdirError, WorkdirLocked
 from scripts import fault_report as fr
-from tests.helpers import ROOT
 
 STOP_AT = 12  # the stopped run has latest checkpoints at steps 9 and 12 (every 3 steps)
 

@@ -72,6 +72,35 @@ def test_second_load_reads_the_cache(tmp_path, cache_dir, monkeypatch):
     np.testing.assert_array_equal(a_y, b_y)
 
 
+def _forbid_decoding(monkeypatch):
+  def no_decoding(path):
+    raise AssertionError(f'decoded {path} despite the cache')
+  monkeypatch.setattr(image_folder, 'decode', no_decoding)
+
+
+def test_cache_is_keyed_by_content_not_mtime(tmp_path, cache_dir, monkeypatch):
+  """A touched folder and an identical copy elsewhere are hashed, not decoded; an unchanged
+  folder is not even hashed (its stat fingerprint is in the index)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  root = _folder(tmp_path / 'data')
+  first = image_folder.load(root)
+  assert len(list(cache_dir.glob('data-stat-*.txt'))) == 1
+  _forbid_decoding(monkeypatch)
+  for path in (root / 'train' / 'cat').iterdir():  # same bytes, new mtimes
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000))
+  copy = shutil.copytree(root, tmp_path / 'elsewhere' / 'data')  # another place, same content
+  for folder in (root, copy):
+    again = image_folder.load(folder)
+    np.testing.assert_array_equal(again[0][0][0], first[0][0][0])
+  assert len(list(cache_dir.glob('data-*.npz'))) == 1  # one content, one cache file
+
+  def no_hashing(listing):
+    raise AssertionError('hashed an unchanged folder')
+  monkeypatch.setattr(image_folder, 'content_hash', no_hashing)
+  image_folder.load(root)
+
+
 def _add(root):
   _save(root / 'train' / 'dog' / '9.png', 77)
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import adaptive_avg_pool, max_pool_ceil
+from cnn_jax.models.layers import BatchNorm, adaptive_avg_pool, batch_norm, max_pool_ceil
 
 # torchvision: trunc_normal_(std=0.01, a=-2, b=2) for convs and linears; the bounds are +-200 std,
 # i.e. a plain normal. Linear biases start at zero (torch: U(+-1/sqrt(fan_in))).
@@ -41,7 +41,7 @@ class BasicConv(nn.Module):
   kernel: int
   stride: int = 1
   conv: Callable[..., nn.Module] = nn.Conv
-  norm: Callable[..., nn.Module] = nn.BatchNorm
+  norm: Callable[..., nn.Module] = BatchNorm
 
   @nn.compact
   def __call__(self, x):
@@ -101,8 +101,7 @@ class GoogLeNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = functools.partial(nn.Conv, kernel_init=init, dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-3, dtype=self.dtype)
+    norm = batch_norm(train, self.dtype, epsilon=1e-3)
     dense = functools.partial(nn.Dense, kernel_init=init, dtype=self.dtype)
     block = functools.partial(BasicConv, conv=conv, norm=norm)
     inception = functools.partial(Inception, block=block, branch3_kernel=self.branch3_kernel)

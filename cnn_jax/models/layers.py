@@ -22,10 +22,119 @@ def torch_pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((k // 2, k // 2), (k // 2, k // 2))
 
 
-def batch_norm(train: bool, dtype: Any) -> ModuleDef:
+def batch_norm(train: bool, dtype: Any, epsilon: float = 1e-5) -> ModuleDef:
   """PyTorch BatchNorm2d defaults (momentum 0.1 == flax 0.9, eps 1e-5); stats move in train."""
-  return partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+  return partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=epsilon,
                  dtype=dtype)
+
+
+class BatchNorm(nn.Module):
+  """`flax.linen.BatchNorm` over the last axis, with the same variables ('scale', 'bias';
+  batch_stats 'mean', 'var') and results, computed the fast way.
+
+  Training: the batch statistics in one pass (E[x], E[x^2]; in float32), the output as one
+  multiply-add per element, y = x * a + b with per-channel a = scale / sqrt(var + eps) and
+  b = bias - mean * a, and a hand-written backward: two per-channel sums (of dy and of
+  dy * (x - mean)) and one elementwise pass, where autodiff of the textbook formula makes XLA
+  reduce and broadcast several times. Evaluation: the running statistics folded the same way.
+  Under data parallelism the sums run over the global batch (jit inserts the all-reduce).
+  """
+  use_running_average: bool | None = None
+  momentum: float = 0.99  # as flax: running = momentum * running + (1 - momentum) * batch
+  epsilon: float = 1e-5
+  dtype: Any = None  # output dtype; statistics are always float32
+  scale_init: Any = nn.initializers.ones
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x, use_running_average: bool | None = None):
+    use_running_average = nn.merge_param('use_running_average', self.use_running_average,
+                                         use_running_average)
+    features = (x.shape[-1],)
+    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), features)
+    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), features)
+    scale = self.param('scale', self.scale_init, features, jnp.float32)
+    bias = self.param('bias', self.bias_init, features, jnp.float32)
+    dtype = self.dtype or x.dtype
+    if use_running_average:
+      a = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
+      return (x.astype(jnp.float32) * a + (bias - ra_mean.value * a)).astype(dtype)
+    y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y.astype(dtype)
+
+
+def _batch_stats(x):
+  axes = tuple(range(x.ndim - 1))
+  xf = x.astype(jnp.float32)
+  mean = jnp.mean(xf, axes)
+  var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+  return mean, var
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm_train(x, scale, bias, epsilon):
+  """(y, batch mean, batch variance); y in float32."""
+  return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+  mean, var = _batch_stats(x)
+  inv = jax.lax.rsqrt(var + epsilon)
+  a = scale * inv
+  y = x.astype(jnp.float32) * a + (bias - mean * a)
+  return (y, mean, var), (x, mean, inv, scale)
+
+
+def _batch_norm_train_bwd(epsilon, residuals, cotangents):
+  """With xc = x - mean, xhat = xc * inv, n elements per channel:
+  dbias = sum(dy), dscale = sum(dy * xhat),
+  dx = scale * inv * (dy - dbias / n - xhat * dscale / n) + dmean / n + 2 * dvar * xc / n,
+  where dmean, dvar are the cotangents of the returned statistics (zero in a training step)."""
+  del epsilon
+  x, mean, inv, scale = residuals
+  dy, dmean, dvar = cotangents
+  axes = tuple(range(x.ndim - 1))
+  n = np.prod([x.shape[i] for i in axes]).astype(np.float32)
+  dy = dy.astype(jnp.float32)
+  xc = x.astype(jnp.float32) - mean
+  dbias = jnp.sum(dy, axes)
+  dscale = jnp.sum(dy * xc, axes) * inv
+  k1 = scale * inv
+  k2 = (2 * dvar - k1 * inv * dscale) / n
+  k3 = (dmean - k1 * dbias) / n
+  dx = (k1 * dy + k2 * xc + k3).astype(x.dtype)
+  return dx, dscale, dbias
+
+
+_batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+NORMS = ('none', 'batch', 'layer', 'instance', 'group')
+
+
+def norm_layer(kind: str, train: bool, dtype: Any, groups: int = 8) -> ModuleDef | None:
+  """A normaliser of NHWC activations over the axes the lecture names (claim C11), or None.
+
+  'batch': per channel over (N, H, W), running averages when not training; 'layer': per example
+  over (H, W, C) (flax's LayerNorm default reduces over C alone); 'instance': per example and
+  channel over (H, W); 'group': per example over (H, W) and each of `groups` groups of adjacent
+  channels. Each has a per-channel scale (gamma) and shift (beta) and epsilon 1e-5.
+  """
+  if kind == 'batch':
+    return batch_norm(train, dtype)
+  if kind == 'layer':
+    return partial(nn.LayerNorm, reduction_axes=(1, 2, 3), feature_axes=-1, epsilon=1e-5,
+                   dtype=dtype)
+  if kind == 'instance':
+    return partial(nn.InstanceNorm, epsilon=1e-5, dtype=dtype)
+  if kind == 'group':
+    return partial(nn.GroupNorm, num_groups=groups, epsilon=1e-5, dtype=dtype)
+  if kind == 'none':
+    return None
+  raise ValueError(f'Unknown norm {kind!r}; use one of {NORMS}.')
 
 
 def classifier_head(module: nn.Module, x: jax.Array, num_classes: int, dtype: Any) -> jax.Array:

@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import adaptive_avg_pool
+from cnn_jax.models.layers import adaptive_avg_pool, batch_norm
 
 # convs per stage; the stage widths are (64, 128, 256, 512, 512) for every depth.
 VGG_DEPTHS: dict[int, tuple[int, ...]] = {
@@ -46,8 +46,7 @@ class VGG(nn.Module):
   def __call__(self, x, train: bool = False):
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
                              kernel_init=conv_init, dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype) if self.batch_norm else None
+    norm = batch_norm(train, self.dtype) if self.batch_norm else None
     dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=self.dtype)
 
     x = x.astype(self.dtype)

@@ -1,0 +1,79 @@
+"""cnn_jax.models.layers.BatchNorm: the same variables, values, gradients and running statistics
+as flax.linen.BatchNorm, through its hand-written backward."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnn_jax.models import layers
+
+KW = dict(momentum=0.9, epsilon=1e-5)
+
+
+def _inputs():
+  x = jax.random.normal(jax.random.key(0), (8, 5, 5, 6)) * 3 + 1.5  # a mean far from 0
+  params = {'scale': jax.random.normal(jax.random.key(2), (6,)),
+            'bias': jax.random.normal(jax.random.key(3), (6,))}
+  stats = {'mean': jax.random.normal(jax.random.key(5), (6,)),
+           'var': jax.random.uniform(jax.random.key(6), (6,), minval=0.5, maxval=2)}
+  weights = jax.random.normal(jax.random.key(4), x.shape)
+  return x, params, stats, weights
+
+
+def test_same_variables_as_flax():
+  x = jnp.ones((2, 4, 4, 3))
+  ours = layers.BatchNorm(use_running_average=False, **KW).init(jax.random.key(0), x)
+  theirs = nn.BatchNorm(use_running_average=False, **KW).init(jax.random.key(0), x)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), ours) == jax.tree.map(
+      lambda a: (a.shape, a.dtype), theirs)
+  np.testing.assert_array_equal(ours['batch_stats']['var'], 1.0)
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_values_gradients_and_statistics_match_flax(train):
+  x, params, stats, weights = _inputs()
+
+  def loss(module, params, x):
+    y, updates = module.apply({'params': params, 'batch_stats': stats}, x,
+                              mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(y) * weights), (y, updates)
+
+  results = []
+  for module in (layers.BatchNorm(use_running_average=not train, **KW),
+                 nn.BatchNorm(use_running_average=not train, **KW)):
+    grad_fn = jax.value_and_grad(lambda p, x, m=module: loss(m, p, x), argnums=(0, 1),
+                                 has_aux=True)
+    results.append(jax.jit(grad_fn)(params, x))
+  (ours, theirs) = results
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5), ours, theirs)
+  if train:  # the running statistics moved
+    assert not np.allclose(ours[0][1][1]['batch_stats']['mean'], stats['mean'])
+
+
+def test_gradient_through_the_returned_statistics():
+  """The statistics' own cotangents (zero in a training step) are handled exactly too."""
+  x, params, _, weights = _inputs()
+
+  def f(fn, x, scale, bias):
+    y, mean, var = fn(x, scale, bias)
+    return jnp.sum(jnp.sin(y) * weights) + jnp.sum(mean ** 2 * 3) + jnp.sum(jnp.sqrt(var))
+
+  def reference(x, scale, bias):
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
+    return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias, mean, var
+
+  ours = jax.grad(lambda *a: f(lambda *b: layers._batch_norm_train(*b, 1e-5), *a),  # pylint: disable=protected-access
+                  argnums=(0, 1, 2))(x, params['scale'], params['bias'])
+  theirs = jax.grad(lambda *a: f(reference, *a), argnums=(0, 1, 2))(x, params['scale'],
+                                                                    params['bias'])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), ours, theirs)
+
+
+def test_bfloat16_output_float32_statistics():
+  x, params, stats, _ = _inputs()
+  y, updates = layers.BatchNorm(use_running_average=False, dtype=jnp.bfloat16, **KW).apply(
+      {'params': params, 'batch_stats': stats}, x.astype(jnp.bfloat16), mutable=['batch_stats'])
+  assert y.dtype == jnp.bfloat16 and updates['batch_stats']['mean'].dtype == jnp.float32
+  np.testing.assert_allclose(jnp.mean(y.astype(jnp.float32), (0, 1, 2)), params['bias'], atol=0.05)
