@@ -39,7 +39,7 @@ readme: setup
 
 bench: setup
 	EXTRAS=bench $(SETUP)
-	$(PY) -m benchmarks.train_step | tee benchmarks/results/latest.md
+	$(PY) -m benchmarks.train_step --json=benchmarks/results/latest.json
 
 clean:
 	rm -rf workdirs .pytest_cache

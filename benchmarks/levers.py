@@ -7,6 +7,13 @@
 2. Convolution kernel-gradient formulations, one layer at a time (batch 128, 3x3, the shapes of
    ResNet-20): XLA's own (batch-contracted convolution with transposes), nine dots over shifted
    views, and one im2col dot; each checked against XLA's value.
+3. BatchNorm: flax.linen.BatchNorm against cnn_jax.models.layers.BatchNorm (one-pass statistics,
+   fused scale and shift, hand-written backward) in the model's training step, alternating in
+   one process.
+4. The loop: the bare step, the same step inside `train.train_loop`, and `lax.scan` over chunks
+   of steps (one dispatch per chunk).
+5. bfloat16 compute (float32 parameters): whether this host has native bfloat16
+   (cnn_jax.precision) and what `config.dtype='bfloat16'` does to the step.
 The project keeps a lever only where it pays (cnn_jax/xla_setup.py says which are on).
 """
 from __future__ import annotations
@@ -32,6 +39,7 @@ XLA_VARIANTS = {
         'CNN_JAX_XLA_DEFAULTS': '0',
         'XLA_FLAGS': '--xla_cpu_experimental_onednn_fusion_type=dot,individual_convolution'},
 }
+SCAN_TIMEOUT_S = 300  # a scanned ResNet-20 chunk took over 15 minutes for 32 steps (2026-11-23)
 LAYERS = ((32, 16, 16, 1), (32, 16, 32, 2), (16, 32, 32, 1), (8, 64, 64, 1))  # (H, Cin, Cout, s)
 
 
@@ -110,51 +118,202 @@ def layer_formulations() -> list[list[str]]:
   return rows
 
 
+def batch_norm_child(model: str, steps: int, rounds: int = 2) -> dict[str, list[float]]:
+  """images/s of the model's step with each BatchNorm, alternating `rounds` times."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from benchmarks import train_step as ts  # pylint: disable=g-import-not-at-top
+  from cnn_jax.models import cifar_resnet, layers  # pylint: disable=g-import-not-at-top
+
+  def flax_batch_norm(train, dtype, epsilon=1e-5):
+    return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=epsilon, dtype=dtype)
+  variants = {'flax.linen.BatchNorm': flax_batch_norm,
+              'cnn_jax BatchNorm (one pass, fused, custom backward)': layers.batch_norm}
+  results = {label: [] for label in variants}
+  try:
+    for _ in range(rounds):
+      for label, fn in variants.items():
+        cifar_resnet.batch_norm = fn
+        results[label].append(ts.jax_child(model, steps, 128)['images_per_s'])
+  finally:
+    cifar_resnet.batch_norm = layers.batch_norm
+  return results
+
+
+def scan_child(model: str, steps: int, chunk: int) -> dict[str, float]:
+  """images/s of `steps` steps dispatched one by one and in lax.scan chunks of `chunk`."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import train_step as ts  # pylint: disable=g-import-not-at-top
+  from cnn_jax import train  # pylint: disable=g-import-not-at-top
+
+  batch = ts.BATCH[model]
+  config = ts.bench_config(model, batch)
+  with tempfile.TemporaryDirectory() as workdir:
+    run, state = train.setup(config, pathlib.Path(workdir))
+    step = run.p_train_step._jitted  # pylint: disable=protected-access  (one process: the jit)
+
+    def chunk_fn(state, totals, images, labels, perm, start, rng):
+      def body(carry, i):
+        return step(*carry, images, labels, perm, start + i, rng), None
+      return jax.lax.scan(body, (state, totals), jnp.arange(chunk))[0]
+
+    p_chunk = jax.jit(chunk_fn, donate_argnums=(0, 1))
+    totals = train.zero_totals(run.replicated)
+    perm = run.p_permutation(run.data_rng, 0)
+    data = run.train_arrays
+    state, totals = step(state, totals, *data, perm, 0, run.step_rng)  # compile both
+    state, totals = p_chunk(state, totals, *data, perm, 1, run.step_rng)
+    jax.block_until_ready(totals)
+    steps = steps // chunk * chunk
+    out = {}
+    for label in ('one dispatch per step', f'lax.scan, {chunk} steps per dispatch'):
+      start = time.perf_counter()
+      if label.startswith('one'):
+        for i in range(steps):
+          state, totals = step(state, totals, *data, perm, (i % 64), run.step_rng)
+      else:
+        for i in range(steps // chunk):
+          state, totals = p_chunk(state, totals, *data, perm, (i * chunk) % 64, run.step_rng)
+      jax.block_until_ready(totals)
+      out[label] = steps * batch / (time.perf_counter() - start)
+    train._close(run, quiet=True)  # pylint: disable=protected-access
+  return out
+
+
+def _child(args: list[str], env_extra: dict | None = None, timeout: float | None = None):
+  """A fresh process's JSON answer; None when it runs past `timeout` seconds."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env.update(env_extra or {})
+  try:
+    out = subprocess.run([sys.executable, '-m', 'benchmarks.levers'] + args, env=env,
+                         capture_output=True, text=True, check=True, timeout=timeout)
+  except subprocess.TimeoutExpired:
+    return None
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _step_child(model: str, steps: int, dtype: str) -> dict:
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  out = subprocess.run([sys.executable, '-m', 'benchmarks.train_step', f'--child=jax:{model}',
+                        f'--steps={steps}', f'--batch=0', f'--dtype={dtype}'], env=env,
+                       capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='resnet20')
   parser.add_argument('--steps', type=int, default=8)
   parser.add_argument('--out', default=None)
   parser.add_argument('--layers_child', action='store_true', help=argparse.SUPPRESS)
+  parser.add_argument('--bn_child', default=None, help=argparse.SUPPRESS)
+  parser.add_argument('--scan_child', default=None, help=argparse.SUPPRESS)
+  parser.add_argument('--sections', default='1,2,3,4,5', help='which levers to measure')
   args = parser.parse_args()
   if args.layers_child:
     print(json.dumps(layer_formulations()))
     return
-  from cnn_jax import report  # pylint: disable=g-import-not-at-top
-  steps = step_variants(args.model, args.steps)
-  layers = {}
-  for label, env_extra in (('project defaults (YNN)', {}),
-                           ('XLA defaults', {'CNN_JAX_XLA_DEFAULTS': '0'})):
-    env = dict({k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}, **env_extra)
-    out = subprocess.run([sys.executable, '-m', 'benchmarks.levers', '--layers_child'], env=env,
-                         capture_output=True, text=True, check=True)
-    layers[label] = json.loads(out.stdout.strip().splitlines()[-1])
+  if args.bn_child:
+    print(json.dumps(batch_norm_child(args.bn_child, args.steps)))
+    return
+  if args.scan_child:
+    model, chunk = args.scan_child.split(':')
+    print(json.dumps(scan_child(model, 4 * int(chunk) * 2, int(chunk))))
+    return
+  sections = set(args.sections.split(','))
+  from cnn_jax import precision, report  # pylint: disable=g-import-not-at-top
   env = report.environment()
-  layer_tables = '\n\n'.join(
-      f'**{label}**\n\n' + report.markdown_table(
-          ['layer', 'forward', 'input gradient', 'kernel gradient (XLA)',
-           'kernel gradient: 9 dots (rel. err.)', 'kernel gradient: im2col dot (rel. err.)'], rows)
-      for label, rows in layers.items())
-  text = f"""# CPU performance levers, measured
+  parts = [f"""# CPU performance levers, measured
 
-Generated by `python -m benchmarks.levers --model={args.model} --steps={args.steps}` on
-{env['host_cpu']}, jax {env['jax']}, {env['date']} (commit {env['git_commit']}), with no other job running.
-
-## 1. XLA CPU options: {args.model} training step (batch 128), images/s
+Generated by `python -m benchmarks.levers --model={args.model} --steps={args.steps}
+--sections={args.sections}` on {env['host_cpu']}, jax {env['jax']}, {env['date']} (commit
+{env['git_commit']}), with no other job running. Throughput varies by 5-15% between processes on
+this machine, so compare rows within a section, each measured in one run.
+"""]
+  if '1' in sections:
+    steps = step_variants(args.model, args.steps)
+    parts.append(f"""## 1. XLA CPU options: {args.model} training step (batch 128), images/s
 
 {report.markdown_table(['XLA_FLAGS', 'images/s', 'compile s', 'vs XLA defaults'], steps)}
 
 Kept: the project default (cnn_jax/xla_setup.py), set before jax is imported and overridable
 (`XLA_FLAGS`, or `CNN_JAX_XLA_DEFAULTS=0` to turn it off).
-
-## 2. Convolution formulations, one layer, batch 128, milliseconds
+""")
+  if '2' in sections:
+    layers = {label: _child(['--layers_child'], env_extra) for label, env_extra in (
+        ('project defaults (YNN)', {}), ('XLA defaults', {'CNN_JAX_XLA_DEFAULTS': '0'}))}
+    layer_tables = '\n\n'.join(
+        f'**{label}**\n\n' + report.markdown_table(
+            ['layer', 'forward', 'input gradient', 'kernel gradient (XLA)',
+             'kernel gradient: 9 dots (rel. err.)', 'kernel gradient: im2col dot (rel. err.)'],
+            rows)
+        for label, rows in layers.items())
+    parts.append(f"""## 2. Convolution formulations, one layer, batch 128, milliseconds
 
 {layer_tables}
 
 Reading: under the YNN fusions XLA's own kernel gradient is the fastest formulation measured, so
 no custom VJP is kept; without them the shifted-view dots beat XLA's kernel gradient on the
 largest layer, but YNN's gain on the whole step is larger.
-"""
+""")
+  if '3' in sections:
+    bn = _child([f'--bn_child={args.model}', f'--steps={args.steps}'])
+    base = sum(next(iter(bn.values()))) / len(next(iter(bn.values())))
+    rows = [[label, ' / '.join(f'{v:,.0f}' for v in runs), f'{sum(runs) / len(runs):,.0f}',
+             f'{sum(runs) / len(runs) / base:.2f}x'] for label, runs in bn.items()]
+    parts.append(f"""## 3. BatchNorm: {args.model} training step (batch 128), images/s
+
+{report.markdown_table(['BatchNorm', 'images/s, alternating runs', 'mean', 'vs flax'], rows)}
+
+Kept: cnn_jax.models.layers.BatchNorm in every model (same variables and results as
+flax.linen.BatchNorm; tests/test_layers.py checks values, gradients and statistics). At
+evaluation it applies the running statistics as one folded multiply-add per element.
+""")
+  if '4' in sections:
+    rows = []
+    for model, chunk in (('lenet5', 8), (args.model, 4)):
+      r = _child([f'--scan_child={model}:{chunk}'], timeout=SCAN_TIMEOUT_S)
+      if r is None:
+        rows.append([model, '-', f'did not finish {8 * chunk} steps in {SCAN_TIMEOUT_S} s', '-'])
+        continue
+      (_, one), (scan_label, scan) = r.items()
+      rows.append([model, f'{one:,.0f}', f'{scan:,.0f} ({scan_label})', f'{scan / one:.2f}x'])
+    parts.append(f"""## 4. The loop: one dispatch per step against lax.scan over a chunk of steps, images/s
+
+{report.markdown_table(['model', 'one dispatch per step', 'lax.scan', 'scan / per step'], rows)}
+
+The loop already dispatches asynchronously (metrics stay on the device until a log point, no
+host sync per step), so a chunked scan only pays where a step is short enough for dispatch to
+show; the loop keeps one step per dispatch unless the gain above is clearly above the noise. The
+loop's own images/s against the bare step is in the README's benchmark table
+(benchmarks/results/cpu_2core.json).
+""")
+  if '5' in sections:
+    native = precision.native_bfloat16()
+    rows = []
+    for model in ('lenet5', args.model):
+      f32 = _step_child(model, args.steps, 'float32')['images_per_s']
+      bf16 = _step_child(model, args.steps, 'bfloat16')['images_per_s']
+      rows.append([model, f'{f32:,.0f}', f'{bf16:,.0f}', f'{bf16 / f32:.2f}x'])
+    flags = ', '.join(sorted(precision.cpu_flags() & precision.CPU_BF16_FLAGS)) or 'none'
+    parts.append(f"""## 5. bfloat16 compute, float32 parameters: images/s
+
+This host's bfloat16 instruction flags: {flags}; `cnn_jax.precision.native_bfloat16()` =
+{native}, so `config.dtype='auto'` computes in {'bfloat16' if native else 'float32'} here.
+
+{report.markdown_table(['model', 'float32', 'bfloat16', 'bfloat16 / float32'], rows)}
+
+Kept as `config.dtype='auto'` (opt-in; the configs' default stays float32 so that results do not
+depend on the machine): bfloat16 only where `native_bfloat16()` detects hardware support. Without
+native support XLA converts to float32 around every op, so a difference of the size above between
+separate processes is within this machine's noise rather than a speed-up to rely on.
+""")
+  text = '\n'.join(parts)
   print(text)
   if args.out:
     pathlib.Path(args.out).write_text(text)

@@ -158,7 +158,9 @@ trace and classified from the compiled HLO's metadata.
 
 - Wall time **{p['wall_ms']:.0f} ms / step**; XLA ops add up to {total:.0f} ms over
   {p['threads']} threads, i.e. the threads are busy {100 * total / (p['wall_ms'] * max(p['threads'], 1)):.0f}%
-  of the step (the rest: waiting between dependent ops, dispatch).
+  of the step (the rest: waiting between dependent ops, dispatch, and work that the trace does
+  not attribute to an XLA op, such as YNNPACK's own thread pool: read the shares below as shares of
+  the traced op time, not of the wall time).
 - XLA_FLAGS: `{p['xla_flags'] or '(none)'}`
 - Host: {env['host_cpu']}; jax {env['jax']}; {env['date']}; commit {env['git_commit']}.
 

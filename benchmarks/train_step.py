@@ -47,7 +47,7 @@ def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def bench_config(name: str, batch: int):
+def bench_config(name: str, batch: int, dtype: str = 'float32'):
   """The experiment config a model is trained with, set up for timing: the real data and
   augmentation, SGD momentum 0.9 and weight decay 1e-4 like the PyTorch twin, no validation."""
   from cnn_jax import sweep  # pylint: disable=g-import-not-at-top
@@ -58,6 +58,7 @@ def bench_config(name: str, batch: int):
   config = module.get_config(arg)
   config.model = name
   config.batch_size = batch
+  config.dtype = dtype
   config.momentum, config.weight_decay = 0.9, 1e-4
   config.data.validation_size = 0
   config.data.train_eval_size = 0
@@ -70,7 +71,7 @@ def bench_config(name: str, batch: int):
   return config
 
 
-def jax_child(name: str, steps: int, batch: int) -> dict:
+def jax_child(name: str, steps: int, batch: int, dtype: str = 'float32') -> dict:
   """Times the loop's own train_step, built by the loop's own `setup`, alone (bare) and inside
   `train_loop` (log points, stop checks, epoch permutations); returns images/s, compile time and
   memory."""
@@ -80,7 +81,7 @@ def jax_child(name: str, steps: int, batch: int) -> dict:
   from cnn_jax import train  # pylint: disable=g-import-not-at-top
 
   jax.config.update('jax_enable_compilation_cache', False)  # time a real compile
-  config = bench_config(name, batch)
+  config = bench_config(name, batch, dtype)
   warmup = 2
   config.num_steps = 3 * steps  # bare: warm-up + steps; loop: the rest (see below)
   config.log_every_steps = steps
@@ -224,11 +225,15 @@ def main():
   parser.add_argument('--no_torch', action='store_true')
   parser.add_argument('--json', default=None, help='Also write the results to this file.')
   parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
+  parser.add_argument('--dtype', default='float32', help=argparse.SUPPRESS)  # a child's dtype
   args = parser.parse_args()
   if args.child:
     kind, name = args.child.split(':')
-    fn = jax_child if kind == 'jax' else torch_child
-    print(json.dumps(fn(name, args.steps, args.batch)))
+    batch = args.batch or BATCH[name]
+    if kind == 'jax':
+      print(json.dumps(jax_child(name, args.steps, batch, args.dtype)))
+    else:
+      print(json.dumps(torch_child(name, args.steps, batch)))
     return
   variants = args.variants.split(',')
   info = machine()

@@ -21,7 +21,7 @@ OPTIMIZERS = ('sgd', 'adamw')
 DATA_SOURCES = ('bundled', 'tfds', 'folder')
 UNITS = ('epochs', 'steps')
 METRICS = ('val_loss', 'val_accuracy')
-DTYPES = ('float32', 'bfloat16', 'float16')
+DTYPES = ('float32', 'bfloat16', 'float16', 'auto')
 
 
 class ConfigError(ValueError):
@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Model: any name of cnn_jax.models.names().
   c.model = 'lenet5'
   c.model_kwargs = ml_collections.ConfigDict()  # extra module fields, e.g. {'shortcut': 'B'}
-  c.dtype = 'float32'  # computation dtype; parameters stay float32
+  c.dtype = 'float32'  # computation dtype; parameters stay float32; 'auto': bfloat16 where native (cnn_jax.precision)
 
   # Data.
   c.data = ml_collections.ConfigDict()

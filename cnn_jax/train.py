@@ -32,7 +32,7 @@ import optax
 from flax.training import train_state
 
 from cnn_jax import (checkpointing, config_base, datasets, diagnostics, input_pipeline, models,
-                     optim, parallel, report)
+                     optim, parallel, precision, report)
 from cnn_jax.config_base import ConfigError
 from cnn_jax.metric_writers import MetricWriter
 
@@ -330,7 +330,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run
     raise ConfigError(str(e)) from e
   input_shape = preprocess.output_shape(splits.image_shape)
   model = models.create(config.model, num_classes=splits.num_classes,
-                        dtype=jnp.dtype(config.dtype), **config.model_kwargs)
+                        dtype=precision.compute_dtype(config.dtype), **config.model_kwargs)
   check_input_shape(config.model, model, input_shape)
 
   mesh = parallel.make_mesh()

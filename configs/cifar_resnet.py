@@ -16,6 +16,9 @@
   iterations (lr /10 at 1,500 and 2,250; see reports/degradation_cpu for what it shows).
 * `quick`: 400 iterations, minutes on a CPU.
 * `toy`: a few steps on 512 images, seconds, for tests.
+* `tta`: not the paper's recipe but a short one for time to accuracy (benchmarks/
+  time_to_accuracy.py, target 85% test accuracy): 30 epochs, lr 0.1 cosine to 0, weight decay
+  5e-4, evaluation every epoch, no training-set curve or gradient diagnostics.
 
 The lecture (notes 003) gives weight decay 1e-5 for ImageNet ResNets; He et al. use 1e-4, kept.
 The data default to the offline JPEG copy, `../shared/data/cifar10-jpeg` beside the repository
@@ -27,7 +30,7 @@ from cnn_jax import config_base
 
 MODELS = tuple(f'plain{d}' for d in (8, 20, 32, 44, 56, 110)) + tuple(
     f'resnet{d}' for d in (8, 20, 32, 44, 56, 110, 1202))
-PRESETS = ('paper', 'cpu', 'quick', 'toy')
+PRESETS = ('paper', 'cpu', 'quick', 'toy', 'tta')
 
 # Paper schedule (iterations): lr / 10 at 32k and 48k, stop at 64k; presets scale it.
 PAPER_STEPS, PAPER_BOUNDARIES = 64_000, (32_000, 48_000)
@@ -78,6 +81,18 @@ def get_config(arg: str | None = None):
     c.eval_every_steps = {'cpu': 250, 'quick': 100, 'toy': 8}[preset]
     c.checkpoint_every_steps = {'cpu': 250, 'quick': 100, 'toy': 0}[preset]
     c.log_every_steps = {'cpu': 50, 'quick': 25, 'toy': 4}[preset]
+  if preset == 'tta':
+    c.num_steps = 0
+    c.num_epochs = 30
+    c.lr_schedule = 'cosine'
+    c.schedule_unit = 'epochs'
+    c.lr_boundaries = ()
+    c.weight_decay = 5e-4
+    c.eval_every_steps = 0
+    c.eval_every_epochs = 1
+    c.checkpoint_every_steps = 0
+    c.data.train_eval_size = 0
+    c.gradient_diagnostics = False
   if preset == 'toy':
     c.batch_size = 32
     c.eval_batch_size = 256

@@ -85,8 +85,38 @@ def params_table() -> str:
   return markdown_table(['model', 'parameters (ours)', 'published', 'match', 'GMACs/image'], rows)
 
 
+def benchmark_table() -> str:
+  """The committed `make bench` results (benchmarks/results/cpu_2core.json)."""
+  from benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  data = json.loads((ROOT / 'benchmarks/results/cpu_2core.json').read_text())
+  m = data['machine']
+  return (f"Measured on {m['host_cpu']} [{m['isa']}], {m['date']}, with no other job running: "
+          f"`{data['command']}`. \"jax (none)\" is XLA's defaults (the project's XLA settings "
+          'off), "loop" the same step inside the training loop.\n\n'
+          + train_step.table(data['rows'], data['variants']))
+
+
+def time_to_accuracy_table() -> str:
+  """benchmarks/results/time_to_accuracy_*.json: wall time from launch to the target."""
+  rows = []
+  for path in sorted((ROOT / 'benchmarks/results').glob('time_to_accuracy_*.json')):
+    r = json.loads(path.read_text())
+    for fw in ('jax', 'pytorch'):
+      run = r.get(fw)
+      if not run:
+        continue
+      hit, (last_step, last_s, last_acc) = run['reached'], run['curve'][-1]
+      rows.append([r['task'], f"{r['target']:.1%}", 'cnn_jax' if fw == 'jax' else 'PyTorch eager',
+                   f"{hit['seconds']:.0f} s (step {hit['step']:,})" if hit else 'not reached',
+                   f'{last_acc:.2%} after {last_s:.0f} s (step {last_step:,})',
+                   f"{r['environment']['host_cpu']}, {r['environment']['date']}", f"`{r['command']}`"])
+  return markdown_table(['task', 'target', 'framework', 'time to target (launch to eval)',
+                         'end of recipe', 'hardware, date', 'command'], rows)
+
+
 TABLES = {'lenet5_mnist': lenet5_table, 'experiments': experiments_table,
-          'param_counts': params_table}
+          'param_counts': params_table, 'benchmark': benchmark_table,
+          'time_to_accuracy': time_to_accuracy_table}
 
 
 def render(text: str) -> str:
