@@ -22,6 +22,7 @@ DATA_SOURCES = ('bundled', 'tfds', 'folder')
 UNITS = ('epochs', 'steps')
 METRICS = ('val_loss', 'val_accuracy')
 DTYPES = ('float32', 'bfloat16', 'float16', 'auto')
+TRAINABLE = ('all', 'last_stage', 'head')  # config.trainable (cnn_jax.transfer)
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = 'lenet5'
   c.model_kwargs = ml_collections.ConfigDict()  # extra module fields, e.g. {'shortcut': 'B'}
   c.dtype = 'float32'  # computation dtype; parameters stay float32; 'auto': bfloat16 where native (cnn_jax.precision)
+  # Transfer learning (cnn_jax.transfer): start from a trained run with a new head.
+  c.init_from = ''  # workdir (best, else latest checkpoint) or torchvision .pth/.safetensors; '' = none
+  c.trainable = 'all'  # 'all', 'last_stage' (+ head) or 'head' (linear probe); frozen BN: inference mode
 
   # Data.
   c.data = ml_collections.ConfigDict()
@@ -50,11 +54,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.validation_size = 1024  # images carved from train for validation (C15)
   c.data.split_seed = 0  # fixes which train images become validation, independent of `seed`
   c.data.train_subset = 0  # train on only this many of the remaining images (0 = all)
+  c.data.select_classes = ()  # keep only these labels, relabelled 0..k-1 in this order; () = all
+  c.data.per_class = 0  # this many training images per class (fixed by split_seed); 0 = all
   c.data.image_size = 0  # pad (centred, zeros) to this square size on device; 0 = keep
   c.data.normalize = True  # subtract the dataset's per-channel mean, divide by its std
   c.data.random_crop_padding = 0  # train-time augmentation: pad by this many pixels, crop back
   c.data.horizontal_flip = False  # train-time augmentation: random left-right flip
   c.data.train_eval_size = 0  # fixed train images evaluated without augmentation at each validation (training error); 0 = off
+  # Segmentation data (cnn_jax.datasets: mnist_segmentation generated offline, oxford_iiit_pet).
+  c.data.segmentation = ml_collections.ConfigDict()
+  c.data.segmentation.size = 64  # mnist_segmentation: canvas side; oxford_iiit_pet: resized side
+  c.data.segmentation.num_train = 60_000  # mnist_segmentation: canvases made from MNIST train
+  c.data.segmentation.num_test = 10_000  # mnist_segmentation: canvases made from MNIST test
+  c.data.segmentation.max_digits = 3  # mnist_segmentation: 1..max_digits digits per canvas
+  c.data.segmentation.seed = 0  # mnist_segmentation: the canvases are a pure function of it
 
   # Optimisation.
   c.batch_size = 64  # global batch, split over all devices of all hosts
@@ -109,6 +122,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   choices = {
       'optimizer': OPTIMIZERS, 'lr_schedule': SCHEDULES, 'schedule_unit': UNITS,
       'selection_metric': METRICS, 'dtype': DTYPES, 'data.source': DATA_SOURCES,
+      'trainable': TRAINABLE,
   }
   for key, allowed in choices.items():
     check_choice(key, _get(config, key), allowed)
@@ -119,7 +133,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'config.{key} must be > 0, got {_get(config, key)!r}.')
   non_negative = ('num_steps', 'num_epochs', 'eval_every_steps', 'checkpoint_every_steps',
                   'early_stopping_patience', 'weight_decay', 'momentum', 'grad_clip_norm',
-                  'data.validation_size', 'data.train_subset', 'data.image_size',
+                  'data.validation_size', 'data.train_subset', 'data.per_class', 'data.image_size',
                   'data.train_eval_size', 'data.random_crop_padding')
   for key in non_negative:
     if _get(config, key) < 0:
@@ -128,6 +142,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError('config.nesterov=True needs config.momentum > 0.')
   if config.num_epochs <= 0 and config.num_steps <= 0:
     raise ConfigError('Set config.num_epochs or config.num_steps to a positive value.')
+  _check_classes(config.data.select_classes)
   if config.lr_schedule == 'step' and not config.lr_boundaries:
     raise ConfigError("config.lr_schedule='step' needs config.lr_boundaries, e.g. (30, 60).")
   _check_model(config.model, config.model_kwargs)
@@ -231,6 +246,19 @@ def _check_model(name: str, model_kwargs) -> None:
     if key not in fields:
       raise ConfigError(f'Model {name!r} has no field {key!r} (config.model_kwargs.{key}).'
                         f'{did_you_mean(key, fields)} Its fields: {", ".join(fields)}.')
+
+
+def _check_classes(classes) -> None:
+  """data.select_classes: distinct integer labels >= 0 (the dataset checks the upper bound)."""
+  classes = tuple(classes)
+  bad = [c for c in classes if not isinstance(c, numbers.Integral) or isinstance(c, bool) or c < 0]
+  if bad:
+    raise ConfigError(f'config.data.select_classes={classes!r}: labels must be integers >= 0, got '
+                      f'{bad[0]!r}. Example: (5, 6, 7, 8, 9).')
+  repeated = sorted({c for c in classes if classes.count(c) > 1})
+  if repeated:
+    raise ConfigError(f'config.data.select_classes={classes!r} repeats {repeated}; list each label '
+                      f'once, e.g. {tuple(dict.fromkeys(classes))!r}.')
 
 
 def _check_dataset(name: str) -> None:

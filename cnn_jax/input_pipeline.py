@@ -89,7 +89,7 @@ def padded_eval_arrays(images: np.ndarray, labels: np.ndarray, batch_size: int):
   total = -(-n // batch_size) * batch_size
   pad = total - n
   images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-  labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+  labels = np.concatenate([labels, np.zeros((pad,) + labels.shape[1:], labels.dtype)])
   mask = np.arange(total) < n
   return images, labels, mask
 

@@ -32,7 +32,7 @@ import optax
 from flax.training import train_state
 
 from cnn_jax import (checkpointing, config_base, datasets, diagnostics, input_pipeline, models,
-                     optim, parallel, precision, report)
+                     optim, parallel, precision, report, tasks, transfer)
 from cnn_jax.config_base import ConfigError
 from cnn_jax.metric_writers import MetricWriter
 
@@ -60,13 +60,14 @@ class StepConfig:
   aux_loss_weight: float = flax.struct.field(pytree_node=False)
   preprocess: input_pipeline.Preprocess = flax.struct.field(pytree_node=False)
   batch_sharding: Any = flax.struct.field(pytree_node=False)
+  # What the model predicts (cnn_jax.tasks): its loss and metrics. None = classification.
+  task: Any = flax.struct.field(pytree_node=False, default=None)
+
+  def get_task(self):
+    return self.task if self.task is not None else tasks.Classification(self.num_classes)
 
 
-def cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
-  targets = jax.nn.one_hot(labels, num_classes)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
+cross_entropy = tasks.cross_entropy  # per label, any leading shape
 
 
 def _variables(state, params=None):
@@ -82,7 +83,9 @@ def train_step(state: TrainState, totals: dict, images, labels, perm, step_in_ep
 
   `totals` accumulates loss and accuracy on the device until the loop reads them at a log
   point, so no step waits for the host; it also keeps the first step whose loss was not finite.
+  The task (`cfg.task`) gives the input, the loss and the accuracy (per pixel for segmentation).
   """
+  task = cfg.get_task()
   # The batch's indices are split over the devices first, so each device gathers only its own
   # part of the batch from its copy of the dataset (in a multi-process run, each process only
   # materialises its devices' share).
@@ -91,16 +94,16 @@ def train_step(state: TrainState, totals: dict, images, labels, perm, step_in_ep
   x = jax.lax.with_sharding_constraint(images[idx], cfg.batch_sharding)
   y = jax.lax.with_sharding_constraint(labels[idx], cfg.batch_sharding)
   aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
-  x = cfg.preprocess(x, aug_rng, train=True)
+  x, y = task.inputs(cfg.preprocess, x, y, aug_rng, train=True)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(_variables(state, params), x, train=True,
                                      rngs={'dropout': dropout_rng},
                                      mutable=['batch_stats', 'aux_logits'])
-    loss = cross_entropy(logits, y, cfg.num_classes, cfg.label_smoothing).mean()
+    loss = task.losses(logits, y, cfg.label_smoothing).mean()
     # Auxiliary classifiers (GoogLeNet) sow their logits; their losses are added with a weight.
     for aux in jax.tree.leaves(updates.get('aux_logits', {})):
-      loss += cfg.aux_loss_weight * cross_entropy(aux, y, cfg.num_classes, cfg.label_smoothing).mean()
+      loss += cfg.aux_loss_weight * task.losses(aux, y, cfg.label_smoothing).mean()
     return loss, (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -112,7 +115,7 @@ def train_step(state: TrainState, totals: dict, images, labels, perm, step_in_ep
   first_bad = totals['first_nonfinite_step']
   totals = {
       'loss': totals['loss'] + loss * n,
-      'correct': totals['correct'] + jnp.sum(jnp.argmax(logits, -1) == y),
+      'correct': totals['correct'] + jnp.sum(task.correct(logits, y)),
       'count': totals['count'] + n,
       'first_nonfinite_step': jnp.where((first_bad < 0) & ~jnp.isfinite(loss), state.step,
                                         first_bad),
@@ -121,22 +124,21 @@ def train_step(state: TrainState, totals: dict, images, labels, perm, step_in_ep
 
 
 def evaluate(state: TrainState, images, labels, mask, cfg: StepConfig) -> dict:
-  """Mean loss and accuracy over a padded split, one jitted scan over its batches."""
+  """The task's metrics over a padded split (classification: loss and accuracy; segmentation:
+  also mean IoU), totals summed on the device in one jitted scan over its batches."""
+  task = cfg.get_task()
   num_batches = images.shape[0] // cfg.batch_size
 
   def body(totals, i):
     take = lambda a: jax.lax.with_sharding_constraint(
         jax.lax.dynamic_slice_in_dim(a, i * cfg.batch_size, cfg.batch_size), cfg.batch_sharding)
     x, y, m = take(images), take(labels), take(mask)
-    logits = state.apply_fn(_variables(state), cfg.preprocess(x, None, train=False), train=False)
-    m = m.astype(jnp.float32)
-    loss = cross_entropy(logits, y, cfg.num_classes)
-    return (totals[0] + jnp.sum(loss * m), totals[1] + jnp.sum((jnp.argmax(logits, -1) == y) * m),
-            totals[2] + jnp.sum(m)), None
+    x, y = task.inputs(cfg.preprocess, x, y, None, train=False)
+    logits = state.apply_fn(_variables(state), x, train=False)
+    return task.accumulate(totals, logits, y, m), None
 
-  zero = jnp.zeros((), jnp.float32)
-  (loss, correct, count), _ = jax.lax.scan(body, (zero, zero, zero), jnp.arange(num_batches))
-  return {'loss': loss / count, 'accuracy': correct / count}
+  totals, _ = jax.lax.scan(body, task.zero_totals(), jnp.arange(num_batches))
+  return task.metrics(totals)
 
 
 def _fresh_totals() -> dict:
@@ -169,8 +171,9 @@ def create_train_state(model, tx, input_shape, rng, sharding) -> TrainState:
   return jax.jit(init, out_shardings=sharding)(rng)
 
 
-def check_input_shape(name: str, model, shape) -> None:
-  """Fails early with a ConfigError naming the fix when the data does not fit the model."""
+def check_input_shape(name: str, model, shape, label_shape=None) -> None:
+  """Fails early with a ConfigError naming the fix when the data (images of `shape`, labels of
+  `label_shape` per image when given) do not fit the model and its task."""
   expected = models.input_shape(name)
   hint = (f"Model {name!r} expects images of shape {expected} (H, W, C) but the data pipeline "
           f"yields {tuple(shape)}. Set --config.data.image_size to pad the images, or pick a "
@@ -185,10 +188,16 @@ def check_input_shape(name: str, model, shape) -> None:
     raise
   except Exception as e:  # shape arithmetic failed somewhere inside the model
     raise ConfigError(f'{hint}\nUnderlying error: {e}') from e
-  if out.ndim != 2:
-    raise ConfigError(f'Model {name!r} returns outputs of shape {out.shape[1:]} per image (e.g. '
-                     'per-pixel logits for segmentation); this loop trains classifiers, whose '
-                     'output is (num_classes,). Pick a classification model.')
+  task = tasks.for_model(name, out.shape[-1])
+  if out.ndim != task.output_rank:
+    raise ConfigError(f'Model {name!r} returns outputs of shape {out.shape[1:]} per image, which '
+                      f'does not fit its registered task {task.kind!r} (cnn_jax.models.spec).')
+  problem = None if label_shape is None else task.check_labels(label_shape)
+  if problem:
+    fix = ('Pick a segmentation dataset (--config.data.dataset=mnist_segmentation or '
+           'oxford_iiit_pet) or a classification model.' if task.kind == tasks.SEGMENTATION else
+           'Pick a segmentation model (unet, unet_same) or a classification dataset.')
+    raise ConfigError(f'Model {name!r} ({task.kind}) cannot train on this data: {problem}. {fix}')
 
 
 @dataclasses.dataclass
@@ -331,7 +340,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run
   input_shape = preprocess.output_shape(splits.image_shape)
   model = models.create(config.model, num_classes=splits.num_classes,
                         dtype=precision.compute_dtype(config.dtype), **config.model_kwargs)
-  check_input_shape(config.model, model, input_shape)
+  check_input_shape(config.model, model, input_shape, splits.train[1].shape[1:])
 
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size)
@@ -349,6 +358,9 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run
   init_rng, data_rng, step_rng = (jax.random.fold_in(root_rng, i) for i in range(3))
   replicated = parallel.replicated(mesh)
   state = create_train_state(model, tx, input_shape, init_rng, replicated)
+  # Transfer learning: source weights under a new head, frozen parts (config.init_from,
+  # config.trainable); the workdir's own checkpoint, restored below, takes precedence.
+  state = transfer.prepare(config, config.model, model, state, replicated, workdir)
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
 
   parallel.barrier('setup')  # the processes meet before orbax's first barrier
@@ -384,7 +396,8 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run
   step_cfg = StepConfig(batch_size=config.batch_size, num_classes=splits.num_classes,
                         label_smoothing=config.label_smoothing,
                         aux_loss_weight=config.aux_loss_weight, preprocess=preprocess,
-                        batch_sharding=parallel.batch_sharded(mesh))
+                        batch_sharding=parallel.batch_sharded(mesh),
+                        task=tasks.for_model(config.model, splits.num_classes))
   run = Run(
       config=config, workdir=workdir, splits=splits, steps_per_epoch=steps_per_epoch,
       total_steps=total_steps, lr_fn=lr_fn, num_params=num_params, book=book, ckpts=ckpts,
@@ -551,6 +564,7 @@ def final_results(run: Run, state: TrainState, command: str | None) -> dict:
       'status': 'stopped_early' if book.stopped_early else 'completed',
       'name': config.name or config.model,
       'model': config.model,
+      'task': models.spec(config.model).task,  # metrics: loss, accuracy (+ mean_iou: segmentation)
       'num_params': run.num_params,
       'dataset': (f'{splits.name} ({splits.source})' if splits.source in config_base.DATA_SOURCES
                   else splits.source),  # a folder's own label, e.g. 'CIFAR-10 (JPEG copy)'

@@ -21,19 +21,14 @@ import numpy as np
 from cnn_jax import cli, report, sweep
 from experiments import lecture_common as common
 
+FLAGS = common.FLAGS
+
 
 def define_flags() -> None:
-  """Command-line flags; defined only when run as a script, so that tests can import
-  several experiments."""
-  global _PRESET, _SEEDS, _WORKDIR, _REPORT_DIR, _PARALLEL, _REPORT_ONLY, _SHIFT_IMAGES
-  _PRESET = flags.DEFINE_enum('preset', 'full', ['full', 'toy'], 'toy: 40 steps, two small sizes.')
-  _SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds per setting (default 3; toy: 0 = one).')
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Default: workdirs/cnn_vs_fc[_toy].')
-  _REPORT_DIR = flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
-  _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Members run at once (subprocesses).')
-  _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only write the report from the workdir.')
-  _SHIFT_IMAGES = flags.DEFINE_integer('shift_images', None, 'Test images for the shift test '
-                                       '(default 2,000; toy 500).')
+  """The shared flags and --shift_images; defined only when run as a script."""
+  common.define_flags('cnn_vs_fc', '40 steps, two small sizes.')
+  flags.DEFINE_integer('shift_images', None, 'Test images for the shift test '
+                       '(default 2,000; toy 500).')
 
 
 SHIFTS = (0, 1, 2, 3, 4)
@@ -77,19 +72,9 @@ def size_label(n: int, num_train: int | None = None) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.setup_process()
-  clock = common.Clock()
-  preset = _PRESET.value
-  toy = preset == 'toy'
-  seeds = (0 if toy else 3) if _SEEDS.value is None else _SEEDS.value
-  spec = sweep.Sweep('configs/cnn_vs_fc.py' + (':toy' if toy else ''), seeds=seeds)
-  workdir = pathlib.Path(_WORKDIR.value or common.ROOT / 'workdirs' /
-                         ('cnn_vs_fc' + ('_toy' if toy else '')))
-  members, summary = common.run_sweep(spec, workdir, _PARALLEL.value, _REPORT_ONLY.value,
-                                      title='C25: LeNet-5 vs a fully-connected net')
-  num_images = _SHIFT_IMAGES.value or (500 if toy else 2000)
+  run = common.start_sweep(argv, 'cnn_vs_fc', 'C25: LeNet-5 vs a fully-connected net')
+  workdir, members = run.workdir, run.members
+  num_images = FLAGS.shift_images or (500 if run.preset == 'toy' else 2000)
   cache_path = workdir / 'shift_eval.json'
   cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
   # (model, size) -> list over seeds of {'results', 'shift'}
@@ -104,12 +89,11 @@ def main(argv):
                        'shifts': {str(k): v for k, v in shift_eval(m.config, run_dir,
                                                                    num_images).items()}}
       cache_path.write_text(json.dumps(cache, indent=2) + '\n')
-    results = json.loads((run_dir / 'results.json').read_text())
+    results = common.read_results(run_dir)
     table[(m.overrides['model'], m.overrides['data.train_subset'])].append(
         {'results': results, 'shift': {int(k): v for k, v in cache[m.name]['shifts'].items()}})
 
-  stat = lambda xs: {'mean': float(np.mean(xs)),
-                     'std': float(np.std(xs, ddof=1)) if len(xs) > 1 else float('nan')}
+  stat = common.stat
   agg = {}
   for (model, size), runs in table.items():
     agg[(model, size)] = {
@@ -135,12 +119,8 @@ def main(argv):
       ['model', 'training images', 'parameters', 'seeds', 'test accuracy']
       + [f'accuracy, {k}-px shift' for k in SHIFTS[1:]] + ['unchanged predictions, 1 px'], rows)
 
-  checks, all_hold = [], True
-
-  def add(*row, holds):
-    nonlocal all_hold
-    all_hold &= holds
-    checks.append(common.check_row(*row, holds))
+  checks = common.Checks()
+  add = checks.add
 
   pairs = [(size, agg[('lenet5', size)], agg[('mlp', size)]) for size in sizes
            if ('lenet5', size) in agg and ('mlp', size) in agg]
@@ -166,8 +146,8 @@ def main(argv):
         holds=c['shift_agreement'][1]['mean'] > f['shift_agreement'][1]['mean'])
 
   png = plot(agg, sizes, workdir / 'cnn_vs_fc.png')
-  config = members[0].config
-  facts = clock.facts()
+  config = run.config
+  facts = run.clock.facts()
   command = cli.command_line('experiments.cnn_vs_fc')
   train_wall = sum(a['wall_time_s'] for a in agg.values())
   text = common.header(
@@ -179,17 +159,14 @@ def main(argv):
       protocol=(f'plain SGD lr {config.learning_rate}, batch {config.batch_size}, '
                 f'{config.num_steps} steps for every model and size, validation every '
                 f'{config.eval_every_steps} steps, best checkpoint by {config.selection_metric}; '
-                f'{max(seeds, 1)} seed(s) per setting (mean ± sample std). LeNet-5 sees the digits '
+                f'{max(run.seeds, 1)} seed(s) per setting (mean ± sample std). LeNet-5 sees the digits '
                 'padded to 32x32; the FC net (784-1176-400-120-84-10, ReLU: LeNet-5\'s depth and '
                 'pooled-map widths) the 28x28 pixels. Shift test: each test image moved by k px '
                 'left, right, up and down (zero fill), accuracy averaged over the four; '
-                f'sweep `{" ".join(spec.command(workdir.relative_to(common.ROOT) if workdir.is_relative_to(common.ROOT) else workdir))}`.'),
+                f'sweep `{" ".join(run.spec.command(common.rel(workdir)))}`.'),
       train_wall_s=train_wall, facts=facts, generator='experiments/cnn_vs_fc.py')
   text += f"""
-## Claim checks
-
-{report.markdown_table(common.CHECK_HEADERS, checks)}
-
+{common.checks_section(checks.rows)}
 ## Results (mean ± std over seeds)
 
 {results_table}
@@ -199,7 +176,6 @@ def main(argv):
 Per-member records: [members.csv](members.csv), [sweep.md](sweep.md), [shift_eval.json](shift_eval.json).
 
 {common.footer()}"""
-  (workdir / 'report.md').write_text(text)
   big = max(sizes, key=lambda s: s or 10 ** 9) if sizes else None
   headline = ''
   if pairs:
@@ -210,13 +186,11 @@ Per-member records: [members.csv](members.csv), [sweep.md](sweep.md), [shift_eva
                 f"{small[2]['test_accuracy']['mean']:.1%} on {size_label(small[0])} images; "
                 f"3-px shift: {c['shift_accuracy'][3]['mean']:.0%} vs "
                 f"{f['shift_accuracy'][3]['mean']:.0%}")
-  common.write_json(workdir / 'results.json', {
-      'experiment': 'cnn_vs_fc', 'claims': 'C25', 'preset': preset, 'command': command,
-      'all_checks_hold': all_hold, 'checks': checks, 'train_wall_time_s': train_wall, **facts,
-      'headline': headline,
-      'settings': [{'model': m, 'train_subset': s, **a} for (m, s), a in agg.items()]})
-  print(f"claims hold: {all_hold}; report: {workdir / 'report.md'}")
-  common.copy_outputs(workdir, _REPORT_DIR.value, OUTPUTS)
+  common.finish(workdir, text, {
+      'experiment': 'cnn_vs_fc', 'claims': 'C25', 'preset': run.preset, 'command': command,
+      'train_wall_time_s': train_wall, **facts, 'headline': headline,
+      'settings': [{'model': m, 'train_subset': s, **a} for (m, s), a in agg.items()]},
+      OUTPUTS, checks.rows, FLAGS.report_dir)
 
 
 def plot(agg: dict, sizes, out: pathlib.Path) -> pathlib.Path:
@@ -241,13 +215,7 @@ def plot(agg: dict, sizes, out: pathlib.Path) -> pathlib.Path:
   axes[0].set_ylabel('test accuracy (%)')
   axes[1].set_xlabel('shift (pixels)')
   axes[1].set_ylabel('test accuracy on shifted digits (%)')
-  for ax in axes:
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
-  return out
+  return common.save_figure(fig, out, axes=axes, legend_size=7)
 
 
 if __name__ == '__main__':

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 import sys
 
 from absl import app, flags
@@ -23,8 +22,9 @@ from absl import app, flags
 from configs import cifar_resnet
 from cnn_jax import cli, config_base, report
 from cnn_jax.metric_writers import read_metrics
+from experiments import lecture_common as common
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = common.ROOT
 FLAGS = flags.FLAGS
 
 
@@ -89,9 +89,7 @@ def load_run(run_dir: pathlib.Path) -> dict | None:
 
 def plot_figure6(runs: dict, out: pathlib.Path) -> pathlib.Path:
   """Error against iterations: plain (left) and residual (right); train dashed, test solid."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = common.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
   colors = {20: 'tab:orange', 32: 'tab:blue', 44: 'tab:green', 56: 'tab:red', 110: 'black'}
   for ax, family in zip(axes, ('plain', 'resnet')):
@@ -107,21 +105,14 @@ def plot_figure6(runs: dict, out: pathlib.Path) -> pathlib.Path:
                   color=c, label=f'{label} {split}', linewidth=1.5)
     ax.set_title('plain networks' if family == 'plain' else 'residual networks')
     ax.set_xlabel('iterations')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
   axes[0].set_ylabel('error (%)  [dashed: training, solid: test]')
   fig.suptitle('CIFAR-10 (JPEG copy): degradation of plain nets, He et al. Figure 6 style')
-  fig.tight_layout()
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
-  return out
+  return common.save_figure(fig, out, axes=axes, legend_size=8)
 
 
 def plot_diagnostics(runs: dict, out: pathlib.Path) -> pathlib.Path | None:
   """Backward signal |dL/dy| and forward signal RMS per block, at init and later, per model."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = common.pyplot()
   with_diag = {m: r for m, r in runs.items() if r['diagnostics']}
   if not with_diag:
     return None
@@ -140,12 +131,7 @@ def plot_diagnostics(runs: dict, out: pathlib.Path) -> pathlib.Path | None:
       ax.set_title(f'{model}: ' + ('|dL/d(block output)|' if kind == 'grad_rms'
                                    else 'RMS of block output'), fontsize=9)
       ax.set_xlabel('block (stem ... head)')
-      ax.grid(alpha=0.3)
-      ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(out, dpi=100)
-  plt.close(fig)
-  return out
+  return common.save_figure(fig, out, dpi=100, axes=axes.flat, legend_size=7)
 
 
 def _block_names(record: dict, kind: str) -> list[str]:
@@ -380,18 +366,9 @@ def main(argv):
       cli.run_training(configs[model], run_dir, 'experiments.degradation')
   path = write_report(workdir, models, preset, FLAGS.set)
   print(f'report: {path}')
-  if FLAGS.report_dir:
-    out = pathlib.Path(FLAGS.report_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ('report.md', 'results.json', 'figure6.png', 'diagnostics.png'):
-      if (workdir / name).exists():
-        shutil.copy(workdir / name, out / name)
-    for model in models:
-      for name in RECORDS:
-        if (workdir / model / name).exists():
-          (out / model).mkdir(exist_ok=True)
-          shutil.copy(workdir / model / name, out / model / name)
-    print(f'copied to {out}')
+  common.copy_outputs(workdir, FLAGS.report_dir,
+                      ['report.md', 'results.json', 'figure6.png', 'diagnostics.png']
+                      + [f'{model}/{name}' for model in models for name in RECORDS])
 
 
 if __name__ == '__main__':

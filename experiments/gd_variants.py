@@ -11,27 +11,16 @@ stopping selects (lowest validation loss) and the test accuracy of that checkpoi
 """
 from __future__ import annotations
 
-import json
 import pathlib
 
-from absl import app, flags
+from absl import app
 import numpy as np
 
 from cnn_jax import cli, report, sweep
 from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common as common
 
-
-def define_flags() -> None:
-  """Command-line flags; defined only when run as a script, so that tests can import
-  several experiments."""
-  global _PRESET, _SEEDS, _WORKDIR, _REPORT_DIR, _PARALLEL, _REPORT_ONLY
-  _PRESET = flags.DEFINE_enum('preset', 'full', ['full', 'toy'], 'toy: 128 images, 5 epochs.')
-  _SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds per variant (default 3; toy: 0 = one).')
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Default: workdirs/gd_variants[_toy].')
-  _REPORT_DIR = flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
-  _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Members run at once (subprocesses).')
-  _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only write the report from the workdir.')
+FLAGS = common.FLAGS
 
 
 OUTPUTS = ('report.md', 'gd_variants.png', 'results.json', 'sweep.md', 'sweep.csv', 'members.csv')
@@ -44,26 +33,15 @@ def variant_name(batch: int, subset: int) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.setup_process()
-  clock = common.Clock()
-  preset = _PRESET.value
-  toy = preset == 'toy'
-  seeds = (0 if toy else 3) if _SEEDS.value is None else _SEEDS.value
-  spec = sweep.Sweep('configs/gd_variants.py' + (':toy' if toy else ''), seeds=seeds)
-  workdir = pathlib.Path(_WORKDIR.value or common.ROOT / 'workdirs' /
-                         ('gd_variants' + ('_toy' if toy else '')))
-  members, _ = common.run_sweep(spec, workdir, _PARALLEL.value, _REPORT_ONLY.value,
-                                title='C13: GD, SGD and mini-batch SGD')
-  config = members[0].config
+  run = common.start_sweep(argv, 'gd_variants', 'C13: GD, SGD and mini-batch SGD')
+  config, workdir = run.config, run.workdir
   subset = config.data.train_subset
   variants: dict[str, dict] = {}
-  for m in members:
+  for m in run.members:
     run_dir = workdir / m.name
-    if not sweep.is_done(run_dir):
+    results = common.read_results(run_dir)
+    if results is None:
       continue
-    results = json.loads((run_dir / 'results.json').read_text())
     val = [r for r in read_metrics(run_dir / 'metrics.jsonl') if r['split'] == 'val']
     v = variants.setdefault(variant_name(m.config.batch_size, subset), {
         'batch_size': m.config.batch_size, 'learning_rate': m.config.learning_rate,
@@ -80,12 +58,8 @@ def main(argv):
     v['min_val_loss'] = [min(r['val_loss']) for r in v['runs']]
     v['final_over_min'] = [r['val_loss'][-1] / min(r['val_loss']) for r in v['runs']]
 
-  checks, all_hold = [], True
-
-  def add(*row, holds):
-    nonlocal all_hold
-    all_hold &= holds
-    checks.append(common.check_row(*row, holds))
+  checks = common.Checks()
+  add = checks.add
 
   gd, mb = variants.get('full-batch GD'), variants.get('mini-batch SGD (64)')
   sgd = variants.get('SGD (batch 1)')
@@ -108,22 +82,19 @@ def main(argv):
 
   rows = []
   for k, v in variants.items():
-    stat = lambda xs: {'mean': float(np.mean(xs)),
-                       'std': float(np.std(xs, ddof=1)) if len(xs) > 1 else float('nan')}
     rows.append([k, v['batch_size'], v['learning_rate'], f"{v['steps']:,}", len(v['runs']),
-                 sweep.pm(stat(v['min_val_loss'])),
+                 sweep.pm(common.stat(v['min_val_loss'])),
                  ', '.join(str(r['best_epoch']) for r in v['runs']),
-                 sweep.pm(stat([r['test_accuracy'] for r in v['runs']]), '{:.2f}%', 100),
+                 sweep.pm(common.stat([r['test_accuracy'] for r in v['runs']]), '{:.2f}%', 100),
                  f"{np.mean(v['final_over_min']):.2f}",
                  f"{np.mean([r['wall_time_s'] for r in v['runs']]):.0f} s"])
   table = report.markdown_table(
       ['variant', 'batch', 'α', 'updates', 'seeds', 'lowest val loss', 'best epoch per seed',
        'test accuracy at the best epoch', 'final / lowest val loss', 'wall time per run'], rows)
   png = plot(variants, workdir / 'gd_variants.png', subset)
-  facts = clock.facts()
+  facts = run.clock.facts()
   command = cli.command_line('experiments.gd_variants')
   train_wall = sum(r['wall_time_s'] for v in variants.values() for r in v['runs'])
-  rel = workdir.relative_to(common.ROOT) if workdir.is_relative_to(common.ROOT) else workdir
   text = common.header(
       title='Gradient descent, SGD and mini-batch SGD', claims='claim C13', command=command,
       data=(f'MNIST, bundled IDX files; {subset:,} training images (a fixed subset, the same for '
@@ -132,13 +103,11 @@ def main(argv):
       protocol=(f'LeNet-5, plain SGD, {config.num_epochs} epochs = {config.num_epochs * subset:,} '
                 'examples seen by every variant; validation after every epoch; the best '
                 f'checkpoint (early stopping\'s choice) is the epoch of lowest {config.selection_metric}'
-                f', evaluated once on test; {max(seeds, 1)} seed(s); sweep `{" ".join(spec.command(rel))}`.'),
+                f', evaluated once on test; {max(run.seeds, 1)} seed(s); sweep '
+                f'`{" ".join(run.spec.command(common.rel(workdir)))}`.'),
       train_wall_s=train_wall, facts=facts, generator='experiments/gd_variants.py')
   text += f"""
-## Claim checks
-
-{report.markdown_table(common.CHECK_HEADERS, checks)}
-
+{common.checks_section(checks.rows)}
 ## Variants
 
 {table}
@@ -149,16 +118,13 @@ Wall times are per run and include validation after every epoch and one checkpoi
 SGD with batch 1 pays a dispatch per example, which dominates on a CPU.
 
 {common.footer()}"""
-  (workdir / 'report.md').write_text(text)
   headline = ', '.join(f"{k.split(' (')[0] if 'mini' not in k else 'mini-batch'} "
                        f"{np.mean(v['min_val_loss']):.3f}" for k, v in variants.items())
-  common.write_json(workdir / 'results.json', {
-      'experiment': 'gd_variants', 'claims': 'C13', 'preset': preset, 'command': command,
-      'all_checks_hold': all_hold, 'checks': checks, 'train_wall_time_s': train_wall, **facts,
+  common.finish(workdir, text, {
+      'experiment': 'gd_variants', 'claims': 'C13', 'preset': run.preset, 'command': command,
+      'train_wall_time_s': train_wall, **facts,
       'headline': f'lowest val loss at equal examples seen: {headline}',
-      'variants': variants})
-  print(f"claims hold: {all_hold}; report: {workdir / 'report.md'}")
-  common.copy_outputs(workdir, _REPORT_DIR.value, OUTPUTS)
+      'variants': variants}, OUTPUTS, checks.rows, FLAGS.report_dir)
 
 
 def plot(variants: dict, out: pathlib.Path, subset: int) -> pathlib.Path:
@@ -178,14 +144,9 @@ def plot(variants: dict, out: pathlib.Path, subset: int) -> pathlib.Path:
   axes[1].set_ylabel('validation accuracy')
   for ax in axes:
     ax.set_xlabel('training examples seen')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
-  return out
+  return common.save_figure(fig, out, axes=axes, legend_size=7)
 
 
 if __name__ == '__main__':
-  define_flags()
+  common.define_flags('gd_variants', '128 images, 5 epochs.', seeds_of='variant')
   app.run(main, flags_parser=cli.parse_flags)

@@ -14,20 +14,13 @@ from __future__ import annotations
 import math
 import pathlib
 
-from absl import app, flags
+from absl import app
 import numpy as np
 
 from cnn_jax import cli, report
 from experiments import lecture_common as common
 
-
-def define_flags() -> None:
-  """Command-line flags; defined only when run as a script, so that tests can import
-  several experiments."""
-  global _PRESET, _WORKDIR, _REPORT_DIR
-  _PRESET = flags.DEFINE_enum('preset', 'full', ['full', 'toy'], 'toy: 20 layers of width 256.')
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Default: workdirs/init_variance[_toy].')
-  _REPORT_DIR = flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
+FLAGS = common.FLAGS
 
 
 PRESETS = {  # depth, width, batch, seeds
@@ -117,10 +110,7 @@ def plot(data: dict, depth: int, width: int, out: pathlib.Path) -> pathlib.Path:
       ax.grid(alpha=0.3)
       ax.legend(fontsize=7)
   fig.suptitle(f'{depth} dense layers of width {width}, inputs N(0, 1): variance through depth')
-  fig.tight_layout()
-  fig.savefig(out, dpi=100)
-  plt.close(fig)
-  return out
+  return common.save_figure(fig, out, dpi=100)
 
 
 def checks(data: dict, depth: int) -> tuple[list[list[str]], bool]:
@@ -152,21 +142,19 @@ def checks(data: dict, depth: int) -> tuple[list[list[str]], bool]:
       (f"overflow at layer {normal['first_non_finite_layer']}" if not normal['finite'] else
        f"x{normal['last_over_first']:.2e}"),
       (not normal['finite']) or normal['last_over_first'] > 1e6))
-  return rows, all(r[-1] == 'yes' for r in rows)
+  return rows, common.all_hold(rows)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  common.check_argv(argv)
   clock = common.Clock()
-  preset = _PRESET.value
+  preset = FLAGS.preset
   p = PRESETS[preset]
-  workdir = pathlib.Path(_WORKDIR.value or common.ROOT / 'workdirs' /
-                         ('init_variance' + ('_toy' if preset == 'toy' else '')))
+  workdir = common.default_workdir('init_variance', preset)
   workdir.mkdir(parents=True, exist_ok=True)
   data = run_all(p['depth'], p['width'], p['batch'], p['seeds'])
   png = plot(data, p['depth'], p['width'], workdir / 'init_variance.png')
-  rows, holds = checks(data, p['depth'])
+  rows, _ = checks(data, p['depth'])
   summary = []
   for (act, init), d in data.items():
     s = ratio_stats(d['act_var'])
@@ -189,10 +177,7 @@ def main(argv):
                 f"{p['seeds']} seeds (weights, inputs, g). float32."),
       train_wall_s=None, facts=facts, generator='experiments/init_variance.py')
   text += f"""
-## Claim checks
-
-{report.markdown_table(common.CHECK_HEADERS, rows)}
-
+{common.checks_section(rows)}
 ## Per initialisation and activation
 
 "ratio" is the geometric mean of Var(layer l+1) / Var(layer l) over depth (1 = preserved);
@@ -207,19 +192,17 @@ Not done here (left for later): the second half of C12 — training the CIFAR pl
 initialisation and comparing how fast (and whether) each trains.
 
 {common.footer()}"""
-  (workdir / 'report.md').write_text(text)
   he = ratio_stats(data[('relu', 'He (2/n)')]['act_var'])
   lecun = ratio_stats(data[('relu', 'LeCun (1/n)')]['act_var'])
-  common.write_json(workdir / 'results.json', {
+  common.finish(workdir, text, {
       'experiment': 'init_variance', 'claims': 'C12', 'preset': preset, 'command': command,
-      **p, 'all_checks_hold': holds, 'checks': rows, **facts,
+      **p, **facts,
       'headline': (f"ReLU: He keeps Var within x{he['max_over_min']:.2f} over {p['depth']} layers; "
                    f"LeCun x{lecun['per_layer_ratio']:.2f} per layer"),
-      'curves': {f'{act}/{init}': d for (act, init), d in data.items()}})
-  print(f"claims hold: {holds}; report: {workdir / 'report.md'}")
-  common.copy_outputs(workdir, _REPORT_DIR.value, OUTPUTS)
+      'curves': {f'{act}/{init}': d for (act, init), d in data.items()}},
+      OUTPUTS, rows, FLAGS.report_dir)
 
 
 if __name__ == '__main__':
-  define_flags()
+  common.define_flags('init_variance', '20 layers of width 256.', sweep_flags=False)
   app.run(main)

@@ -1,17 +1,107 @@
 """Helpers shared by the lecture-claim experiments (lr_sweep, cnn_vs_fc, gd_variants,
-init_variance, visualize_filters): running a sweep, the report header, restoring a trained model.
+init_variance, normalization, visualize_filters, lenet5_mnist_seeds, degradation): their flags,
+running a sweep, claim checks, the report header and footer, figures, writing the outputs, and
+restoring a trained model.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import pathlib
 import shutil
 import time
 
-from cnn_jax import report, sweep
+from absl import app, flags
+
+from cnn_jax import cli, report, sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+FLAGS = flags.FLAGS
+DEFAULT_SEEDS = 3
+
+
+def define_flags(name: str, toy: str, *, sweep_flags: bool = True, seeds_of: str = 'setting',
+                 presets: tuple[str, ...] = ('full', 'toy')):
+  """The flags every lecture experiment shares, read back as FLAGS.preset etc.: --preset, --workdir,
+  --report_dir, and for a sweep --seeds, --parallel and --report_only. Call it only when the
+  experiment runs as a script, so that tests can import several experiments."""
+  flags.DEFINE_enum('preset', 'full', list(presets), f'toy: {toy}')
+  flags.DEFINE_string('workdir', None, f'Default: workdirs/{name}[_<preset>].')
+  flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
+  if sweep_flags:
+    flags.DEFINE_integer('seeds', None, f'Seeds per {seeds_of} (default {DEFAULT_SEEDS}; '
+                         'toy: 0 = one).')
+    flags.DEFINE_integer('parallel', 1, 'Members run at once (subprocesses).')
+    flags.DEFINE_bool('report_only', False, 'Only write the report from the workdir.')
+
+
+def check_argv(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+
+
+def default_workdir(name: str, preset: str) -> pathlib.Path:
+  """--workdir, or workdirs/<name>[_<preset>] in the repository ('full': no suffix)."""
+  suffix = '' if preset in ('', 'full') else f'_{preset}'
+  return pathlib.Path(FLAGS.workdir or ROOT / 'workdirs' / (name + suffix))
+
+
+def rel(path: pathlib.Path) -> pathlib.Path:
+  """`path` relative to the repository when it is inside it (for commands in reports)."""
+  path = pathlib.Path(path)
+  return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+@dataclasses.dataclass
+class SweepRun:
+  """What a sweep experiment's main starts from (see `start_sweep`)."""
+  spec: sweep.Sweep
+  workdir: pathlib.Path
+  members: list
+  summary: dict
+  clock: Clock
+  preset: str
+  seeds: int
+
+  @property
+  def config(self):
+    """The first member's config (the settings every member shares)."""
+    return self.members[0].config
+
+
+def start_sweep(argv, name: str, title: str, config_args: tuple[str, ...] = (),
+                preset: str | None = None, workdir: str | None = None) -> SweepRun:
+  """The opening of a sweep experiment: runs (or resumes) configs/<name>.py[:<preset>] over --seeds in
+  the workdir (default: `default_workdir`), one member a directory, then aggregates. --preset,
+  --seeds, --parallel and --report_only are read from the flags; `preset` replaces --preset."""
+  check_argv(argv)
+  cli.setup_process()
+  clock = Clock()
+  preset = FLAGS.preset if preset is None else preset
+  seeds = (0 if preset == 'toy' else DEFAULT_SEEDS) if FLAGS.seeds is None else FLAGS.seeds
+  spec = sweep.Sweep(f'configs/{name}.py' + ('' if preset in ('', 'full') else f':{preset}'),
+                     seeds=seeds, config_args=tuple(config_args))
+  workdir = pathlib.Path(workdir) if workdir else default_workdir(name, preset)
+  members, summary = run_sweep(spec, workdir, FLAGS.parallel, FLAGS.report_only, title=title)
+  return SweepRun(spec, workdir, members, summary, clock, preset, seeds)
+
+
+def read_results(run_dir: pathlib.Path) -> dict | None:
+  """A finished run's results.json; None while it is not finished."""
+  return json.loads((run_dir / 'results.json').read_text()) if sweep.is_done(run_dir) else None
+
+
+def stat(values) -> dict:
+  """{'mean', 'std'} with the sample standard deviation (nan for a single value)."""
+  values = [float(v) for v in values]
+  if not values:
+    return {'mean': math.nan, 'std': math.nan}
+  mean = sum(values) / len(values)
+  std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+         if len(values) > 1 else math.nan)
+  return {'mean': mean, 'std': std}
 
 
 def load_average() -> float:
@@ -91,6 +181,29 @@ def check_row(claim: str, quantity: str, lecture: str, criterion: str, measured:
 CHECK_HEADERS = ['claim', 'quantity', 'lecture', 'criterion', 'measured', 'holds']
 
 
+class Checks:
+  """Claim checks as rows of CHECK_HEADERS, computed from the runs; `all_hold` is their AND."""
+
+  def __init__(self):
+    self.rows: list[list[str]] = []
+
+  def add(self, claim: str, quantity: str, lecture: str, criterion: str, measured: str,
+          holds: bool) -> None:
+    self.rows.append(check_row(claim, quantity, lecture, criterion, measured, bool(holds)))
+
+  @property
+  def all_hold(self) -> bool:
+    return all_hold(self.rows)
+
+
+def all_hold(rows) -> bool:
+  return all(r[-1] == 'yes' for r in rows)
+
+
+def checks_section(rows) -> str:
+  return f'## Claim checks\n\n{report.markdown_table(CHECK_HEADERS, rows)}\n'
+
+
 def write_json(path: pathlib.Path, data: dict) -> None:
   path.write_text(json.dumps(data, indent=2, default=float) + '\n')
 
@@ -100,10 +213,24 @@ def copy_outputs(workdir: pathlib.Path, report_dir: str | None, names) -> None:
     return
   out = pathlib.Path(report_dir)
   out.mkdir(parents=True, exist_ok=True)
-  for name in names:
+  for name in names:  # a name may be a path inside the workdir: 'resnet20/results.json'
     if (workdir / name).exists():
+      (out / name).parent.mkdir(parents=True, exist_ok=True)
       shutil.copy(workdir / name, out / name)
   print(f'copied to {out}')
+
+
+def finish(workdir: pathlib.Path, text: str, record: dict, outputs, checks=None,
+           report_dir: str | None = None) -> None:
+  """Writes report.md and results.json (`record`, plus the check rows when given) in the
+  workdir, says whether the claims hold, and copies `outputs` to `report_dir`."""
+  if checks is not None:
+    record = {**record, 'all_checks_hold': all_hold(checks), 'checks': checks}
+  (workdir / 'report.md').write_text(text)
+  write_json(workdir / 'results.json', record)
+  if checks is not None:
+    print(f"claims hold: {all_hold(checks)}; report: {workdir / 'report.md'}")
+  copy_outputs(workdir, report_dir, outputs)
 
 
 def pyplot():
@@ -111,6 +238,18 @@ def pyplot():
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
+
+
+def save_figure(fig, out: pathlib.Path, dpi: int = 110, axes=(), legend_size=None):
+  """Grid and legend on `axes`, then tight layout, saved to `out` and closed; returns `out`."""
+  for ax in axes:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+  fig.tight_layout()
+  fig.savefig(out, dpi=dpi)
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt.close(fig)
+  return out
 
 
 def restore_best(config, run_dir: pathlib.Path, kind: str = 'best'):

@@ -23,15 +23,17 @@ from cnn_jax import cli, report, sweep
 from experiments import lecture_common as common
 
 
+FLAGS = common.FLAGS
+
+
 def define_flags() -> None:
   """Command-line flags; defined only when run as a script, so that tests can import
   several experiments."""
-  global _SEEDS, _WORKDIR, _REPORT_DIR, _PARALLEL, _REPORT_ONLY
-  _SEEDS = flags.DEFINE_integer('seeds', 5, 'Seeds 0..N-1.')
-  _WORKDIR = flags.DEFINE_string('workdir', 'workdirs/lenet5_mnist_seeds', 'The sweep directory.')
-  _REPORT_DIR = flags.DEFINE_string('report_dir', None, 'A lenet5_mnist report folder to extend.')
-  _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Members run at once (subprocesses).')
-  _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only aggregate what is finished.')
+  flags.DEFINE_integer('seeds', 5, 'Seeds 0..N-1.')
+  flags.DEFINE_string('workdir', 'workdirs/lenet5_mnist_seeds', 'The sweep directory.')
+  flags.DEFINE_string('report_dir', None, 'A lenet5_mnist report folder to extend.')
+  flags.DEFINE_integer('parallel', 1, 'Members run at once (subprocesses).')
+  flags.DEFINE_bool('report_only', False, 'Only aggregate what is finished.')
 
 
 TARGET = 0.99  # C15: about 1% test misclassification
@@ -74,19 +76,14 @@ Sweep command: `{data['command']}` (rerun it to finish missing seeds). {common.b
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.setup_process()
-  clock = common.Clock()
-  spec = sweep.Sweep('configs/lenet5_mnist.py', seeds=_SEEDS.value,
-                     config_args=('progress_bar=False',))
-  workdir = pathlib.Path(_WORKDIR.value)
-  _, summary = common.run_sweep(spec, workdir, _PARALLEL.value, _REPORT_ONLY.value,
-                                title='LeNet-5 on MNIST over seeds')
-  report_dir = pathlib.Path(_REPORT_DIR.value) if _REPORT_DIR.value else None
+  run = common.start_sweep(argv, 'lenet5_mnist', 'LeNet-5 on MNIST over seeds',
+                           config_args=('progress_bar=False',), preset='',
+                           workdir=FLAGS.workdir)
+  workdir = run.workdir
+  report_dir = pathlib.Path(FLAGS.report_dir) if FLAGS.report_dir else None
   single_path = (report_dir or common.ROOT / 'reports' / 'lenet5_mnist') / 'results.json'
   single = json.loads(single_path.read_text()) if single_path.exists() else None
-  text, data = section(summary, spec, workdir, single, clock.facts())
+  text, data = section(run.summary, run.spec, workdir, single, run.clock.facts())
   (workdir / 'seeds.md').write_text(text)
   common.write_json(workdir / 'seeds.json', data)
   print(text)

@@ -13,24 +13,15 @@ from __future__ import annotations
 
 import math
 import pathlib
+import shlex
 
-from absl import app, flags
+from absl import app
 
 from cnn_jax import cli, report, sweep
 from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common as common
 
-
-def define_flags() -> None:
-  """Command-line flags; defined only when run as a script, so that tests can import
-  several experiments."""
-  global _PRESET, _SEEDS, _WORKDIR, _REPORT_DIR, _PARALLEL, _REPORT_ONLY
-  _PRESET = flags.DEFINE_enum('preset', 'full', ['full', 'toy'], 'toy: 2,000 images, one seed.')
-  _SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds per learning rate (default: 3, toy: 0 = one).')
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Default: workdirs/lr_sweep[_toy].')
-  _REPORT_DIR = flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
-  _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Members run at once (subprocesses).')
-  _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only write the report from the workdir.')
+FLAGS = common.FLAGS
 
 
 CHANCE = 0.1
@@ -40,20 +31,11 @@ NOT_LEARNED_ACCURACY = 0.2  # "does not learn": test accuracy at most twice chan
 OUTPUTS = ('report.md', 'loss_curves.png', 'results.json', 'sweep.md', 'sweep.csv', 'members.csv')
 
 
-def spec(preset: str, seeds: int | None) -> sweep.Sweep:
-  config = 'configs/lr_sweep.py' + (':toy' if preset == 'toy' else '')
-  seeds = (0 if preset == 'toy' else 3) if seeds is None else seeds
-  return sweep.Sweep(config, seeds=seeds)
-
-
 def member_outcome(run_dir: pathlib.Path, total_steps: int) -> dict:
   """Curve, final figures and divergence of one member, from its files."""
   records = read_metrics(run_dir / 'metrics.jsonl') if (run_dir / 'metrics.jsonl').exists() else []
   curve = [(r['step'], r['loss']) for r in records if r['split'] == 'train']
-  results = None
-  if sweep.is_done(run_dir):
-    import json  # pylint: disable=g-import-not-at-top
-    results = json.loads((run_dir / 'results.json').read_text())
+  results = common.read_results(run_dir)
   error = (run_dir / sweep.ERROR_FILE).read_text().strip() if sweep.has_failed(run_dir) else ''
   tail = [loss for step, loss in curve if step > 0.9 * total_steps]
   return {
@@ -86,22 +68,15 @@ def plot(outcomes: dict, out: pathlib.Path, title: str) -> pathlib.Path:
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
-  return out
+  return common.save_figure(fig, out)
 
 
 def checks(outcomes: dict) -> tuple[list[list[str]], bool]:
   seeds = sorted({s for _, s in outcomes}, key=lambda s: -1 if s is None else s)
   by = lambda lr: [outcomes[(lr, s)] for s in seeds if (lr, s) in outcomes]
   fmt = lambda xs: ', '.join(xs)
-  rows, all_hold = [], True
-
-  def add(*row, holds):
-    nonlocal all_hold
-    all_hold &= holds
-    rows.append(common.check_row(*row, holds))
+  out = common.Checks()
+  add = out.add
 
   big = by(1.0)
   not_learned = [o['diverged'] or (o['test_accuracy'] is not None and
@@ -129,34 +104,25 @@ def checks(outcomes: dict) -> tuple[list[list[str]], bool]:
       '0.1 converges faster', 'before half of the epoch, for every seed',
       fmt([f'step {k} of {n}' if k else 'never' for k, n in steps]),
       holds=bool(pairs) and all(k is not None and k <= n / 2 for k, n in steps))
-  return rows, all_hold
+  return out.rows, out.all_hold
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.setup_process()
-  clock = common.Clock()
-  preset = _PRESET.value
-  s = spec(preset, _SEEDS.value)
-  workdir = pathlib.Path(_WORKDIR.value or common.ROOT / 'workdirs' /
-                         ('lr_sweep' + ('_toy' if preset == 'toy' else '')))
-  members, summary = common.run_sweep(s, workdir, _PARALLEL.value, _REPORT_ONLY.value,
-                                      title='C15: one epoch of LeNet-5 at α = 1, 0.1, 0.01')
-  config = members[0].config
+  run = common.start_sweep(argv, 'lr_sweep', 'C15: one epoch of LeNet-5 at α = 1, 0.1, 0.01')
+  config, workdir = run.config, run.workdir
   steps_per_epoch = None
   outcomes = {}
-  for m in members:
+  for m in run.members:
     run_dir = workdir / m.name
-    if steps_per_epoch is None and sweep.is_done(run_dir):
-      import json  # pylint: disable=g-import-not-at-top
-      steps_per_epoch = json.loads((run_dir / 'results.json').read_text())['steps_per_epoch']
+    results = common.read_results(run_dir)
+    if steps_per_epoch is None and results:
+      steps_per_epoch = results['steps_per_epoch']
     outcomes[(m.overrides['learning_rate'], m.overrides.get('seed'))] = run_dir
   total = (steps_per_epoch or 1) * config.num_epochs
   outcomes = {k: member_outcome(v, total) for k, v in outcomes.items()}
   png = plot(outcomes, workdir / 'loss_curves.png',
              f'LeNet-5 on MNIST, one epoch of SGD (batch {config.batch_size}) per learning rate')
-  rows, holds = checks(outcomes)
+  rows, _ = checks(outcomes)
   per_run = report.markdown_table(
       ['α', 'seed', 'status', 'first logged loss', 'final loss (last 10%)',
        'val loss', 'val accuracy', 'test accuracy'],
@@ -168,7 +134,7 @@ def main(argv):
         '—' if o['test_accuracy'] is None else f"{o['test_accuracy']:.2%}"]
        for (lr, seed), o in outcomes.items()])
   train_wall = sum(o['wall_time_s'] for o in outcomes.values())
-  facts = clock.facts()
+  facts = run.clock.facts()
   command = cli.command_line('experiments.lr_sweep')
   n_seeds = len({seed for _, seed in outcomes})
   text = common.header(
@@ -180,15 +146,12 @@ def main(argv):
             + ', 10,000 test; padded to 32x32.'),
       protocol=(f'LeNet-5 (lecture variant), plain SGD, batch {config.batch_size}, one epoch '
                 f'({total} steps), constant α ∈ {{1, 0.1, 0.01}}, {n_seeds} seed(s) per α '
-                f'(seed = init and data order); sweep `{shlex_join(s.command(workdir))}`. '
+                f'(seed = init and data order); sweep `{shlex.join(run.spec.command(workdir))}`. '
                 'Training loss logged as the mean of every '
                 f'{config.log_every_steps} steps.'),
       train_wall_s=train_wall, facts=facts, generator='experiments/lr_sweep.py')
   text += f"""
-## Claim checks
-
-{report.markdown_table(common.CHECK_HEADERS, rows)}
-
+{common.checks_section(rows)}
 ## Runs
 
 {per_run}
@@ -198,15 +161,11 @@ def main(argv):
 Per-setting means over seeds: [sweep.md](sweep.md).
 
 {common.footer()}"""
-  (workdir / 'report.md').write_text(text)
-  common.write_json(workdir / 'results.json', {
-      'experiment': 'lr_sweep', 'claims': 'C15', 'preset': preset, 'command': command,
-      'all_checks_hold': holds, 'checks': rows, 'train_wall_time_s': train_wall, **facts,
-      'headline': headline(outcomes),
+  common.finish(workdir, text, {
+      'experiment': 'lr_sweep', 'claims': 'C15', 'preset': run.preset, 'command': command,
+      'train_wall_time_s': train_wall, **facts, 'headline': headline(outcomes),
       'runs': [{'learning_rate': lr, 'seed': seed, **{k: v for k, v in o.items() if k != 'curve'}}
-               for (lr, seed), o in outcomes.items()]})
-  print(f"claims hold: {holds}; report: {workdir / 'report.md'}")
-  common.copy_outputs(workdir, _REPORT_DIR.value, OUTPUTS)
+               for (lr, seed), o in outcomes.items()]}, OUTPUTS, rows, FLAGS.report_dir)
 
 
 def headline(outcomes: dict) -> str:
@@ -220,11 +179,6 @@ def headline(outcomes: dict) -> str:
           f"{mean(0.01, 'final_loss'):.3f}")
 
 
-def shlex_join(argv):
-  import shlex  # pylint: disable=g-import-not-at-top
-  return shlex.join(argv)
-
-
 if __name__ == '__main__':
-  define_flags()
+  common.define_flags('lr_sweep', '2,000 images, one seed.', seeds_of='learning rate')
   app.run(main, flags_parser=cli.parse_flags)

@@ -47,6 +47,10 @@ EXPERIMENTS = {
                     'python -m experiments.gd_variants --report_dir=reports/gd_variants'),
     'init_variance': ('C12', 'signal variance through 50 layers per initialisation',
                       'python -m experiments.init_variance --report_dir=reports/init_variance'),
+    'normalization': ('C11', 'no norm, BatchNorm, LayerNorm, InstanceNorm, GroupNorm in one '
+                      'CIFAR-10 CNN; normalised axes; BN at test time',
+                      'python -m experiments.normalization --preset=quick --seeds=2 '
+                      '--test_images=1000 --report_dir=reports/normalization'),
     'cnn_vs_fc': ('C25', 'LeNet-5 vs an FC net: parameters, data size, shifts',
                   'python -m experiments.cnn_vs_fc --report_dir=reports/cnn_vs_fc'),
     'visualize_filters': ('C26', 'first-layer filters and feature maps (MNIST)',

@@ -84,7 +84,7 @@ def forward(model, train):
 
 def test_all_registered():
   assert set(CLASSIC) <= set(models.names())
-  assert models.spec('alexnet').fixed_input and models.spec('unet').fixed_input
+  assert models.spec('alexnet').fixed_input  # U-Net checks its own sides (test_segmentation)
   assert not models.spec('vgg16').fixed_input and not models.spec('googlenet').fixed_input
 
 

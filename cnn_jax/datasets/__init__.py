@@ -12,7 +12,7 @@ from typing import NamedTuple
 import ml_collections
 
 from cnn_jax import config_base
-from cnn_jax.datasets import image_folder, mnist_idx, tfds_source
+from cnn_jax.datasets import image_folder, mnist_idx, mnist_segmentation, oxford_pet, tfds_source
 from cnn_jax.datasets.splits import Splits, DataError, carve_validation
 
 # Data shared beside the repository: <repo root>/../shared/data.
@@ -33,10 +33,31 @@ class Folder(NamedTuple):
 
 _CIFAR10_JPEG = Folder(_SHARED_DATA / 'cifar10-jpeg', 'CIFAR-10 (JPEG copy)', CIFAR10_CLASSES)
 
-# name -> (bundled loader, TFDS name, default image folder, number of classes);
-# None = not available that way (number of classes: taken from the folder).
+
+def _mnist(data):
+  return mnist_idx.load(data.data_dir or None)
+
+
+def _mnist_segmentation(data):
+  """Canvases of MNIST digits with per-pixel masks (labels uint8 [N, H, W], 0 = background)."""
+  s = data.segmentation
+  train, test = mnist_segmentation.load_cached(
+      data.data_dir or None, num_train=s.num_train, num_test=s.num_test, size=s.size,
+      max_digits=s.max_digits, seed=s.seed)
+  return (train.images, train.masks), (test.images, test.masks)
+
+
+def _oxford_pet(data):
+  return oxford_pet.load(data.data_dir or None, data.tfds_download, size=data.segmentation.size)
+
+
+# name -> (bundled loader, TFDS name or loader, default image folder, number of classes);
+# None = not available that way (number of classes: taken from the folder). Loaders take the
+# data config; segmentation sets give a label mask per image instead of a label.
 _DATASETS = {
-    'mnist': (mnist_idx.load, 'mnist', None, 10),
+    'mnist': (_mnist, 'mnist', None, 10),
+    'mnist_segmentation': (_mnist_segmentation, None, None, mnist_segmentation.NUM_CLASSES),
+    'oxford_iiit_pet': (None, _oxford_pet, None, oxford_pet.NUM_CLASSES),
     'fashion_mnist': (None, 'fashion_mnist', None, 10),
     'cifar10': (None, 'cifar10', _CIFAR10_JPEG, 10),
     'cifar100': (None, 'cifar100', None, 100),
@@ -69,11 +90,16 @@ def load(data: ml_collections.ConfigDict) -> Splits:
       raise ValueError(f"Dataset {data.dataset!r} is not bundled; set --config.data.source=tfds "
                        "with a prepared --config.data.data_dir (or network and "
                        f"--config.data.tfds_download=True){also}.")
-    train, test = bundled(data.data_dir or None)
+    train, test = bundled(data)
+  elif tfds_name is None:
+    raise ValueError(f"Dataset {data.dataset!r} is not on TFDS; use --config.data.source=bundled.")
+  elif callable(tfds_name):
+    train, test = tfds_name(data)
   else:
     train, test = tfds_source.load(tfds_name, data.data_dir or None, download=data.tfds_download)
   return carve_validation(data.dataset, source, num_classes, train, test,
-                          data.validation_size, data.split_seed, data.train_subset)
+                          data.validation_size, data.split_seed, data.train_subset,
+                          classes=tuple(data.select_classes), per_class=data.per_class)
 
 
 def _load_folder(data, folder: Folder | None, num_classes: int | None):

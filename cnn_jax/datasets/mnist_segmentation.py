@@ -11,10 +11,13 @@ train, test images from MNIST test, and everything is a pure function of `seed`.
     train.images  # uint8 [N, 64, 64, 1]
     train.masks   # uint8 [N, 64, 64], values in 0..10
 
-The training loop (cnn_jax.train) classifies whole images; it does not read this set yet.
+The training loop reads it as dataset 'mnist_segmentation' (source 'bundled'; sizes and seed in
+`config.data.segmentation`), its labels being the masks; `load_cached` keeps the last sets made
+in this process, so a report that reloads the data does not generate them again.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -111,4 +114,13 @@ def load(data_dir: str | os.PathLike | None = None, *, num_train: int = 60_000,
           generate(test_x, test_y, num_test, seed=test_seed, **kwargs))
 
 
-__all__ = ['NUM_CLASSES', 'BACKGROUND', 'SegmentationSet', 'generate', 'load']
+@functools.lru_cache(maxsize=2)
+def load_cached(data_dir: str | None = None, **kwargs) -> tuple[SegmentationSet, SegmentationSet]:
+  """`load` remembered per arguments (the arrays are shared: do not write into them)."""
+  train, test = load(data_dir, **kwargs)
+  for part in (*train, *test):
+    part.setflags(write=False)
+  return train, test
+
+
+__all__ = ['NUM_CLASSES', 'BACKGROUND', 'SegmentationSet', 'generate', 'load', 'load_cached']

@@ -27,14 +27,26 @@ class Splits:
 
 
 def carve_validation(name, source, num_classes, train, test, validation_size, split_seed,
-                     train_subset=0) -> Splits:
+                     train_subset=0, classes=(), per_class=0) -> Splits:
   """Takes `validation_size` random train images as the validation split (fixed by `split_seed`);
-  `train_subset` > 0 keeps only that many of the rest for training (the same ones for every seed)."""
+  `train_subset` > 0 keeps only that many of the rest for training (the same ones for every seed).
+
+  `classes` (labels) keeps only those classes in every split, relabelled 0..k-1 in the order
+  given, before anything else; `per_class` > 0 then keeps that many training images of each
+  class, the first ones of the same `split_seed` order, so 50 per class are part of the 100.
+  """
+  if classes:
+    train, test, num_classes = select_classes(train, test, num_classes, classes)
   images, labels = train
   if not 0 <= validation_size < len(images):
     raise ValueError(f'data.validation_size={validation_size} must be in [0, {len(images)}).')
   order = np.random.default_rng(split_seed).permutation(len(images))
   val_idx, train_idx = np.sort(order[:validation_size]), order[validation_size:]
+  if per_class:
+    if train_subset:
+      raise ValueError(f'data.per_class={per_class} and data.train_subset={train_subset} both '
+                       'select training images; set one of them to 0.')
+    train_idx = _per_class(train_idx, labels, num_classes, per_class)
   if train_subset:
     if not 0 < train_subset <= len(train_idx):
       raise ValueError(f'data.train_subset={train_subset} must be in [1, {len(train_idx)}].')
@@ -48,6 +60,48 @@ def carve_validation(name, source, num_classes, train, test, validation_size, sp
       val=(images[val_idx], labels[val_idx]),
       test=test,
       mean=mean, std=std)
+
+
+def select_classes(train, test, num_classes, classes):
+  """(train, test, k): only the images of `classes`, labelled by their position in `classes`."""
+  classes = tuple(int(c) for c in classes)
+  if np.ndim(train[1]) != 1:
+    raise ValueError('data.select_classes selects image-level labels; this dataset has a label '
+                     'map per image (segmentation). Set data.select_classes=().')
+  if num_classes is None:
+    num_classes = int(max(train[1].max(initial=-1), test[1].max(initial=-1))) + 1
+  out_of_range = [c for c in classes if not 0 <= c < num_classes]
+  if out_of_range:
+    raise ValueError(f'data.select_classes={classes} has label {out_of_range[0]}, but the dataset '
+                     f'has {num_classes} classes (labels 0..{num_classes - 1}); the nearest valid '
+                     f'label is {min(max(out_of_range[0], 0), num_classes - 1)}.')
+  lookup = np.full(num_classes, -1, np.int32)
+  lookup[list(classes)] = np.arange(len(classes), dtype=np.int32)
+
+  def keep(split):
+    images, labels = split
+    mask = np.isin(labels, classes)
+    return images[mask], lookup[labels[mask]]
+
+  return keep(train), keep(test), len(classes)
+
+
+def _per_class(train_idx, labels, num_classes, per_class):
+  """The first `per_class` of each class in the (seeded) order `train_idx`; ValueError naming the
+  largest valid value when a class has fewer."""
+  if np.ndim(labels) != 1:
+    raise ValueError('data.per_class counts image-level labels; this dataset has a label map per '
+                     'image (segmentation). Use data.train_subset instead.')
+  counts = np.bincount(labels[train_idx], minlength=num_classes or 0)
+  if per_class > counts.min():
+    raise ValueError(f'data.per_class={per_class} exceeds the {int(counts.min())} training images '
+                     f'of class {int(counts.argmin())} (after the validation split); the largest '
+                     f'valid value is {int(counts.min())} (or 0 = all).')
+  rank = np.zeros(len(train_idx), np.int64)  # position of each image within its class
+  for c in range(len(counts)):
+    in_class = labels[train_idx] == c
+    rank[in_class] = np.arange(in_class.sum())
+  return train_idx[rank < per_class]
 
 
 def channel_mean_std(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

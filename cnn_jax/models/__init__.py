@@ -23,7 +23,7 @@ import jax
 
 from cnn_jax.models import lenet
 from cnn_jax.models import alexnet, googlenet, mlp, unet, vgg
-from cnn_jax.models import cifar_resnet, densenet, resnet
+from cnn_jax.models import cifar_cnn, cifar_resnet, cifar_zoo, densenet, resnet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,7 @@ class ModelSpec:
   ctor: Callable[..., nn.Module]
   input_shape: tuple[int, int, int]  # canonical (H, W, C)
   fixed_input: bool = False  # True when other input sizes break the layer arithmetic
+  task: str = 'classification'  # what it predicts, hence its loss and metrics (cnn_jax.tasks)
 
 
 _REGISTRY: dict[str, ModelSpec] = {
@@ -52,8 +53,9 @@ _REGISTRY: dict[str, ModelSpec] = {
     'vgg16_bn': ModelSpec(vgg.vgg16_bn, (224, 224, 3), fixed_input=False),
     'vgg19_bn': ModelSpec(vgg.vgg19_bn, (224, 224, 3), fixed_input=False),
     'googlenet': ModelSpec(googlenet.googlenet, (224, 224, 3), fixed_input=False),
-    'unet': ModelSpec(unet.unet, (572, 572, 1), fixed_input=True),
-    'unet_same': ModelSpec(unet.unet_same, (256, 256, 1), fixed_input=False),
+    # U-Net checks its own input sides (cnn_jax.models.unet.output_side) and names valid ones.
+    'unet': ModelSpec(unet.unet, (572, 572, 1), task='segmentation'),
+    'unet_same': ModelSpec(unet.unet_same, (256, 256, 1), task='segmentation'),
     # ImageNet ResNets (torchvision), CIFAR ResNets and plain twins (He et al. 2016 §4.2).
     'resnet18': ModelSpec(resnet.ResNet18, (224, 224, 3), fixed_input=False),
     'resnet34': ModelSpec(resnet.ResNet34, (224, 224, 3), fixed_input=False),
@@ -78,6 +80,15 @@ _REGISTRY: dict[str, ModelSpec] = {
     'densenet169': ModelSpec(densenet.DenseNet169, (224, 224, 3), fixed_input=False),
     'densenet201': ModelSpec(densenet.DenseNet201, (224, 224, 3), fixed_input=False),
     'densenet_bc_100_12': ModelSpec(densenet.DenseNetBC100k12, (32, 32, 3), fixed_input=False),
+    # A small CIFAR-10 CNN with a choice of normalisation (C11: none, batch, layer, instance, group).
+    'cifar_cnn': ModelSpec(cifar_cnn.CifarCNN, (32, 32, 3), fixed_input=False),
+    # The classic ImageNet nets adapted to 32x32 CIFAR images (cnn_jax/models/cifar_zoo.py says how).
+    'vgg11_bn_cifar': ModelSpec(cifar_zoo.vgg11_bn_cifar, (32, 32, 3), fixed_input=False),
+    'vgg16_bn_cifar': ModelSpec(cifar_zoo.vgg16_bn_cifar, (32, 32, 3), fixed_input=False),
+    'resnet18_cifar': ModelSpec(cifar_zoo.resnet18_cifar, (32, 32, 3), fixed_input=False),
+    'googlenet_cifar': ModelSpec(cifar_zoo.googlenet_cifar, (32, 32, 3), fixed_input=False),
+    'alexnet_cifar': ModelSpec(cifar_zoo.alexnet_cifar, (32, 32, 3), fixed_input=True),
+    'zfnet_cifar': ModelSpec(cifar_zoo.zfnet_cifar, (32, 32, 3), fixed_input=True),
 }
 
 

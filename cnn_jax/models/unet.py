@@ -7,6 +7,11 @@ expanding path of 2x2 up-convolutions that halve the channels, concatenation wit
 Feature maps are sown as 'stage1'..'stage{depth}' (skips), 'bottleneck', 'up1'..'up{depth}' and
 'pre_logits'. No BatchNorm or dropout (the paper's drop-out at the end of the contracting path is
 left out), so `train` changes nothing.
+
+It accepts any input whose every map before a pooling has even sides (valid padding: 16k + 124
+at depth 4; same padding: multiples of 2**depth); another size raises a ConfigError naming the
+nearest valid ones (`output_side`, `valid_sides`). Trained as a segmenter (cnn_jax.tasks): with
+valid padding the label mask is centre-cropped to the output, the paper's output crop.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn_jax.config_base import ConfigError
+
 # The paper's init: Gaussian with std sqrt(2/N), N = k*k*C_in incoming nodes (He et al.).
 init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
@@ -25,6 +32,28 @@ def center_crop(x: jax.Array, height: int, width: int) -> jax.Array:
   """Crops the spatial centre of an NHWC map to (height, width), as the paper's skip crop."""
   top, left = (x.shape[1] - height) // 2, (x.shape[2] - width) // 2
   return x[:, top:top + height, left:left + width, :]
+
+
+def output_side(side: int, depth: int = 4, padding: str = 'VALID') -> int | None:
+  """The output side for an input side, or None when a map before a pooling would be odd (or
+  a map would vanish), which would misalign the skips."""
+  shrink = 4 if padding == 'VALID' else 0  # two 3x3 convs
+  s = side
+  for _ in range(depth):
+    s -= shrink
+    if s <= 0 or s % 2:
+      return None
+    s //= 2
+  s -= shrink  # bottleneck
+  for _ in range(depth):
+    s = 2 * s - shrink
+  return s if s > 0 else None
+
+
+def valid_sides(near: int, depth: int = 4, padding: str = 'VALID', n: int = 2) -> list[int]:
+  """The `n` valid input sides nearest to `near` (ties: the smaller first)."""
+  found = [s for s in range(1, near + 2 ** (depth + 3)) if output_side(s, depth, padding)]
+  return sorted(sorted(found, key=lambda s: abs(s - near))[:n])
 
 
 class DoubleConv(nn.Module):
@@ -52,6 +81,13 @@ class UNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # no BatchNorm or dropout
+    for side in set(x.shape[1:3]):
+      if output_side(side, self.depth, self.padding) is None:
+        raise ConfigError(
+            f'U-Net ({self.padding} padding, depth {self.depth}) cannot take input side {side}: '
+            'every map before a pooling must have even sides. Nearest valid sides: '
+            f'{" or ".join(map(str, valid_sides(side, self.depth, self.padding)))} (pad with '
+            '--config.data.image_size, or change model_kwargs.depth).')
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=self.padding,
                              kernel_init=init, dtype=self.dtype)
     x = x.astype(self.dtype)

@@ -1,0 +1,217 @@
+"""The classic architectures trained side by side on CIFAR-10 (claims C16-C19, issue 10 line 1).
+
+    python -m experiments.cifar_zoo --preset=cpu --report_dir=reports/cifar_zoo   # hours on 2 cores
+    python -m experiments.cifar_zoo --preset=cpu --models=alexnet,vgg11_bn       # a few of them
+    python -m experiments.cifar_zoo --preset=cpu --report_only                   # report only
+
+Trains each model of `--models` with `configs/cifar_zoo.py:<model>,<preset>` in
+`<workdir>/<model>` (finished runs are skipped, interrupted ones resume from their checkpoints),
+one after another, then writes report.md, accuracy_vs_params.png and results.json: parameters,
+MACs per image (cnn_jax.conv_arithmetic.count_flops, inference graph), training images/s, wall
+time and test accuracy, with the DenseNet-BC and VGG rows beside their papers' CIFAR-10 errors.
+"""
+from __future__ import annotations
+
+import math
+import pathlib
+import sys
+
+from absl import app, flags
+
+from cnn_jax import cli, config_base, conv_arithmetic, models, report, sweep
+from cnn_jax.models import cifar_zoo as zoo_models
+from configs import cifar_zoo
+from experiments import lecture_common as common
+
+FLAGS = flags.FLAGS
+RECORDS = ('results.json', 'config.json')
+
+# Published CIFAR-10 test errors (%, with the standard crop + flip augmentation) and protocols.
+PAPER = {
+    'densenet_bc_100_12': (4.51, 'Huang et al. 2017, Table 2 (C10+; 0.8M params)',
+                           '300 epochs, batch 64, SGD lr 0.1 /10 at 50% and 75%, wd 1e-4, '
+                           'all 50k training images'),
+    'vgg16_bn': (8.45, 'Liu & Deng 2015 (modified VGG-16 with BN and strong dropout)',
+                 'long SGD training with heavy dropout on all 50k training images'),
+}
+
+
+def define_flags() -> None:
+  flags.DEFINE_enum('preset', 'cpu', ['', *cifar_zoo.PRESETS],
+                    'configs/cifar_zoo.py preset ("" = the 200-epoch recipe).')
+  flags.DEFINE_list('models', list(cifar_zoo.MODELS), f'Any of {", ".join(cifar_zoo.MODELS)}.')
+  flags.DEFINE_string('workdir', None, 'Default: workdirs/cifar_zoo_<preset>.')
+  flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
+  flags.DEFINE_bool('report_only', False, 'Only write the report from the workdirs.')
+  flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE for every run, e.g. '
+                            '--set=data.data_dir=/data/cifar10.')
+
+
+def model_config(model: str, preset: str, overrides=()):
+  config = cifar_zoo.get_config(f'{model},{preset}' if preset else model)
+  for item in overrides:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise app.UsageError(f'--set expects KEY=VALUE, got {item!r}.')
+    sweep.set_key(config, key, cli.literal(value))
+  config_base.validate(config)
+  return config
+
+
+def macs(config) -> int:
+  """MACs per 32x32x3 image of the inference graph (auxiliary heads do not run)."""
+  model = models.create(config.model, num_classes=10, **config.model_kwargs)
+  return conv_arithmetic.count_flops(model, (32, 32, 3)).macs
+
+
+def rows_of(workdir: pathlib.Path, names: list[str], preset: str, overrides=()) -> list[dict]:
+  rows = []
+  for name in names:
+    config = model_config(name, preset, overrides)
+    res = common.read_results(workdir / name)
+    rows.append({'model': name, 'registry_name': config.model, 'macs': macs(config),
+                 'num_params': res['num_params'] if res else None, 'results': res})
+  return rows
+
+
+def _n(results, key) -> str:
+  return f'{results[key]:,}' if results else '?'
+
+
+def plot(rows: list[dict], out: pathlib.Path, title: str) -> pathlib.Path | None:
+  done = [r for r in rows if r['results']]
+  if not done:
+    return None
+  plt = common.pyplot()
+  fig, ax = plt.subplots(figsize=(7.5, 4.5))
+  for r in done:
+    acc = 100 * r['results']['test_accuracy']
+    ax.scatter(r['num_params'], acc, s=40)
+    ax.annotate(r['model'], (r['num_params'], acc), textcoords='offset points', xytext=(4, 4),
+                fontsize=8)
+  ax.set_xscale('log')
+  ax.set_xlabel('parameters')
+  ax.set_ylabel('test accuracy (%)')
+  ax.set_title(title, fontsize=10)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
+def write_report(workdir: pathlib.Path, names: list[str], preset: str, clock, command: str,
+                 overrides=(), report_dir: str | None = None) -> pathlib.Path:
+  rows = rows_of(workdir, names, preset, overrides)
+  config = model_config(names[0], preset, overrides)
+  first = next((r['results'] for r in rows if r['results']), None)
+  table = []
+  for r in rows:
+    res = r['results']
+    table.append([
+        r['model'], f"`{r['registry_name']}`",
+        f"{r['num_params']:,}" if r['num_params'] else '…', f"{r['macs'] / 1e6:,.1f} M",
+        f"{res['train_images_per_s']:,.1f}" if res and res.get('train_images_per_s') else '…',
+        f"{res['wall_time_s'] / 60:.1f} min" if res else '…',
+        f"{100 * res['test_accuracy']:.2f}" if res else 'not run',
+        f"{100 * (1 - res['test_accuracy']):.2f}" if res else '…'])
+  main_table = report.markdown_table(
+      ['model', 'registry name', 'params', 'MACs / image', 'train images/s', 'wall time',
+       'test accuracy %', 'test error %'], table)
+  paper_rows = []
+  for r in rows:
+    if r['model'] in PAPER:
+      err, source, protocol = PAPER[r['model']]
+      res = r['results']
+      err_here = f"{100 * (1 - res['test_accuracy']):.2f}" if res else 'not run'
+      paper_rows.append([r['model'], err_here, f'{err:.2f}', source, protocol])
+  paper_table = report.markdown_table(
+      ['model', 'test error % here', 'paper test error %', 'source', "paper's protocol"],
+      paper_rows)
+  fig = plot(rows, workdir / 'accuracy_vs_params.png',
+             f'CIFAR-10, one reduced protocol ({preset or "recipe"})')
+  done = sum(r['results'] is not None for r in rows)
+  steps = config.num_steps or config.num_epochs
+  text = common.header(
+      title='The classic architectures on CIFAR-10', claims='C16-C19', command=command,
+      data=(f"{first['dataset'] if first else 'CIFAR-10'}: {_n(first, 'num_train')} training, "
+            f"{_n(first, 'num_val')} validation and {_n(first, 'num_test')} test images; 4-pixel "
+            'crop + flip.'),
+      protocol=(f'the same for every model (configs/cifar_zoo.py preset {preset or "none"!r}): '
+                f'{steps:,} {"steps" if config.num_steps else "epochs"} of batch '
+                f'{config.batch_size}, SGD momentum {config.momentum}, lr {config.learning_rate} '
+                f'cosine, weight decay {config.weight_decay:g} (L2); GoogLeNet auxiliary losses '
+                f'weighted {config.aux_loss_weight} in training only; test accuracy of the best '
+                'validation checkpoint. MACs: multiply-adds of convolutions and dense layers per '
+                'image at inference (cnn_jax.conv_arithmetic.count_flops). How each ImageNet '
+                'network was adapted to 32x32: cnn_jax/models/cifar_zoo.py.'),
+      train_wall_s=sum(r['results']['wall_time_s'] for r in rows if r['results']),
+      facts=clock.facts(), generator='experiments/cifar_zoo.py')
+  text += f"""
+{done} of {len(rows)} models trained.
+
+## Results
+
+{main_table}
+
+{f'![accuracy against parameters]({fig.name})' if fig else ''}
+
+## Beside the papers
+
+{paper_table}
+
+The protocols differ: the papers train to convergence on all 50,000 training images (hundreds of
+epochs); this table's runs are the reduced protocol above, so their errors are far higher. The
+comparison places the architectures' published best next to what this budget reaches; it does not
+test the published numbers. VGG's own paper reports no CIFAR-10 result; the VGG row cites the
+best-known CIFAR adaptation of VGG-16 with BatchNorm.
+
+## Adaptations to 32x32 inputs
+
+{zoo_models.__doc__.strip()}
+
+{common.footer()}"""
+  record = {
+      'experiment': 'cifar_zoo', 'claims': 'C16-C19', 'preset': preset, 'command': command,
+      'rows': [{k: v for k, v in r.items() if k != 'results'} | (
+          {k: r['results'].get(k) for k in ('test_accuracy', 'val_accuracy', 'wall_time_s',
+                                            'train_images_per_s', 'steps', 'num_train')}
+          if r['results'] else {}) for r in rows],
+      'paper': {k: {'test_error_pct': v[0], 'source': v[1], 'protocol': v[2]}
+                for k, v in PAPER.items()},
+      **clock.facts(),
+  }
+  common.finish(workdir, text, record,
+                ['report.md', 'results.json', 'accuracy_vs_params.png']
+                + [f'{m}/{name}' for m in names for name in RECORDS], report_dir=report_dir)
+  return workdir / 'report.md'
+
+
+def main(argv):
+  common.check_argv(argv)
+  cli.setup_process()
+  clock = common.Clock()
+  preset, names = FLAGS.preset, FLAGS.models
+  unknown = [m for m in names if m not in cifar_zoo.MODELS]
+  if unknown:
+    raise app.UsageError(f'Unknown model(s) {unknown}; choose from {list(cifar_zoo.MODELS)}.')
+  workdir = pathlib.Path(FLAGS.workdir or common.ROOT / 'workdirs'
+                         / f"cifar_zoo_{preset or 'recipe'}")
+  workdir.mkdir(parents=True, exist_ok=True)
+  configs = {m: model_config(m, preset, FLAGS.set) for m in names}  # fail before training
+  command = cli.command_line('experiments.cifar_zoo').replace(' --report_only', '')
+  if not FLAGS.report_only:
+    for name in names:
+      run_dir = workdir / name
+      if sweep.is_done(run_dir):
+        print(f'{name}: finished, skipped ({run_dir}).', file=sys.stderr)
+        continue
+      print(f'{name}: training in {run_dir} ...', file=sys.stderr, flush=True)
+      cli.run_training(configs[name], run_dir, 'experiments.cifar_zoo')
+  path = write_report(workdir, names, preset, clock, command, FLAGS.set, FLAGS.report_dir)
+  print(f'report: {path}')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,307 @@
+"""Claim C24: transfer learning, and "the less new data, the fewer layers should be trained".
+
+    python -m experiments.transfer --preset=quick --report_dir=reports/transfer
+    python -m experiments.transfer --preset=quick --report_only     # report from the workdir
+    python -m experiments.transfer --preset=toy                      # seconds (tests)
+
+Pretrains `configs/transfer.py:pretrain,<preset>` on CIFAR-10 classes 0-4 in `<workdir>/pretrain`,
+then for every images-per-class count of `--per_class` (0 = all), every method of `--methods`
+(configs/transfer.py METHODS: scratch, linear probe 'head', 'last_stage', fine-tuning 'all') and
+`--seeds` seeds trains `configs/transfer.py:transfer,<preset>` on classes 5-9 in
+`<workdir>/per_class=N,method=M,seed=S` (cnn_jax.sweep runs them: finished members are skipped,
+interrupted ones resume from their checkpoints). Then writes report.md, transfer.png and
+results.json: test accuracy, mean ± sample std over seeds, per size and method, and the checks of
+the lecture's statement computed from those numbers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+
+from absl import app, flags
+
+from cnn_jax import cli, config_base, report, sweep, transfer
+from configs import transfer as transfer_config
+from experiments import lecture_common as common
+
+FLAGS = flags.FLAGS
+PRESETS = ('', *transfer_config.PRESETS)
+DEFAULT_SEEDS = {'': 3, 'quick': 3, 'toy': 1}
+TOY_PER_CLASS = (4, 0)
+# Fewer trained layers first: the order in which the statement ranks the methods.
+DEPTH = {'head': 1, 'last_stage': 2, 'all': 3}
+OUTPUTS = ('report.md', 'results.json', 'transfer.png', 'sweep.md', 'sweep.csv', 'members.csv',
+           'pretrain/results.json', 'pretrain/config.json')
+
+
+def define_flags() -> None:
+  flags.DEFINE_enum('preset', 'quick', PRESETS, 'configs/transfer.py preset ("" = ResNet-20 '
+                    'protocol; quick = ResNet-8, the committed report; toy = seconds).')
+  flags.DEFINE_string('workdir', None, 'Default: workdirs/transfer_<preset>.')
+  flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
+  flags.DEFINE_bool('report_only', False, 'Only write the report from the workdir.')
+  flags.DEFINE_integer('seeds', None, 'Seeds per size and method (default: 3; toy: 1).')
+  flags.DEFINE_list('per_class', None, 'Images per class of the new task; 0 = all (default: '
+                    '50,100,500,0; toy: 4,0).')
+  flags.DEFINE_list('methods', list(transfer_config.METHODS), 'Any of '
+                    f'{", ".join(transfer_config.METHODS)}.')
+  flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE for every run (pretraining '
+                            'included), e.g. --set=data.data_dir=/data/cifar10.')
+
+
+def _override(config, items) -> None:
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise app.UsageError(f'--set expects KEY=VALUE, got {item!r}.')
+    sweep.set_key(config, key, cli.literal(value))
+
+
+def pretrain_config(preset: str, overrides=()):
+  c = transfer_config.get_config('pretrain' + (f',{preset}' if preset else ''))
+  _override(c, overrides)
+  config_base.validate(c)
+  return c
+
+
+def members(preset: str, per_class, methods, seeds: int, pretrained: pathlib.Path,
+            overrides=()) -> list[sweep.Member]:
+  """One sweep member per size, method and seed; `setting` is (per_class, method)."""
+  out = []
+  for n in per_class:
+    for method in methods:
+      for seed in range(seeds):
+        c = transfer_config.member_config(preset, method, n, seed, str(pretrained))
+        _override(c, overrides)
+        config_base.validate(c)
+        ov = {'per_class': n or 'all', 'method': method, 'seed': seed}
+        out.append(sweep.Member(len(out), sweep.member_name(ov), ov, c))
+  return out
+
+
+def _n(value) -> str:
+  return f'{value:,}' if isinstance(value, int) else '?'
+
+
+def label(n) -> str:
+  return 'all' if n in (0, 'all') else str(n)
+
+
+# ------------------------------------------------------------------------------- analysis
+
+
+def table_of(summary: dict) -> dict:
+  """{(per_class label, method): {'mean', 'std', 'values', ...}} of test accuracy."""
+  out = {}
+  for s in summary['settings']:
+    stat = s['metrics'].get('test_accuracy')
+    if stat:
+      out[(label(s['setting']['per_class']), s['setting']['method'])] = {
+          **stat, 'n': s['n'], 'wall': s['metrics'].get('wall_time_s', {}).get('mean')}
+  return out
+
+
+def _se(stat: dict) -> float:
+  """Standard error of a mean over seeds (0 with one seed: no spread measured)."""
+  if stat is None or not stat.get('values') or len(stat['values']) < 2:
+    return 0.0
+  return stat['std'] / math.sqrt(len(stat['values']))
+
+
+def checks(acc: dict, sizes: list[str], methods: list[str]) -> tuple[list, list]:
+  """The statement's checks from the measured accuracies; also the best method per size."""
+  rows = []
+  tl = [m for m in methods if m in DEPTH]
+  best = []
+  for n in sizes:
+    cands = [(acc[(n, m)]['mean'], m) for m in tl if (n, m) in acc]
+    if cands:
+      best.append((n, max(cands)[1], max(cands)[0]))
+  if len(best) >= 2:
+    depths = [DEPTH[m] for _, m, _ in best]
+    monotone = all(a <= b for a, b in zip(depths, depths[1:]))
+    fewer_at_small = depths[0] < depths[-1]
+    rows.append(common.check_row(
+        'C24', 'method with the best mean test accuracy, by images per class (trained layers: '
+        'head < last_stage < all)', 'the less new data, the fewer layers trained',
+        'the best method never trains more layers at a smaller size, and trains fewer at the '
+        'smallest size than at the largest',
+        '; '.join(f'{n}: {m} ({100 * a:.1f}%)' for n, m, a in best), monotone and fewer_at_small))
+  if {'head', 'all'} <= set(methods):
+    gaps = [(n, acc[(n, 'all')]['mean'] - acc[(n, 'head')]['mean'],
+             math.hypot(_se(acc[(n, 'all')]), _se(acc[(n, 'head')])))
+            for n in sizes if (n, 'all') in acc and (n, 'head') in acc]
+    if len(gaps) >= 2:
+      rows.append(common.check_row(
+          'C24', 'gain of fine-tuning everything over the linear probe (test accuracy, pp)',
+          'training more layers pays off only with more data',
+          'the gain at the largest size exceeds the gain at the smallest by more than 2 SE',
+          '; '.join(f'{n}: {100 * g:+.1f} ± {100 * e:.1f}' for n, g, e in gaps),
+          gaps[-1][1] - gaps[0][1] > 2 * math.hypot(gaps[-1][2], gaps[0][2])))
+  if 'scratch' in methods and tl:
+    n = sizes[0]
+    if (n, 'scratch') in acc and any((n, m) in acc for m in tl):
+      top = max((acc[(n, m)]['mean'], m) for m in tl if (n, m) in acc)
+      rows.append(common.check_row(
+          'C24', f'transfer against training from scratch at {n} images per class',
+          'with little data, start from a pretrained network',
+          'the best transfer method beats from-scratch',
+          f'{top[1]} {100 * top[0]:.1f}% vs scratch {100 * acc[(n, "scratch")]["mean"]:.1f}%',
+          top[0] > acc[(n, 'scratch')]['mean']))
+  return rows, best
+
+
+def plot(acc: dict, sizes: list[str], methods: list[str], out: pathlib.Path,
+         title: str) -> pathlib.Path:
+  plt = common.pyplot()
+  fig, ax = plt.subplots(figsize=(7.5, 4.5))
+  xs = list(range(len(sizes)))
+  for method in methods:
+    pts = [(x, acc[(n, method)]) for x, n in zip(xs, sizes) if (n, method) in acc]
+    if pts:
+      ax.errorbar([x for x, _ in pts], [100 * s['mean'] for _, s in pts],
+                  yerr=[100 * (0 if math.isnan(s['std']) else s['std']) for _, s in pts],
+                  marker='o', capsize=3, label={'head': 'linear probe (head)',
+                                                'last_stage': 'last stage + head',
+                                                'all': 'fine-tune all'}.get(method, method))
+  ax.set_xticks(xs)
+  ax.set_xticklabels(sizes)
+  ax.set_xlabel('training images per class of the new task')
+  ax.set_ylabel('test accuracy (%), mean ± std over seeds')
+  ax.set_title(title, fontsize=10)
+  return common.save_figure(fig, out, axes=[ax])
+
+
+# --------------------------------------------------------------------------------- report
+
+
+def write_report(workdir: pathlib.Path, preset: str, mems: list[sweep.Member], summary: dict,
+                 sizes: list[str], methods: list[str], seeds: int, clock, command: str,
+                 report_dir: str | None, overrides=()) -> pathlib.Path:
+  acc = table_of(summary)
+  pre = common.read_results(workdir / 'pretrain') or {}
+  first = next((r for r in (common.read_results(workdir / m.name) for m in mems) if r), None)
+  trainable = {}
+  for m in mems:
+    rec = workdir / m.name / transfer.RECORD
+    if rec.exists() and m.overrides['method'] not in trainable:
+      trainable[m.overrides['method']] = json.loads(rec.read_text())['num_trainable_params']
+  if first and 'scratch' in methods:
+    trainable['scratch'] = first['num_params']
+
+  rows = []
+  for n in sizes:
+    cells = []
+    for method in methods:
+      s = acc.get((n, method))
+      cells.append('—' if s is None else sweep.pm(s, '{:.2f}', 100)
+                   + ('' if s['n'] == seeds else f" ({s['n']}/{seeds} seeds)"))
+    steps = transfer_config.transfer_steps(0 if n == 'all' else int(n), preset)
+    rows.append([n, f'{steps:,}'] + cells)
+  table = report.markdown_table(
+      ['images per class', 'steps'] + [f'{m} (trains {trainable[m]:,} params)' if m in trainable
+                                       else m for m in methods], rows)
+  check_rows, best = checks(acc, sizes, methods)
+  fig = plot(acc, sizes, methods, workdir / 'transfer.png',
+             f'CIFAR-10 classes 5-9 after pretraining on 0-4 ({mems[0].config.model})')
+  c0, pc = mems[0].config, pretrain_config(preset, overrides)
+  # The statement itself: the best method by size and the probe-vs-fine-tune gain (rows that
+  # compare sizes); the from-scratch row is context, not the statement.
+  statement = [r for r in check_rows if r[1].startswith(('method with the best', 'gain of'))]
+  holds = common.all_hold(statement) if statement else None
+  verdict = ('"The less new data, the fewer layers should be trained" **holds** on these runs.'
+             if holds else '**The statement does not hold on these runs**: see which check fails '
+             'and by how much.' if statement else
+             'Not enough sizes finished to check the statement yet (it needs two sizes of the '
+             'linear probe and of fine-tuning).')
+  train_wall = sum((r or {}).get('wall_time_s', 0) for r in
+                   [pre] + [common.read_results(workdir / m.name) for m in mems])
+  text = common.header(
+      title='Transfer learning on CIFAR-10: from scratch, linear probe, fine-tuning', claims='C24',
+      command=command,
+      data=(f"{first['dataset'] if first else 'CIFAR-10'}. Source task: classes 0-4 (airplane, "
+            f"automobile, bird, cat, deer), {_n(pre.get('num_train'))} training and "
+            f"{_n(pre.get('num_val'))} validation images. New task: classes 5-9 (dog, frog, "
+            f"horse, ship, truck) relabelled 0-4, {', '.join(sizes)} training images per class "
+            '(nested subsets fixed by data.split_seed, the same for every method and seed), tested '
+            f"on their {_n(first and first['num_test'])} test images."),
+      protocol=(f'{c0.model} ({pc.num_steps:,} pretraining steps of {pc.batch_size}, best of '
+                f'{pc.data.validation_size:,} validation images); every run SGD momentum '
+                f'{c0.momentum}, weight decay {c0.weight_decay:g} (L2), cosine decay, batch '
+                f'{c0.batch_size}, 4-pixel crop + flip. Per method: ' + '; '.join(
+                    f"{m}: trainable={t!r}, {'from the pretrained run' if p else 'fresh init'}, "
+                    f'lr {0.1 * s:g}' for m, (t, p, s) in transfer_config.METHODS.items()
+                    if m in methods) + '. Steps on the new task grow with its size (column '
+                '"steps"); no validation split, the last state is tested. Frozen BatchNorm layers '
+                'run in inference mode with the source statistics (cnn_jax/transfer.py). Each '
+                "run normalises its inputs with its own training split's mean and std."),
+      train_wall_s=train_wall, facts=clock.facts(), generator='experiments/transfer.py')
+  text += f"""
+Pretrained source network: validation accuracy {100 * pre.get('val_accuracy', math.nan):.2f}%,
+test accuracy {100 * pre.get('test_accuracy', math.nan):.2f}% on classes 0-4 (best checkpoint at
+step {pre.get('best_step')}).
+
+## Test accuracy (%) on classes 5-9, mean ± sample std over {seeds} seed(s)
+
+{table}
+
+![accuracy against data size]({fig.name})
+
+{common.checks_section(check_rows)}
+{verdict}
+
+Per-member figures: `sweep.md`, `members.csv`; every run's `results.json`, `config.json` and
+(transfer runs) `transfer.json` are in the workdir.
+
+{common.footer()}"""
+  record = {
+      'experiment': 'transfer', 'claims': 'C24', 'preset': preset, 'command': command,
+      'model': c0.model, 'seeds': seeds, 'per_class': sizes, 'methods': methods,
+      'pretrain': {k: pre.get(k) for k in ('val_accuracy', 'test_accuracy', 'best_step',
+                                           'wall_time_s', 'num_train')},
+      'test_accuracy': {f'{n}/{m}': s for (n, m), s in acc.items()},
+      'best_method': {n: m for n, m, _ in best}, 'trainable_params': trainable,
+      'statement_holds': holds,
+      'done': summary['done'], 'total': summary['total'], **clock.facts(),
+  }
+  common.finish(workdir, text, record, OUTPUTS, check_rows, report_dir)
+  return workdir / 'report.md'
+
+
+def main(argv):
+  common.check_argv(argv)
+  cli.setup_process()
+  clock = common.Clock()
+  preset = FLAGS.preset
+  seeds = FLAGS.seeds if FLAGS.seeds is not None else DEFAULT_SEEDS[preset]
+  per_class = ([int(v) for v in FLAGS.per_class] if FLAGS.per_class is not None else
+               list(TOY_PER_CLASS if preset == 'toy' else transfer_config.PER_CLASS))
+  unknown = [m for m in FLAGS.methods if m not in transfer_config.METHODS]
+  if unknown:
+    raise app.UsageError(f'Unknown method(s) {unknown}; choose from '
+                         f'{list(transfer_config.METHODS)}.')
+  workdir = pathlib.Path(FLAGS.workdir or common.ROOT / 'workdirs'
+                         / f"transfer_{preset or 'resnet20'}").resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  pre_dir = workdir / 'pretrain'
+  pre_cfg = pretrain_config(preset, FLAGS.set)  # every config fails before training
+  mems = members(preset, per_class, FLAGS.methods, seeds, pre_dir, FLAGS.set)
+  command = cli.command_line('experiments.transfer').replace(' --report_only', '')
+  if not FLAGS.report_only:
+    if not sweep.is_done(pre_dir):
+      print(f'pretraining in {pre_dir} ...', file=sys.stderr, flush=True)
+      cli.run_training(pre_cfg, pre_dir, 'experiments.transfer')
+    status = sweep.run_sequential(mems, workdir, lambda m: command + f'  # member {m.name}')
+    if status == 'interrupted':
+      raise SystemExit(130)
+  summary = sweep.aggregate(mems, workdir, title='Transfer learning members')
+  path = write_report(workdir, preset, mems, summary, [label(n) for n in per_class],
+                      list(FLAGS.methods), seeds, clock, command, FLAGS.report_dir, FLAGS.set)
+  print(f'report: {path}')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,367 @@
+"""Claim C23: U-Net segments, trained with a per-pixel cross-entropy (same and valid padding).
+
+    python -m experiments.unet_segmentation                         # cpu preset, both nets
+    python -m experiments.unet_segmentation --report_only           # report from the workdirs
+    python -m experiments.unet_segmentation --preset=cpu --report_dir=reports/unet_segmentation
+
+Trains each model of `--models` with `configs/unet_segmentation.py:<model>,<preset>` in
+`<workdir>/<model>` (resuming; finished runs are skipped), then writes `report.md`,
+`predictions.png` (input, true mask and each net's prediction, side by side, on test canvases)
+and `results.json` in `<workdir>`. The report restores each best checkpoint, recomputes the test
+confusion matrix (per-class IoU; its mIoU must match the loop's to 1e-4), and sets the nets beside
+two baselines computed from the data: everything background, and the mask's own rule (ink above
+the threshold) with the most frequent training digit, i.e. perfect foreground and no recognition.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from configs import unet_segmentation
+from cnn_jax import cli, config_base, report, tasks
+from cnn_jax.datasets import mnist_segmentation
+from cnn_jax.metric_writers import read_metrics
+from experiments import lecture_common
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FLAGS = flags.FLAGS
+RECORDS = ('results.json', 'metrics.jsonl', 'config.json', 'experiment_clock.json')
+PADDING = {'unet': 'valid (the paper), overlap-tile input', 'unet_same': 'same'}
+NUM_EXAMPLES = 6  # test canvases in the figure
+CLOCK = 'experiment_clock.json'  # load average and niceness while a run trained
+
+
+def define_flags() -> None:
+  """Command-line flags; defined only when run as a script, so tests can import the module."""
+  flags.DEFINE_enum('preset', 'cpu', list(unet_segmentation.PRESETS),
+                    'Protocol of configs/unet_segmentation.py.')
+  flags.DEFINE_list('models', ['unet_same', 'unet'], 'Any of unet_same, unet.')
+  flags.DEFINE_string('workdir', None, 'Default: workdirs/unet_segmentation_<preset>.')
+  flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
+  flags.DEFINE_bool('report_only', False, 'Only write the report from the workdirs.')
+  flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE for every run, e.g. '
+                            '--set=num_epochs=2.')
+
+
+def model_config(model: str, preset: str, overrides=()):
+  config = unet_segmentation.get_config(f'{model},{preset}')
+  for item in overrides:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise ValueError(f'--set expects KEY=VALUE, got {item!r}.')
+    target = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      target = target[p]
+    if leaf not in target:
+      raise KeyError(config_base.unknown_key_message(key, config_base.all_keys(config)))
+    target[leaf] = cli.literal(value)
+  config_base.validate(config)
+  return config
+
+
+# ------------------------------------------------------------------------------ measurement
+
+
+def predict(model, variables, preprocess, images, batch_size: int = 100) -> np.ndarray:
+  """Per-pixel classes [N, h, w] of uint8 canvases (the net's own output size)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  forward = jax.jit(lambda v, x: jnp.argmax(
+      model.apply(v, preprocess(x, None, train=False), train=False), -1).astype(jnp.uint8))
+  out = [np.asarray(forward(variables, images[i:i + batch_size]))
+         for i in range(0, len(images), batch_size)]
+  return np.concatenate(out)
+
+
+def confusion(masks: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+  """The test confusion matrix, the prediction aligned with the mask as in training."""
+  size = min(predictions.shape[1], masks.shape[1]), min(predictions.shape[2], masks.shape[2])
+  pred, true = tasks.center_crop(predictions, *size), tasks.center_crop(masks, *size)
+  index = true.astype(np.int64) * num_classes + pred
+  return np.bincount(index.ravel(), minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def scores(conf: np.ndarray) -> dict:
+  conf = np.asarray(conf, np.float64)
+  tp = np.diag(conf)
+  union = conf.sum(0) + conf.sum(1) - tp
+  iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+  return {'pixel_accuracy': float(tp.sum() / conf.sum()), 'mean_iou': float(np.nanmean(iou)),
+          'iou': iou.tolist()}
+
+
+def baselines(train_images, train_masks, test_images, test_masks, threshold=127) -> dict:
+  """All-background, and ink-above-threshold as the most frequent training digit."""
+  k = mnist_segmentation.NUM_CLASSES
+  counts = np.bincount(train_masks.ravel(), minlength=k)
+  majority = 1 + int(np.argmax(counts[1:]))
+  background = np.zeros_like(test_masks)
+  ink = np.where(test_images[..., 0] > threshold, majority, 0).astype(test_masks.dtype)
+  return {'all background': scores(confusion(test_masks, background, k)),
+          f'ink threshold, digit {majority - 1} everywhere': scores(confusion(test_masks, ink, k))}
+
+
+def measure(workdir: pathlib.Path, models: list[str], preset: str, overrides=()) -> dict:
+  """Restores each finished run's best checkpoint; test predictions, confusion and baselines."""
+  out = {'models': {}}
+  for model in models:
+    run_dir = workdir / model
+    if not (run_dir / 'results.json').exists():
+      continue
+    config = model_config(model, preset, overrides)
+    net, variables, preprocess, splits = lecture_common.restore_best(config, run_dir)
+    images, masks = splits.test
+    pred = predict(net, variables, preprocess, images, config.eval_batch_size)
+    out['models'][model] = {'confusion': confusion(masks, pred, splits.num_classes),
+                            'examples': pred[:NUM_EXAMPLES], 'output_side': pred.shape[1]}
+    if 'data' not in out:
+      out['data'] = {'test_images': images[:NUM_EXAMPLES], 'test_masks': masks[:NUM_EXAMPLES],
+                     'baselines': baselines(splits.train[0], splits.train[1], images, masks),
+                     'num_train': len(splits.train[0]), 'num_val': len(splits.val[0]),
+                     'num_test': len(images), 'canvas': images.shape[1]}
+  return out
+
+
+# ----------------------------------------------------------------------------------- figure
+
+
+def plot_predictions(measured: dict, out: pathlib.Path) -> pathlib.Path:
+  """Rows: test canvases; columns: input, true mask, then each net's prediction."""
+  plt = lecture_common.pyplot()
+  from matplotlib import colors  # pylint: disable=g-import-not-at-top
+  data, nets = measured['data'], measured['models']
+  k = mnist_segmentation.NUM_CLASSES
+  cmap = colors.ListedColormap(['black'] + [plt.get_cmap('tab10')(i) for i in range(10)])
+  norm = colors.BoundaryNorm(np.arange(k + 1) - 0.5, k)
+  columns = ['input', 'true mask'] + [f'{m} prediction' for m in nets]
+  rows = len(data['test_images'])
+  fig, axes = plt.subplots(rows, len(columns), figsize=(2.1 * len(columns), 2.1 * rows),
+                           squeeze=False)
+  canvas = data['canvas']
+  for r in range(rows):
+    panels = [data['test_images'][r, ..., 0], data['test_masks'][r]]
+    for m in nets.values():
+      pred = m['examples'][r]
+      pad = (canvas - pred.shape[0]) // 2  # a valid net's smaller output: centred, border grey
+      if pad > 0:
+        pred = np.pad(pred.astype(float), pad, constant_values=np.nan)
+      elif pad < 0:
+        pred = tasks.center_crop(pred[None], canvas, canvas)[0]
+      panels.append(pred)
+    for c, panel in enumerate(panels):
+      ax = axes[r][c]
+      if c == 0:
+        ax.imshow(panel, cmap='gray', vmin=0, vmax=255)
+      else:
+        ax.imshow(np.ma.masked_invalid(panel), cmap=cmap, norm=norm, interpolation='nearest')
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if r == 0:
+        ax.set_title(columns[c], fontsize=9)
+  handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(k)]
+  fig.legend(handles, ['background'] + [f'digit {d}' for d in range(10)], loc='lower center',
+             ncol=6, fontsize=8, frameon=False)
+  fig.tight_layout(rect=(0, 0.05, 1, 1))
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
+
+
+# ----------------------------------------------------------------------------------- report
+
+
+def _runs(workdir, models):
+  runs = {}
+  for model in models:
+    path = workdir / model / 'results.json'
+    if path.exists():
+      runs[model] = json.loads(path.read_text())
+  return runs
+
+
+def _curve_rows(run_dir: pathlib.Path) -> list[list[str]]:
+  rows = []
+  for r in read_metrics(run_dir / 'metrics.jsonl'):
+    if r['split'] == 'val':
+      rows.append([f"{r['step']:,}", f"{r['loss']:.4f}", f"{r['accuracy']:.2%}",
+                   f"{r['mean_iou']:.3f}"])
+  return rows
+
+
+def _load_note(workdir: pathlib.Path, runs: dict) -> str:
+  """Whether the machine was busy while the runs trained (recorded by `main`)."""
+  notes = []
+  for model in runs:
+    path = workdir / model / CLOCK
+    if path.exists():
+      notes.append(f'{model}: ' + lecture_common.busy_note(json.loads(path.read_text())))
+  return ' '.join(notes) or 'The load on the machine during training was not recorded.'
+
+
+def write_report(workdir: pathlib.Path, models: list[str], preset: str,
+                 overrides=(), command: str | None = None) -> pathlib.Path:
+  runs = _runs(workdir, models)
+  if not runs:
+    raise SystemExit(f'No finished runs under {workdir}; train first (drop --report_only).')
+  measured = measure(workdir, list(runs), preset, overrides)
+  png = plot_predictions(measured, workdir / 'predictions.png')
+  data = measured['data']
+  configs = {m: model_config(m, preset, overrides) for m in runs}
+  any_run = next(iter(runs.values()))
+  command = command or (f"python -m experiments.unet_segmentation --preset={preset} "
+                        f"--models={','.join(models)}" + ''.join(f' --set={s}' for s in overrides))
+
+  rows, checks, per_class = [], [], []
+  base = data['baselines']
+  best_base = max(b['mean_iou'] for b in base.values())
+  for model, res in runs.items():
+    m, cfg = measured['models'][model], configs[model]
+    recomputed = scores(m['confusion'])
+    agree = abs(recomputed['mean_iou'] - res['test_mean_iou']) < 1e-4
+    shape = (f"{cfg.data.image_size or data['canvas']}² → {m['output_side']}²"
+             + (f" (crop to {data['canvas']}²)" if m['output_side'] != data['canvas'] else ''))
+    rows.append([model, PADDING[model], shape, f"{res['num_params']:,}",
+                 f"{res['test_accuracy']:.2%}", f"{res['test_mean_iou']:.3f}",
+                 f"{res['val_mean_iou']:.3f}" if 'val_mean_iou' in res else '–',
+                 f"{res['best_step']:,} / {res['steps']:,}",
+                 f"{res['wall_time_s'] / 60:.1f} min",
+                 f"{res['train_images_per_s']:.0f}" if res['train_images_per_s'] else '–'])
+    per_class.append([model] + [f'{v:.2f}' if v == v else '–' for v in recomputed['iou']])
+    checks.append(lecture_common.check_row(
+        'C23', f'{model}: test mIoU above the best baseline (per-pixel digit recognition)',
+        'stated', f'> {best_base:.3f}', f"{res['test_mean_iou']:.3f}",
+        res['test_mean_iou'] > best_base))
+    checks.append(lecture_common.check_row(
+        'C23', f'{model}: report recomputes the loop\'s test mIoU from the best checkpoint',
+        '–', 'difference < 1e-4', f"{recomputed['mean_iou']:.5f} vs {res['test_mean_iou']:.5f}", agree))
+  for name, b in base.items():
+    rows.append([f'baseline: {name}', '–', '–', '–', f"{b['pixel_accuracy']:.2%}",
+                 f"{b['mean_iou']:.3f}", '–', '–', '–', '–'])
+    per_class.append([f'baseline: {name}'] + [f'{v:.2f}' if v == v else '–' for v in b['iou']])
+  table = report.markdown_table(
+      ['model', 'padding', 'input → output', 'params', 'test pixel accuracy', 'test mIoU',
+       'val mIoU', 'best / last step', 'wall time', 'train images/s'], rows)
+  class_table = report.markdown_table(
+      ['model', 'background'] + [f'digit {d}' for d in range(10)], per_class)
+  curves = '\n\n'.join(f'**{m}**\n\n' + report.markdown_table(
+      ['step', 'val loss', 'val pixel accuracy', 'val mIoU'], _curve_rows(workdir / m))
+                       for m in runs)
+  cfg = next(iter(configs.values()))
+  status = ('all runs finished' if len(runs) == len(models) else
+            f'{len(runs)} of {len(models)} runs finished')
+  train_wall = sum(r['wall_time_s'] for r in runs.values())
+  kw = dict(cfg.model_kwargs)
+  text = f"""# U-Net segmentation of MNIST canvases — claim C23
+
+Generated by `experiments/unet_segmentation.py` from the runs' `results.json` and `metrics.jsonl`
+and their best checkpoints ({status}).
+
+- **Command**: `{command}` (each run: `configs/unet_segmentation.py:<model>,{preset}`); per-run
+  commands below.
+- **Data**: `mnist_segmentation` ({any_run['dataset']}): {data['canvas']}x{data['canvas']} canvases
+  with 1–{cfg.data.segmentation.max_digits} MNIST digits each, non-overlapping, 11 classes (background and
+  the ten digits; a pixel is a digit's when its ink exceeds 127). {data['num_train']:,} training
+  and {data['num_val']:,} validation canvases made from MNIST train digits, {data['num_test']:,} test
+  canvases from MNIST test digits; generation seed {cfg.data.segmentation.seed}. No augmentation.
+- **Protocol**: U-Net at width `features={kw.get('features')}` (the paper: 64) and depth
+  `{kw.get('depth')}` poolings (the paper: 4), no BatchNorm; {cfg.optimizer} lr
+  {cfg.learning_rate:g} ({cfg.lr_schedule}), batch {cfg.batch_size}, {cfg.num_epochs} epochs;
+  loss: per-pixel cross-entropy, every class counted. The test figures come from the checkpoint
+  with the lowest validation loss. Valid padding (the paper): the canvas is padded with black,
+  its own background, to the smallest input whose output covers it (the paper's overlap-tile
+  input, mirrored there), and output and mask are centre-aligned by cropping
+  (`cnn_jax.tasks.align`).
+- **Metrics**: pixel accuracy = correct pixels / pixels; mIoU = mean over the 11 classes of
+  TP / (TP + FP + FN), both from one confusion matrix summed over the test split on the device.
+- **Hardware**: {any_run['device_count']} x {any_run['device_kind']}, host {any_run['host_cpu']};
+  training wall time {train_wall / 60:.1f} min summed over the runs. {_load_note(workdir, runs)}
+
+## Results
+
+{table}
+
+Background is most of every canvas, so pixel accuracy is high even for the all-background
+baseline; mIoU weighs the eleven classes equally and is the figure to compare. The second
+baseline segments the ink perfectly (it uses the rule that defines the masks) but does not
+recognise digits; a net above it recognises which digit each pixel belongs to.
+
+## Per-class test IoU (recomputed from the best checkpoints)
+
+{class_table}
+
+## Claim checks (computed from the runs)
+
+{report.markdown_table(lecture_common.CHECK_HEADERS, checks)}
+
+## Input, true mask and predictions (test canvases)
+
+![predictions]({png.name})
+
+## Validation along training
+
+{curves}
+
+## Per-run commands
+
+{chr(10).join(sorted({f"- `{r['command']}`" for r in runs.values()}))}
+
+{lecture_common.footer()}"""
+  path = workdir / 'report.md'
+  path.write_text(text)
+  summary = {
+      'experiment': 'unet_segmentation', 'claims': 'C23', 'preset': preset, 'status': status,
+      'command': command, 'train_wall_time_s': train_wall,
+      'test': {m: {'pixel_accuracy': r['test_accuracy'], 'mean_iou': r['test_mean_iou']}
+               for m, r in runs.items()},
+      'per_class_iou': {m: scores(measured['models'][m]['confusion'])['iou'] for m in runs},
+      'baselines': base, 'checks': checks,
+  }
+  lecture_common.write_json(workdir / 'results.json', summary)
+  return path
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.setup_process()
+  preset, models = FLAGS.preset, FLAGS.models
+  unknown = [m for m in models if m not in unet_segmentation.MODELS]
+  if unknown:
+    raise app.UsageError(f'Unknown model(s) {unknown}; choose from {unet_segmentation.MODELS}.')
+  workdir = pathlib.Path(FLAGS.workdir or ROOT / 'workdirs' / f'unet_segmentation_{preset}')
+  workdir.mkdir(parents=True, exist_ok=True)
+  configs = {m: model_config(m, preset, FLAGS.set) for m in models}  # fail before training
+  if not FLAGS.report_only:
+    for model in models:
+      run_dir = workdir / model
+      if (run_dir / 'results.json').exists():
+        print(f'{model}: finished, skipped ({run_dir}).', file=sys.stderr)
+        continue
+      print(f'{model}: training in {run_dir} ...', file=sys.stderr, flush=True)
+      clock = lecture_common.Clock()
+      cli.run_training(configs[model], run_dir, 'experiments.unet_segmentation')
+      lecture_common.write_json(run_dir / CLOCK, clock.facts())
+  path = write_report(workdir, models, preset, FLAGS.set)
+  print(f'report: {path}')
+  if FLAGS.report_dir:
+    out = pathlib.Path(FLAGS.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ('report.md', 'results.json', 'predictions.png'):
+      shutil.copy(workdir / name, out / name)
+    for model in models:
+      for name in RECORDS:
+        if (workdir / model / name).exists():
+          (out / model).mkdir(exist_ok=True)
+          shutil.copy(workdir / model / name, out / model / name)
+    print(f'copied to {out}')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)
