@@ -369,7 +369,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run
   book = RunState()
   try:
     restored = ckpts.restore('latest', state)
-    writer.truncate_after(0 if restored is None else int(restored[0].step))  # drop what a
+    writer.truncate_after(-1 if restored is None else int(restored[0].step))  # drop what a
     # killed run logged after its last checkpoint (all of it when it had none)
     if restored is not None:
       state, meta = restored
