@@ -59,6 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 0  # pad (centred, zeros) to this square size on device; 0 = keep
   c.data.normalize = True  # subtract the dataset's per-channel mean, divide by its std
   c.data.random_crop_padding = 0  # train-time augmentation: pad by this many pixels, crop back
+  c.data.resize = 0  # image folders: scale each shorter side to this, keep the central square (AlexNet: 256); 0 = one size needed
+  c.data.crop_size = 0  # random crop of this side for training, the central one for evaluation (AlexNet: 227 of 256); 0 = off
+  c.data.pca_jitter_std = 0.0  # AlexNet's PCA colour jitter, alpha ~ N(0, std^2) per component, from the train split's RGB PCA (paper: 0.1); 0 = off
   c.data.horizontal_flip = False  # train-time augmentation: random left-right flip
   c.data.train_eval_size = 0  # fixed train images evaluated without augmentation at each validation (training error); 0 = off
   # Segmentation data (cnn_jax.datasets: mnist_segmentation generated offline, oxford_iiit_pet).
@@ -134,7 +137,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   non_negative = ('num_steps', 'num_epochs', 'eval_every_steps', 'checkpoint_every_steps',
                   'early_stopping_patience', 'weight_decay', 'momentum', 'grad_clip_norm',
                   'data.validation_size', 'data.train_subset', 'data.per_class', 'data.image_size',
-                  'data.train_eval_size', 'data.random_crop_padding')
+                  'data.train_eval_size', 'data.random_crop_padding', 'data.resize',
+                  'data.crop_size', 'data.pca_jitter_std')
   for key in non_negative:
     if _get(config, key) < 0:
       raise ConfigError(f'config.{key} must be >= 0, got {_get(config, key)!r}.')

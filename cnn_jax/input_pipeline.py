@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax import augment
+
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
@@ -21,31 +23,57 @@ class Preprocess:
   normalize: bool = True
   random_crop_padding: int = 0
   horizontal_flip: bool = False
+  crop_size: int = 0  # random crop for training, central crop for evaluation; 0 = off
+  pca_jitter_std: float = 0.0  # AlexNet's PCA colour jitter (cnn_jax.augment); 0 = off
+  pca_eigvals: tuple[float, ...] = ()  # the train split's RGB PCA, pixels in [0, 1]
+  pca_eigvecs: tuple[tuple[float, ...], ...] = ()
 
   @classmethod
   def from_config(cls, data_config, splits) -> 'Preprocess':
-    h, w, _ = splits.image_shape
+    h, w, c = splits.image_shape
     if data_config.image_size and data_config.image_size < max(h, w):
       raise ValueError(f'config.data.image_size={data_config.image_size} is smaller than the '
                        f'{splits.name} images ({h}x{w}); it only pads, it does not crop or resize.')
+    side = data_config.image_size or min(h, w)
+    if data_config.crop_size > side:
+      raise ValueError(f'config.data.crop_size={data_config.crop_size} is larger than the '
+                       f'{splits.name} images ({h}x{w}); set it to at most {side}, or scale the '
+                       'images up with --config.data.resize.')
+    pca = {}
+    if data_config.pca_jitter_std:
+      if c != 3:
+        raise ValueError(f'config.data.pca_jitter_std needs RGB images; {splits.name} has {c} '
+                         'channel(s). Set it to 0.')
+      eig = augment.rgb_pca(splits.train[0])
+      pca = {'pca_eigvals': tuple(map(float, eig.eigvals)),
+             'pca_eigvecs': tuple(tuple(map(float, row)) for row in eig.eigvecs)}
     return cls(mean=tuple(map(float, splits.mean)), std=tuple(map(float, splits.std)),
                image_size=data_config.image_size, normalize=data_config.normalize,
                random_crop_padding=data_config.random_crop_padding,
-               horizontal_flip=data_config.horizontal_flip)
+               horizontal_flip=data_config.horizontal_flip, crop_size=data_config.crop_size,
+               pca_jitter_std=float(data_config.pca_jitter_std), **pca)
 
   def output_shape(self, image_shape) -> tuple[int, int, int]:
     h, w, c = image_shape
-    return (self.image_size or h, self.image_size or w, c)
+    h, w = self.image_size or h, self.image_size or w
+    return (self.crop_size or h, self.crop_size or w, c)
 
   def __call__(self, images: jax.Array, rng: jax.Array | None, train: bool) -> jax.Array:
     """uint8 [N, H, W, C] -> float32 [N, H', W', C]; augmentation only when train and rng."""
     x = images.astype(jnp.float32) / 255.0
+    augmenting = train and rng is not None
+    if augmenting and self.pca_jitter_std:  # in [0, 1] units, before normalising (augment.py)
+      x = augment.pca_color_jitter(jax.random.fold_in(rng, 1), x, self.pca_eigvals,
+                                   self.pca_eigvecs, self.pca_jitter_std)
     if self.normalize:
       x = (x - jnp.asarray(self.mean)) / jnp.asarray(self.std)
     if self.image_size:
       x = _pad_to(x, self.image_size, value=0.0 if not self.normalize else
                   -jnp.asarray(self.mean) / jnp.asarray(self.std))
-    if train and rng is not None:
+    if self.crop_size:
+      x = (random_window(jax.random.fold_in(rng, 2), x, self.crop_size) if augmenting
+           else center_window(x, self.crop_size))
+    if augmenting:
       crop_rng, flip_rng = jax.random.split(rng)
       if self.random_crop_padding:
         x = random_crop(crop_rng, x, self.random_crop_padding)
@@ -61,6 +89,22 @@ def _pad_to(x, size, value):
   top, left = (size - h) // 2, (size - w) // 2
   canvas = jnp.broadcast_to(jnp.asarray(value, x.dtype), (x.shape[0], size, size, x.shape[3]))
   return jax.lax.dynamic_update_slice(canvas, x, (0, top, left, 0))
+
+
+def random_window(rng, x, size):
+  """A random size x size window of each image (AlexNet's 227 crops of 256 x 256 images)."""
+  n, h, w, c = x.shape
+  tops = jax.random.randint(rng, (n,), 0, h - size + 1)
+  lefts = jax.random.randint(jax.random.fold_in(rng, 1), (n,), 0, w - size + 1)
+  crop = lambda img, t, l: jax.lax.dynamic_slice(img, (t, l, 0), (size, size, c))
+  return jax.vmap(crop)(x, tops, lefts)
+
+
+def center_window(x, size):
+  """The central size x size window of every image (evaluation's view of a random crop)."""
+  h, w = x.shape[1:3]
+  top, left = (h - size) // 2, (w - size) // 2
+  return x[:, top:top + size, left:left + size, :]
 
 
 def random_crop(rng, x, padding):

@@ -176,7 +176,8 @@ def check_input_shape(name: str, model, shape, label_shape=None) -> None:
   `label_shape` per image when given) do not fit the model and its task."""
   expected = models.input_shape(name)
   hint = (f"Model {name!r} expects images of shape {expected} (H, W, C) but the data pipeline "
-          f"yields {tuple(shape)}. Set --config.data.image_size to pad the images, or pick a "
+          f"yields {tuple(shape)}. Set --config.data.image_size to pad the images or "
+          f"--config.data.crop_size to crop them, or pick a "
           f"model whose input fits (cnn_jax.models.input_shape(name)).")
   if models.spec(name).fixed_input and tuple(shape) != tuple(expected):
     raise ConfigError(hint)
@@ -341,6 +342,11 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run
   model = models.create(config.model, num_classes=splits.num_classes,
                         dtype=precision.compute_dtype(config.dtype), **config.model_kwargs)
   check_input_shape(config.model, model, input_shape, splits.train[1].shape[1:])
+  if (tasks.for_model(config.model, splits.num_classes).kind == tasks.SEGMENTATION
+      and (preprocess.crop_size or preprocess.pca_jitter_std)):
+    raise ConfigError('config.data.crop_size and config.data.pca_jitter_std are for classification;'
+                      ' a segmentation mask would not follow them. Set both to 0 (use '
+                      'data.random_crop_padding and data.horizontal_flip, which move the mask).')
 
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size)

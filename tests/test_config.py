@@ -59,7 +59,7 @@ def test_unknown_keys_name_the_nearest_at_any_depth(key, nearest):
     config_base.check_key(key)
   assert nearest in str(info.value)
   if key.startswith('data.'):
-    assert 'Valid keys of config.data: data_dir, dataset' in str(info.value)
+    assert 'Valid keys of config.data: crop_size, data_dir, dataset' in str(info.value)
 
 
 @pytest.mark.parametrize('key,value,nearest', [

@@ -77,6 +77,9 @@ def load(data: ml_collections.ConfigDict) -> Splits:
     raise ValueError(f'Unknown dataset {data.dataset!r}.{hint} Known: {", ".join(names())}.')
   bundled, tfds_name, folder, num_classes = _DATASETS[data.dataset]
   source = data.source
+  if data.resize and source != 'folder':
+    raise ValueError(f'data.resize={data.resize} applies to image folders only '
+                     f'(--config.data.source=folder); data.source is {source!r}.')
   if source == 'folder':
     (train, test), num_classes, source = _load_folder(data, folder, num_classes)
   elif source not in config_base.DATA_SOURCES:
@@ -112,7 +115,7 @@ def _load_folder(data, folder: Folder | None, num_classes: int | None):
     raise ValueError(f'Dataset {data.dataset!r} has no default image folder; set '
                      f'--config.data.data_dir=DIR, a folder laid out as {image_folder.LAYOUT}.')
   is_default = folder is not None and root.resolve() == folder.path.resolve()
-  kwargs = {}
+  kwargs = {'resize': data.resize}
   if is_default:
     kwargs['missing_fix'] = (f'Set --config.data.data_dir=DIR to a copy laid out as '
                              f'{image_folder.LAYOUT}, or use --config.data.source=tfds.')

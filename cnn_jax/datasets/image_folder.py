@@ -20,6 +20,10 @@ second without reading the files, and a folder whose stat fingerprint is new is 
 (Like git, this trusts that a file rewritten with the same size within the same mtime_ns is
 unchanged.) A cache file that fails to load or disagrees with the listing is rebuilt. Old cache
 files are not deleted.
+
+`resize=S` makes folders of mixed image sizes loadable the way Krizhevsky et al. prepared
+ImageNet: each image's shorter side is scaled to S (PIL bilinear, antialiased) and the central
+S x S square is kept; S is part of the cache file's name.
 """
 from __future__ import annotations
 
@@ -56,21 +60,25 @@ class Listing:
   fingerprint: str
 
 
-def load(root, splits=('train', 'test'), cache_dir=None, *, missing_fix: str = _LAYOUT_FIX):
+def load(root, splits=('train', 'test'), cache_dir=None, *, resize: int = 0,
+         missing_fix: str = _LAYOUT_FIX):
   """Returns (((images uint8 [N, H, W, C], labels int32 [N]) for each split), class_names).
 
+  `resize` > 0: every image's shorter side is scaled to it and the central square kept.
   `missing_fix` ends the error raised when `root` or a split folder is missing.
   """
+  if resize < 0:
+    raise ValueError(f'resize must be >= 0, got {resize}.')
   listing = list_images(root, tuple(splits), missing_fix)
   folder = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
   index = _index_file(listing, folder)
   content = _read_text(index)
   if content is None:  # a folder (or a state of it) not seen before: hash its bytes
     content = content_hash(listing)
-  cache = cache_file(listing, content, folder)
+  cache = cache_file(listing, content, folder, resize)
   arrays = _read_cache(cache, listing)
   if arrays is None:
-    arrays = _decode_listing(listing)
+    arrays = _decode_listing(listing, resize)
     _write_atomic(cache, lambda f: np.savez(f, **arrays))
   if _read_text(index) != content:
     _write_atomic(index, lambda f: f.write(content.encode()))
@@ -92,10 +100,11 @@ def _cache_name(listing: Listing) -> str:
   return listing.root.resolve().name or 'root'
 
 
-def cache_file(listing: Listing, content: str, cache_dir=None) -> pathlib.Path:
-  """The arrays' cache file, named by the folder's content hash."""
+def cache_file(listing: Listing, content: str, cache_dir=None, resize: int = 0) -> pathlib.Path:
+  """The arrays' cache file, named by the folder's content hash (and the resize, if any)."""
   folder = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
-  return folder / f'{_cache_name(listing)}-{content[:24]}.npz'
+  size = f'-s{resize}' if resize else ''
+  return folder / f'{_cache_name(listing)}-{content[:24]}{size}.npz'
 
 
 def _index_file(listing: Listing, folder: pathlib.Path) -> pathlib.Path:
@@ -184,10 +193,10 @@ def _common_classes(root: pathlib.Path, scans: dict) -> tuple[str, ...]:
 
 # Decoding.
 
-def _decode_listing(listing: Listing) -> dict[str, np.ndarray]:
+def _decode_listing(listing: Listing, resize: int = 0) -> dict[str, np.ndarray]:
   paths = [str(listing.root / rel) for split in listing.splits for rel in listing.files[split]]
   _note(f'Decoding {len(paths):,} images in {listing.root} (once; cached afterwards) ...')
-  images = _stack_same_size(_decode_many(paths), paths, listing.root)
+  images = _stack_same_size(_decode_many(paths, resize=resize), paths, listing.root)
   arrays = {'class_names': np.asarray(listing.class_names, dtype=str)}
   start = 0
   for i, split in enumerate(listing.splits):
@@ -197,25 +206,26 @@ def _decode_listing(listing: Listing) -> dict[str, np.ndarray]:
   return arrays
 
 
-def _decode_many(paths: list[str], workers: int | None = None) -> list[np.ndarray]:
+def _decode_many(paths: list[str], workers: int | None = None, resize: int = 0
+                 ) -> list[np.ndarray]:
   """Decodes in `workers` processes (default: one per core), or here for a few images."""
   workers = workers or _num_cpus()
   if workers < 2 or len(paths) < _POOL_MIN_IMAGES:
-    return _decode_chunk(paths)
+    return _decode_chunk(paths, resize)
   size = -(-len(paths) // workers)
   shares = [paths[i:i + size] for i in range(0, len(paths), size)]
   try:
-    return [image for share in _run_workers(shares) for image in share]
+    return [image for share in _run_workers(shares, resize) for image in share]
   except _WorkerFailed as e:
     _note(f'A decoding worker failed ({e}); decoding in this process instead.')
-    return _decode_chunk(paths)
+    return _decode_chunk(paths, resize)
 
 
 class _WorkerFailed(Exception):
   pass
 
 
-def _run_workers(shares: list[list[str]]) -> list[list[np.ndarray]]:
+def _run_workers(shares: list[list[str]], resize: int = 0) -> list[list[np.ndarray]]:
   """Decodes each share in a fresh `python -c` process, results pickled back through stdout.
 
   Not multiprocessing: 'spawn' and 'forkserver' re-run the caller's main script in every worker,
@@ -231,7 +241,8 @@ def _run_workers(shares: list[list[str]]) -> list[list[np.ndarray]]:
       for i, share in enumerate(shares):
         list_file = pathlib.Path(tmp) / f'share{i}.txt'
         list_file.write_bytes(b'\0'.join(map(os.fsencode, share)))
-        procs.append(subprocess.Popen([sys.executable, '-c', code, str(list_file)], env=env,
+        procs.append(subprocess.Popen([sys.executable, '-c', code, str(list_file), str(resize)],
+                                      env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
       outputs = [proc.communicate() for proc in procs]
     finally:  # interrupted: stop the workers too
@@ -249,30 +260,45 @@ def _run_workers(shares: list[list[str]]) -> list[list[np.ndarray]]:
 
 
 def decode_worker_main() -> None:
-  """A decoding worker: paths ('\\0'-separated) in the file argv[1], pickled arrays to stdout."""
+  """A decoding worker: paths ('\\0'-separated) in the file argv[1], the resize in argv[2],
+  pickled arrays to stdout."""
   paths = [os.fsdecode(p) for p in pathlib.Path(sys.argv[1]).read_bytes().split(b'\0')]
   try:
-    images = _decode_chunk(paths)
+    images = _decode_chunk(paths, int(sys.argv[2]))
   except DataError as e:
     print(e, file=sys.stderr)
     sys.exit(_DATA_ERROR_EXIT)
   pickle.dump(images, sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _decode_chunk(paths: list[str]) -> list[np.ndarray]:
-  return [decode(p) for p in paths]
+def _decode_chunk(paths: list[str], resize: int = 0) -> list[np.ndarray]:
+  return [decode(p, resize) for p in paths]
 
 
-def decode(path) -> np.ndarray:
-  """One image as uint8 [H, W] (grayscale) or [H, W, 3]; an unreadable or truncated file raises."""
+def decode(path, resize: int = 0) -> np.ndarray:
+  """One image as uint8 [H, W] (grayscale) or [H, W, 3]; an unreadable or truncated file raises.
+  `resize` > 0: the shorter side scaled to it, then the central resize x resize square."""
   try:
     with Image.open(path) as img:
       img.load()  # decodes now, so a truncated file fails here and not later
       if img.mode not in ('L', 'RGB'):
         img = img.convert('L' if img.mode in ('1', 'LA') else 'RGB')
+      if resize:
+        img = resize_center_crop(img, resize)
       return np.asarray(img, np.uint8)
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise DataError(f'Cannot decode image {path}: {e}. Replace or delete the file.') from e
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+  """Scales the shorter side to `size` (bilinear, antialiased), keeps the central square."""
+  w, h = img.size
+  scale = size / min(w, h)
+  new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+  if (new_w, new_h) != (w, h):
+    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+  left, top = (new_w - size) // 2, (new_h - size) // 2
+  return img.crop((left, top, left + size, top + size))
 
 
 def _stack_same_size(images: list[np.ndarray], paths: list[str], root) -> np.ndarray:
@@ -283,7 +309,8 @@ def _stack_same_size(images: list[np.ndarray], paths: list[str], root) -> np.nda
   if len(example) > 1:
     sizes = ', '.join(f'{h}x{w} (e.g. {p})' for (h, w), p in example.items())
     raise DataError(f'Images in {root} differ in size (height x width): {sizes}. Resize them to '
-                    'one size; every split must share it.')
+                    'one size (every split must share it), or set --config.data.resize=S to '
+                    'scale each shorter side to S and keep the central S x S square.')
   channels = 3 if any(image.ndim == 3 for image in images) else 1
   (height, width), = example
   out = np.empty((len(images), height, width, channels), np.uint8)

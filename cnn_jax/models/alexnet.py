@@ -14,11 +14,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn_jax.config_base import ConfigError, did_you_mean
 from cnn_jax.models.layers import adaptive_avg_pool, max_pool_ceil
 
 # PyTorch's default Conv/Linear kernel init (kaiming_uniform, a=sqrt(5)) is U(±1/sqrt(fan_in));
 # torchvision's AlexNet keeps it. Biases start at zero here (torch: U(±1/sqrt(fan_in))).
 torch_default_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+# Krizhevsky et al. sec. 5: every weight ~ N(0, 0.01^2); biases 1 in conv2, conv4, conv5 and the
+# hidden FC layers ("provides the ReLUs with positive inputs"), 0 elsewhere.
+PAPER_WEIGHT_STD = 0.01
+PAPER_BIAS_ONE = ('layer2_conv', 'layer4_conv', 'layer5_conv', 'fc6', 'fc7')
+INITS = ('torch', 'paper')
 
 
 class LocalResponseNorm(nn.Module):
@@ -62,12 +68,27 @@ class AlexNet(nn.Module):
   hidden: int = 4096  # width of the two hidden FC layers
   dropout_rate: float = 0.5
   dropout_before_fc: bool = False  # torchvision: Dropout->Linear; paper/Caffe: Linear->ReLU->Dropout
+  weight_init: str = 'torch'  # 'torch': PyTorch's default kernels, zero biases; 'paper': sec. 5
   dtype: Any = jnp.float32
+
+  def _layer(self, cls, name, **kwargs):
+    """A conv or dense layer named `name` with this model's initialisation."""
+    if self.weight_init not in INITS:
+      raise ConfigError(f'weight_init must be one of {INITS}, got {self.weight_init!r} '
+                        '(config.model_kwargs.weight_init).'
+                        f'{did_you_mean(self.weight_init, INITS)}')
+    if self.weight_init == 'paper':
+      bias = 1.0 if name in PAPER_BIAS_ONE else 0.0
+      kwargs.update(kernel_init=nn.initializers.normal(PAPER_WEIGHT_STD),
+                    bias_init=nn.initializers.constant(bias))
+    else:
+      kwargs.update(kernel_init=torch_default_init)
+    return cls(dtype=self.dtype, name=name, **kwargs)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(nn.Conv, dtype=self.dtype, kernel_init=torch_default_init)
-    dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=torch_default_init)
+    conv = lambda *a, name, **k: self._layer(nn.Conv, name, features=a[0], kernel_size=a[1], **k)
+    dense = lambda features, name: self._layer(nn.Dense, name, features=features)
     if self.ceil_pool:
       pool = functools.partial(max_pool_ceil, window=3, stride=2)
     else:
