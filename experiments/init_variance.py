@@ -6,18 +6,26 @@ A deep stack of bias-free dense layers (full: 50 layers of width 512) is fed a b
 inputs; for each initialisation — N(0, 1), a small fixed scale (std 0.01), LeCun (Var = 1/n_in),
 Xavier (2/(n_in + n_out)) and He (2/n_in) — and each activation (tanh, ReLU) the experiment
 measures, per layer, the standard deviation of the activations (forward) and of the weight
-gradients of a random linear read-out of the last layer (backward), averaged over seeds. Writes
-report.md, init_variance.png and results.json with the claim checks. No training is involved.
+gradients of a random linear read-out of the last layer (backward), averaged over seeds.
+
+Then the second half of C12 on real data: He et al.'s CIFAR-10 plain-20 without BatchNorm,
+trained briefly under He, LeCun, Xavier, std-0.01 and N(0, 1) kernels (configs/init_training.py,
+one sweep member each, resumable; `--seeds`, default 1), with the per-block signal at
+initialisation, training-loss and training-error curves, and the test accuracy of each.
+`--train=False` skips it; `--set=KEY=VALUE` overrides its config (e.g. data.data_dir=DIR).
+
+Writes report.md, init_variance.png, training.png and results.json with the claim checks.
 """
 from __future__ import annotations
 
 import math
 import pathlib
 
-from absl import app
+from absl import app, flags
 import numpy as np
 
-from cnn_jax import cli, report
+from cnn_jax import cli, report, sweep
+from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common as common
 
 FLAGS = common.FLAGS
@@ -36,7 +44,9 @@ INITS = {  # name -> weight std as a function of (fan_in, fan_out)
     'He (2/n)': lambda n_in, n_out: math.sqrt(2.0 / n_in),
 }
 ACTIVATIONS = ('tanh', 'relu')
-OUTPUTS = ('report.md', 'init_variance.png', 'results.json')
+OUTPUTS = ('report.md', 'init_variance.png', 'training.png', 'results.json')
+TRAIN_INITS = {'he': 'He (2/n_in)', 'lecun': 'LeCun (1/n_in)', 'xavier': 'Xavier',
+               'small': f'std {SMALL_STD}', 'normal': 'N(0,1)'}  # configs/init_training.py
 
 
 def measure_fn(act: str, depth: int, width: int, batch: int):
@@ -145,6 +155,155 @@ def checks(data: dict, depth: int) -> tuple[list[list[str]], bool]:
   return rows, common.all_hold(rows)
 
 
+# ------------------------------------------------------- plain-20 on CIFAR-10 under each init
+
+
+def training_sweep(preset: str, seeds: int, overrides) -> sweep.Sweep:
+  return sweep.Sweep('configs/init_training.py' + (':toy' if preset == 'toy' else ''),
+                     seeds=seeds, config_args=tuple(overrides))
+
+
+def read_training(members, workdir: pathlib.Path) -> dict:
+  """Per init: status, curves, signal at init and results, over its seeds' runs."""
+  out = {}
+  for m in members:
+    run_dir = workdir / m.name
+    init = m.overrides['model_kwargs.kernel_init']
+    records = read_metrics(run_dir / 'metrics.jsonl') if (run_dir / 'metrics.jsonl').exists() else []
+    error = run_dir / sweep.ERROR_FILE
+    results = common.read_results(run_dir)
+    diag0 = next((r for r in records if r['split'] == 'diagnostics' and r['step'] == 0), {})
+    blocks = [k for k in diag0 if k.startswith('act_rms/stage')]
+    out.setdefault(init, []).append({
+        'status': ('finished' if results else 'diverged' if error.exists() else 'not run'),
+        'error': error.read_text().strip().splitlines()[-1] if error.exists() else None,
+        'train': [(r['step'], r['loss']) for r in records if r['split'] == 'train'],
+        'train_eval': [(r['step'], r['accuracy']) for r in records if r['split'] == 'train_eval'],
+        'signal_first': diag0.get(blocks[0]) if blocks else None,
+        'signal_last': diag0.get(blocks[-1]) if blocks else None,
+        'results': results})
+  return out
+
+
+def _dataset(runs: dict) -> str:
+  """How the finished runs' results name their data, e.g. 'cifar10 (CIFAR-10 (JPEG copy))'."""
+  for rs in runs.values():
+    for r in rs:
+      if r['results']:
+        return str(r['results'].get('dataset'))
+  return 'CIFAR-10 (no run finished yet)'
+
+
+def _mean(values):
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else math.nan
+
+
+def training_summary(runs: dict) -> dict:
+  """Per init, averaged over its seeds: test accuracy, final train loss and error, signal."""
+  summary = {}
+  for init, rs in runs.items():
+    done = [r['results'] for r in rs if r['results']]
+    summary[init] = {
+        'runs': len(rs), 'finished': len(done),
+        'diverged': sum(r['status'] == 'diverged' for r in rs),
+        'test_accuracy': _mean([d.get('test_accuracy') for d in done]),
+        'num_test': done[0].get('num_test') if done else None,
+        'final_train_loss': _mean([r['train'][-1][1] if r['train'] else None for r in rs
+                                   if r['results']]),
+        'final_train_error': _mean([1 - d['final_train_eval_accuracy'] for d in done
+                                    if d.get('final_train_eval_accuracy') is not None]),
+        'signal_first': _mean([r['signal_first'] for r in rs]),
+        'signal_last': _mean([r['signal_last'] for r in rs])}
+  return summary
+
+
+def training_checks(summary: dict) -> list[list[str]]:
+  """C12 on the trained net: He learns, the small init does not, N(0, 1) blows up, LeCun's
+  signal shrinks through the ReLU layers and He trains faster than LeCun in the same budget."""
+  he, lecun, small, normal = (summary.get(k) for k in ('he', 'lecun', 'small', 'normal'))
+  rows = []
+  if he and he['finished']:
+    n = he['num_test'] or 10_000
+    above = 0.1 + 5 * math.sqrt(0.09 / n)  # chance + 5 binomial SE
+    rows.append(common.check_row(
+        'C12', 'plain-20 (no BN), He init: test accuracy', 'Var(w) = 2/n trains a ReLU net',
+        f'above chance (10%) by > 5 SE: > {100 * above:.1f}%',
+        f"{100 * he['test_accuracy']:.1f}%", he['test_accuracy'] > above))
+  if he and small and he['finished'] and small['finished']:
+    rows.append(common.check_row(
+        'C12', 'std 0.01 init: test accuracy against He', 'too small vanishes',
+        'at least 10 points below He', f"{100 * small['test_accuracy']:.1f}% vs "
+        f"{100 * he['test_accuracy']:.1f}%", small['test_accuracy'] < he['test_accuracy'] - 0.1))
+  if normal:
+    blown = normal['diverged'] == normal['runs'] or not math.isfinite(normal['signal_last'])
+    rows.append(common.check_row(
+        'C12', 'N(0, 1) init: signal and loss', 'too large explodes',
+        'the loss is not finite, or the last block\'s signal is', 
+        f"{normal['diverged']} of {normal['runs']} runs diverged; last-block RMS at init "
+        f"{normal['signal_last']:.3g}", blown))
+  if he and lecun and math.isfinite(he['signal_last']) and math.isfinite(lecun['signal_last']):
+    ratio = lecun['signal_last'] / he['signal_last']
+    rows.append(common.check_row(
+        'C12', 'LeCun against He: last-block signal RMS at init',
+        '1/n halves the variance per ReLU layer', 'below 1/100 of He\'s (theory 2^-9.5 = 1/724 '
+        'in RMS over 19 ReLU layers)', f'{ratio:.3g}', ratio < 0.01))
+  if he and lecun and he['finished'] and lecun['finished']:
+    rows.append(common.check_row(
+        'C12', 'He against LeCun: final training loss', 'the ReLU-correct init trains faster',
+        'He below LeCun', f"{he['final_train_loss']:.3f} vs {lecun['final_train_loss']:.3f}",
+        he['final_train_loss'] < lecun['final_train_loss']))
+  return rows
+
+
+def plot_training(runs: dict, out: pathlib.Path) -> pathlib.Path:
+  plt = common.pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  for init, rs in runs.items():
+    for k, r in enumerate(rs):
+      label = TRAIN_INITS.get(init, init) if k == 0 else None
+      if r['train']:
+        steps, losses = zip(*r['train'])
+        line, = axes[0].plot(steps, np.where(np.isfinite(losses), losses, np.nan), label=label)
+        if r['train_eval']:
+          s, acc = zip(*r['train_eval'])
+          axes[1].plot(s, 100 * (1 - np.asarray(acc)), 'o-', color=line.get_color(), label=label)
+  axes[0].set_title('training loss (mean over each log interval)')
+  axes[0].set_yscale('log')
+  axes[1].set_title('training error (%) on a fixed train subset, no augmentation')
+  for ax in axes:
+    ax.set_xlabel('iterations')
+    ax.grid(alpha=0.3)
+  fig.suptitle('CIFAR-10 plain-20 without BatchNorm under each initialisation')
+  return common.save_figure(fig, out, axes=axes, legend_size=8)
+
+
+def training_section(summary: dict, png: pathlib.Path | None, config, seeds: int) -> str:
+  rows = []
+  for init, s in summary.items():
+    rows.append([TRAIN_INITS.get(init, init), f"{s['finished']} / {s['runs']}", s['diverged'],
+                 f"{s['signal_first']:.3g}", f"{s['signal_last']:.3g}",
+                 f"{s['final_train_loss']:.3f}", f"{100 * s['final_train_error']:.1f}",
+                 f"{100 * s['test_accuracy']:.1f}"])
+  table = report.markdown_table(
+      ['init', 'finished / runs', 'diverged', 'signal RMS at init, first block', 'last block',
+       'final train loss', 'train error %', 'test accuracy %'], rows)
+  plot = f'\n![training under each init]({png.name})\n' if png else ''
+  return f"""## The CIFAR-10 plain-20 trained under each initialisation
+
+configs/init_training.py: He et al.'s plain-20 without BatchNorm (the convs get zero biases),
+{config.num_steps} iterations of batch {config.batch_size}, SGD momentum {config.momentum}, lr
+{config.learning_rate} constant, no weight decay, 4-px crop and flip; {max(seeds, 1)} seed(s) per
+initialisation. "Signal RMS" is the RMS of the block outputs on one fixed training batch at
+initialisation (cnn_jax/diagnostics.py); training error is measured on a fixed subset of
+{config.data.train_eval_size:,} training images without augmentation; test accuracy on the test
+split at the end. A run whose loss is not finite stops (the loop's own check) and counts as
+diverged.
+
+{table}
+{plot}"""
+
+
 def main(argv):
   common.check_argv(argv)
   clock = common.Clock()
@@ -155,6 +314,18 @@ def main(argv):
   data = run_all(p['depth'], p['width'], p['batch'], p['seeds'])
   png = plot(data, p['depth'], p['width'], workdir / 'init_variance.png')
   rows, _ = checks(data, p['depth'])
+  training_text, train_summary, summary_runs = '', None, {}
+  if FLAGS.train:
+    seeds = FLAGS.seeds or 0
+    spec = training_sweep(preset, seeds, FLAGS.set)
+    members, _ = common.run_sweep(spec, workdir / 'plain20', FLAGS.parallel, FLAGS.report_only,
+                                  title='plain-20 (no BN) under each initialisation')
+    runs = read_training(members, workdir / 'plain20')
+    summary_runs = runs
+    train_summary = training_summary(runs)
+    rows += training_checks(train_summary)
+    training_png = plot_training(runs, workdir / 'training.png')
+    training_text = training_section(train_summary, training_png, members[0].config, seeds)
   summary = []
   for (act, init), d in data.items():
     s = ratio_stats(d['act_var'])
@@ -169,7 +340,8 @@ def main(argv):
   text = common.header(
       title='Initialisation and signal variance through depth', claims='claim C12',
       command=command,
-      data=f"synthetic: {p['batch']} input vectors with N(0, 1) entries (no dataset needed).",
+      data=(f"synthetic: {p['batch']} input vectors with N(0, 1) entries (the dense stack)"
+            + (f"; {_dataset(summary_runs)} (the plain-20 runs)." if FLAGS.train else '.')),
       protocol=(f"{p['depth']} bias-free dense layers of width {p['width']} (square, so Xavier's "
                 '2/(n_in + n_out) equals LeCun\'s 1/n here), activation after every layer but the '
                 'last; loss = mean over the batch of <g, z_last> with fixed g ~ N(0, 1). Variance of '
@@ -188,8 +360,7 @@ def main(argv):
 
 ![variance through depth]({png.name})
 
-Not done here (left for later): the second half of C12 — training the CIFAR plain-20 under each
-initialisation and comparing how fast (and whether) each trains.
+{training_text or 'The CIFAR-10 half (plain-20 trained under each init) was skipped (--train=False).'}
 
 {common.footer()}"""
   he = ratio_stats(data[('relu', 'He (2/n)')]['act_var'])
@@ -199,10 +370,15 @@ initialisation and comparing how fast (and whether) each trains.
       **p, **facts,
       'headline': (f"ReLU: He keeps Var within x{he['max_over_min']:.2f} over {p['depth']} layers; "
                    f"LeCun x{lecun['per_layer_ratio']:.2f} per layer"),
-      'curves': {f'{act}/{init}': d for (act, init), d in data.items()}},
+      'curves': {f'{act}/{init}': d for (act, init), d in data.items()},
+      'training': train_summary},
       OUTPUTS, rows, FLAGS.report_dir)
 
 
 if __name__ == '__main__':
-  common.define_flags('init_variance', '20 layers of width 256.', sweep_flags=False)
+  common.define_flags('init_variance', '20 layers of width 256; plain-20 8 steps on 256 images.',
+                      seeds_of='initialisation')
+  flags.DEFINE_bool('train', True, 'Also train the CIFAR-10 plain-20 under each initialisation.')
+  flags.DEFINE_multi_string('set', [], 'Override for the training runs, KEY=VALUE, e.g. '
+                            '--set=data.data_dir=/data/cifar10.')
   app.run(main)

@@ -3,6 +3,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+from PIL import Image
+
+from cnn_jax.datasets import CIFAR10_CLASSES
 from configs import lenet5_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,3 +45,18 @@ def run_module(args, timeout: int = 300, env_extra=None) -> subprocess.Completed
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, **(env_extra or {}))
   return subprocess.run([sys.executable, '-m'] + list(args), cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def cifar_like_folder(root, per_class=(40, 8), classes=CIFAR10_CLASSES):
+  """train/ and test/ of 32x32 RGB PNGs, per_class images a class: a class-dependent colour plus
+  noise, so a CIFAR net can learn it in a few steps."""
+  rng = np.random.default_rng(0)
+  for split, n in zip(('train', 'test'), per_class):
+    for k, name in enumerate(classes):
+      d = root / split / name
+      d.mkdir(parents=True)
+      for i in range(n):
+        base = np.array([25 * k, 255 - 25 * k, 128], np.float32)
+        img = np.clip(base + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(d / f'{i:04d}.png')
+  return root

@@ -6,15 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
 from cnn_jax import input_pipeline, train
 from cnn_jax.datasets import splits as splits_lib
 from configs import cifar_resnet
-from tests.helpers import run_module
-
-CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
-
+from tests.helpers import cifar_like_folder, run_module
 
 def test_random_crop_stays_inside_the_padded_image():
   """Every crop is a 32x32 window of the 4-px zero-padded image: offsets in [0, 8]."""
@@ -99,21 +95,8 @@ def test_claim_checks_compare_the_right_numbers():
   assert rows['ResNet test error falls with depth'][-1] == '**no**'
 
 
-def _cifar_like_folder(root, per_class=(40, 8)):
-  rng = np.random.default_rng(0)
-  for split, n in zip(('train', 'test'), per_class):
-    for k, name in enumerate(CLASSES):
-      d = root / split / name
-      d.mkdir(parents=True)
-      for i in range(n):  # class-dependent colour plus noise: learnable
-        base = np.array([25 * k, 255 - 25 * k, 128], np.float32)
-        img = np.clip(base + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(d / f'{i:04d}.png')
-  return root
-
-
 def test_toy_degradation_end_to_end(tmp_path):
-  data = _cifar_like_folder(tmp_path / 'data')
+  data = cifar_like_folder(tmp_path / 'data')
   work = tmp_path / 'work'
   out = run_module(['experiments.degradation', '--preset=toy', '--models=resnet8',
                     f'--workdir={work}', f'--set=data.data_dir={data}',

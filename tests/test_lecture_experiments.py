@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import cnn_vs_fc, init_variance, lr_sweep, visualize_filters
-from tests.helpers import run_module
+from tests.helpers import cifar_like_folder, run_module
 
 
 def test_init_variance_toy_measures_the_c12_facts():
@@ -88,3 +88,47 @@ def test_toy_preset_writes_its_report(tmp_path, name):
     assert results['checks'][0][-1] == 'yes'  # the same number of examples seen
   if name == 'visualize_filters':
     assert len(results['filters']) == 6 and (tmp_path / 'filters.png').exists()
+
+
+def _summary(**inits):
+  base = {'runs': 1, 'finished': 1, 'diverged': 0, 'num_test': 10_000, 'signal_first': 1.0}
+  return {k: {**base, **v} for k, v in inits.items()}
+
+
+def test_init_training_checks_hold_and_fail_on_the_numbers():
+  good = _summary(he=dict(test_accuracy=0.45, final_train_loss=1.5, signal_last=0.2),
+                  lecun=dict(test_accuracy=0.2, final_train_loss=2.2, signal_last=2e-4),
+                  small=dict(test_accuracy=0.1, final_train_loss=2.3, signal_last=0.0),
+                  normal=dict(finished=0, diverged=1, test_accuracy=math.nan,
+                              final_train_loss=math.nan, signal_last=math.inf))
+  rows = init_variance.training_checks(good)
+  assert len(rows) == 5 and all(r[-1] == 'yes' for r in rows), rows
+  bad = _summary(he=dict(test_accuracy=0.105, final_train_loss=2.3, signal_last=0.2),
+                 lecun=dict(test_accuracy=0.3, final_train_loss=1.9, signal_last=0.1),
+                 small=dict(test_accuracy=0.1, final_train_loss=2.3, signal_last=0.0),
+                 normal=dict(test_accuracy=0.3, final_train_loss=1.9, signal_last=5.0))
+  holds = [r[-1] for r in init_variance.training_checks(bad)]
+  assert holds == ['**no**'] * 5, holds
+
+
+@pytest.mark.slow  # three small CIFAR trainings in subprocesses: ~90 s of CPU
+def test_init_variance_toy_trains_the_plain_net_under_each_init(tmp_path):
+  data = cifar_like_folder(tmp_path / 'data', per_class=(32, 4))
+  work = tmp_path / 'work'
+  out = run_module(['experiments.init_variance', '--preset=toy', f'--workdir={work}',
+                    f'--set=data.data_dir={data}', '--set=data.validation_size=64',
+                    '--set=data.train_subset=256', '--set=data.train_eval_size=64',
+                    '--set=eval_batch_size=64'],
+                   env_extra={'CNN_JAX_CACHE_DIR': str(tmp_path / 'cache')}, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.loads((work / 'results.json').read_text())
+  training = results['training']
+  assert set(training) == {'he', 'small', 'normal'}
+  assert training['he']['finished'] == 1 and training['small']['finished'] == 1
+  he, small, normal = training['he'], training['small'], training['normal']
+  assert 0 < he['signal_last'] < 10 and small['signal_last'] < 1e-6
+  # N(0, 1): x ~8.5 per conv layer, through 7 layers of the toy's plain-8 still finite in float32
+  assert normal['diverged'] == 1 or normal['signal_last'] > 1e3 * he['signal_last'], normal
+  assert (work / 'training.png').stat().st_size > 1000
+  report = (work / 'report.md').read_text()
+  assert 'plain-20 trained under each initialisation' in report and 'N(0, 1) init' in report

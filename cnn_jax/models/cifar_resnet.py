@@ -12,6 +12,11 @@ stride-2 subsampling plus zero-padded channels: no parameters) or option B
 networks are the same module with `residual=False`: no shortcut at all, and with option A
 exactly the same parameters as the residual network.
 
+For initialisation studies (claim C12), `norm='none'` drops every BatchNorm (the convs then
+have biases) and `kernel_init` picks the conv kernels' initialisation by name
+(cnn_jax.models.layers.KERNEL_INITS: he_fan_out, the default, he, lecun, xavier, small,
+normal); with BatchNorm the forward pass does not see the kernels' scale.
+
 Parameters at 10 classes, option A: resnet20 269,722 (He et al. Table 6: 0.27M), resnet32
 464,154, resnet44 658,586, resnet56 853,018, resnet110 1,727,962, resnet1202 19,421,274.
 """
@@ -23,8 +28,11 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import batch_norm, classifier_head, conv_kernel_init, torch_pad
+from cnn_jax.config_base import ConfigError, did_you_mean
+from cnn_jax.models.layers import Identity, batch_norm, classifier_head, kernel_init, torch_pad
 from cnn_jax.models.resnet import BasicBlock, check_depth, residual_stages
+
+NORMS = ('batch', 'none')
 
 # depth -> n, the blocks per stage (depth = 6n + 2).
 CIFAR_DEPTHS: dict[int, int] = {8: 1, 20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}
@@ -44,15 +52,21 @@ class CifarResNet(nn.Module):
   shortcut: str = 'A'
   widths: tuple[int, ...] = (16, 32, 64)
   zero_init_residual: bool = False
+  norm: str = 'batch'  # 'batch' or 'none' (no normalisation; the convs get biases)
+  kernel_init: str = 'he_fan_out'  # a name of layers.KERNEL_INITS
   act: Callable = nn.relu
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     check_depth(self.depth, CIFAR_DEPTHS, 'CIFAR ResNet')
+    if self.norm not in NORMS:
+      raise ConfigError(f'norm must be one of {NORMS}, got {self.norm!r} '
+                        f'(config.model_kwargs.norm).{did_you_mean(self.norm, NORMS)}')
     n = CIFAR_DEPTHS[self.depth]
-    conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
-    norm = batch_norm(train, self.dtype)
+    conv = partial(nn.Conv, use_bias=self.norm == 'none', dtype=self.dtype,
+                   kernel_init=kernel_init(self.kernel_init))
+    norm = batch_norm(train, self.dtype) if self.norm == 'batch' else Identity
 
     x = x.astype(self.dtype)
     x = conv(self.widths[0], (3, 3), padding=torch_pad(3), name='stem_conv')(x)

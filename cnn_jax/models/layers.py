@@ -11,10 +11,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax.config_base import ConfigError, did_you_mean
+
 ModuleDef = Any
 
 # torchvision: nn.init.kaiming_normal_(w, mode='fan_out', nonlinearity='relu') (untruncated).
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+# Named kernel initialisations (claim C12), as weight variances of n_in = fan-in, n_out = fan-out.
+KERNEL_INITS = {
+    'he_fan_out': conv_kernel_init,  # 2 / n_out: torchvision's ResNets (the default)
+    'he': nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'),  # 2 / n_in
+    'lecun': nn.initializers.variance_scaling(1.0, 'fan_in', 'normal'),  # 1 / n_in
+    'xavier': nn.initializers.variance_scaling(1.0, 'fan_avg', 'normal'),  # 2 / (n_in + n_out)
+    'small': nn.initializers.normal(0.01),  # std 0.01 whatever the size: vanishes with depth
+    'normal': nn.initializers.normal(1.0),  # N(0, 1): explodes with depth
+}
+
+
+def kernel_init(name: str):
+  if name not in KERNEL_INITS:
+    raise ConfigError(f'kernel_init must be one of {tuple(KERNEL_INITS)}, got {name!r} '
+                      f'(config.model_kwargs.kernel_init).{did_you_mean(name, KERNEL_INITS)}')
+  return KERNEL_INITS[name]
+
+
+class Identity(nn.Module):
+  """No normalisation: stands where a norm layer would (`norm='none'`), takes its arguments."""
+  scale_init: Any = None
+
+  def __call__(self, x):
+    return x
 
 
 def torch_pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
