@@ -106,8 +106,8 @@ def test_configs():
 
 
 def _run_toy(tmp_path, names):
-  from tests.test_degradation import _cifar_like_folder
-  data = _cifar_like_folder(tmp_path / 'data')
+  from tests.helpers import cifar_like_folder
+  data = cifar_like_folder(tmp_path / 'data')
   work = tmp_path / 'work'
   args = ['experiments.cifar_zoo', '--preset=toy', f'--models={",".join(names)}',
           f'--workdir={work}', f'--set=data.data_dir={data}']

@@ -12,7 +12,7 @@ from cnn_jax.models import layers
 from configs import normalization as config_file
 from experiments import normalization
 from tests.helpers import run_module
-from tests.test_degradation import _cifar_like_folder
+from tests.helpers import cifar_like_folder
 
 # What the lecture's definitions give (notes 000 §5.1.4): the partitions over which each layer's
 # output has mean 0 and variance 1. IN's blocks (one image, one channel) lie inside BN's, LN's
@@ -94,7 +94,7 @@ def test_config_presets_and_sweep():
 
 @pytest.mark.slow  # five toy trainings: ~100 s of CPU, minutes on a busy 2-core machine
 def test_toy_experiment_end_to_end(tmp_path):
-  data = _cifar_like_folder(tmp_path / 'data')
+  data = cifar_like_folder(tmp_path / 'data')
   work = tmp_path / 'work'
   args = ['experiments.normalization', '--preset=toy', f'--workdir={work}',
           f'--set=data.data_dir={data}', '--set=data.validation_size=80',

@@ -301,8 +301,8 @@ def test_class_subset_and_images_per_class():
 
 
 def _run_toy(tmp_path, *flags):
-  from tests.test_degradation import _cifar_like_folder
-  data = _cifar_like_folder(tmp_path / 'data')
+  from tests.helpers import cifar_like_folder
+  data = cifar_like_folder(tmp_path / 'data')
   work = tmp_path / 'work'
   args = ['experiments.transfer', '--preset=toy', f'--workdir={work}',
           f'--set=data.data_dir={data}', *flags]
