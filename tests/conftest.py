@@ -30,7 +30,6 @@ SLOW_IN_CI = {
     'tests/test_models_classic.py::test_real_forward_train_and_eval[unet_same]',
     'tests/test_models_classic.py::test_bfloat16_compute_keeps_float32_params_and_logits',  # 9 s
     'tests/test_models_resnet.py::test_resnet18_forward_train_and_eval_at_224',  # 17 s
-    'tests/test_models_resnet.py::test_cifar_resnet_count_matches_formula_and_paper[1202]',
     # 30 s; SIGKILL and bit-identical resume: test_faults::test_sigkill_at_two_points...
     'tests/test_kill_resume.py::test_stopped_run_resumes_on_rerun[9--9]',
     # 12 s; restoring the state: test_train::test_resume_matches_uninterrupted and the kill tests.
