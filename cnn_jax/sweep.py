@@ -197,8 +197,18 @@ class Sweep:
     """The command line that runs this sweep (plus `extra` flags) as a user types it."""
     return (['python', '-m', 'cnn_jax.sweep', f'--config={self.config_file}']
             + [f'--config.{a}' for a in self.config_args] + [f'--sweep={a}' for a in self.axes]
-            + ([f'--seeds={self.seeds}'] if self.seeds else []) + [f'--workdir={workdir}']
-            + list(extra))
+            + ([f'--seeds={self.seeds}'] if self.seeds else [])
+            + [f'--workdir={_as_typed(workdir)}'] + list(extra))
+
+
+def _as_typed(path) -> str:
+  """A path inside the current directory as relative (how a user types it; no machine paths in
+  records), any other as given."""
+  path = pathlib.Path(path)
+  try:
+    return str(path.resolve().relative_to(pathlib.Path.cwd().resolve()))
+  except ValueError:
+    return str(path)
 
 
 # -------------------------------------------------------------------------------- running

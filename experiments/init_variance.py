@@ -314,14 +314,14 @@ def main(argv):
   data = run_all(p['depth'], p['width'], p['batch'], p['seeds'])
   png = plot(data, p['depth'], p['width'], workdir / 'init_variance.png')
   rows, _ = checks(data, p['depth'])
-  training_text, train_summary, summary_runs = '', None, {}
+  training_text, train_summary, train_data = '', None, ''
   if FLAGS.train:
     seeds = FLAGS.seeds or 0
     spec = training_sweep(preset, seeds, FLAGS.set)
     members, _ = common.run_sweep(spec, workdir / 'plain20', FLAGS.parallel, FLAGS.report_only,
                                   title='plain-20 (no BN) under each initialisation')
     runs = read_training(members, workdir / 'plain20')
-    summary_runs = runs
+    train_data = f'; {_dataset(runs)} (the plain-20 runs)'
     train_summary = training_summary(runs)
     rows += training_checks(train_summary)
     training_png = plot_training(runs, workdir / 'training.png')
@@ -341,7 +341,7 @@ def main(argv):
       title='Initialisation and signal variance through depth', claims='claim C12',
       command=command,
       data=(f"synthetic: {p['batch']} input vectors with N(0, 1) entries (the dense stack)"
-            + (f"; {_dataset(summary_runs)} (the plain-20 runs)." if FLAGS.train else '.')),
+            + train_data + '.'),
       protocol=(f"{p['depth']} bias-free dense layers of width {p['width']} (square, so Xavier's "
                 '2/(n_in + n_out) equals LeCun\'s 1/n here), activation after every layer but the '
                 'last; loss = mean over the batch of <g, z_last> with fixed g ~ N(0, 1). Variance of '

@@ -43,6 +43,8 @@ def unfinished_runs(workdir: pathlib.Path) -> list[pathlib.Path]:
 def pack(workdir: pathlib.Path, out: pathlib.Path) -> dict:
   manifest = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
               'commit': _git_commit(), 'workdir': str(workdir), 'runs': {}}
+  if not workdir.is_dir():
+    raise SystemExit(f'carry_runs: {workdir} does not exist; pass the experiment\'s --workdir.')
   runs = unfinished_runs(workdir)
   if not runs:
     raise SystemExit(f'carry_runs: no unfinished run (checkpoints, no results.json) in {workdir}.')
@@ -70,8 +72,13 @@ def pack(workdir: pathlib.Path, out: pathlib.Path) -> dict:
 
 def unpack(archive: pathlib.Path, workdir: pathlib.Path) -> dict:
   done = {}
-  with tarfile.open(archive) as tar:
+  try:
+    tar = tarfile.open(archive)
     manifest = json.load(tar.extractfile(MANIFEST))
+  except (OSError, tarfile.TarError, KeyError, ValueError) as e:
+    raise SystemExit(f'carry_runs: cannot read {archive} ({type(e).__name__}: {e}); it must be a '
+                     'file written by `carry_runs pack`. Nothing was unpacked.') from e
+  with tar:
     for name, info in manifest['runs'].items():
       local = newest_step(workdir / name / 'checkpoints' / 'latest')
       if (workdir / name / 'results.json').exists() or (local and int(local.name) >= info['step']):

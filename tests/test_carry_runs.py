@@ -56,3 +56,14 @@ def test_pack_refuses_a_run_that_is_training(tmp_path):
     with pytest.raises(checkpointing.WorkdirLocked):
       carry_runs.pack(work, tmp_path / 'carry.tar')
   assert not (tmp_path / 'carry.tar').exists()
+
+
+def test_missing_or_damaged_input_is_a_clear_error_and_unpacks_nothing(tmp_path):
+  with pytest.raises(SystemExit, match='does not exist'):
+    carry_runs.pack(tmp_path / 'nowhere', tmp_path / 'carry.tar')
+  with pytest.raises(SystemExit, match='cannot read .*Nothing was unpacked'):
+    carry_runs.unpack(tmp_path / 'missing.tar', tmp_path / 'work')
+  (tmp_path / 'bad.tar').write_bytes(b'not a tar file')
+  with pytest.raises(SystemExit, match='written by `carry_runs pack`'):
+    carry_runs.unpack(tmp_path / 'bad.tar', tmp_path / 'work')
+  assert not (tmp_path / 'work').exists()

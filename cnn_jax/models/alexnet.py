@@ -71,7 +71,7 @@ class AlexNet(nn.Module):
   weight_init: str = 'torch'  # 'torch': PyTorch's default kernels, zero biases; 'paper': sec. 5
   dtype: Any = jnp.float32
 
-  def _layer(self, cls, name, **kwargs):
+  def _layer(self, cls, *args, name, **kwargs):
     """A conv or dense layer named `name` with this model's initialisation."""
     if self.weight_init not in INITS:
       raise ConfigError(f'weight_init must be one of {INITS}, got {self.weight_init!r} '
@@ -83,12 +83,12 @@ class AlexNet(nn.Module):
                     bias_init=nn.initializers.constant(bias))
     else:
       kwargs.update(kernel_init=torch_default_init)
-    return cls(dtype=self.dtype, name=name, **kwargs)
+    return cls(*args, dtype=self.dtype, name=name, **kwargs)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = lambda *a, name, **k: self._layer(nn.Conv, name, features=a[0], kernel_size=a[1], **k)
-    dense = lambda features, name: self._layer(nn.Dense, name, features=features)
+    conv = functools.partial(self._layer, nn.Conv)
+    dense = functools.partial(self._layer, nn.Dense)
     if self.ceil_pool:
       pool = functools.partial(max_pool_ceil, window=3, stride=2)
     else:
