@@ -19,6 +19,7 @@ OPTIMIZERS = ('sgd', 'adamw')
 # 'bundled': files shipped in data/; 'tfds': tensorflow-datasets; 'folder': an image folder
 # laid out as split/class/*.jpg (cnn_jax.datasets.image_folder).
 DATA_SOURCES = ('bundled', 'tfds', 'folder')
+PIPELINES = ('device', 'stream')  # config.data.pipeline (cnn_jax.streaming)
 UNITS = ('epochs', 'steps')
 METRICS = ('val_loss', 'val_accuracy')
 DTYPES = ('float32', 'bfloat16', 'float16', 'auto')
@@ -64,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.pca_jitter_std = 0.0  # AlexNet's PCA colour jitter, alpha ~ N(0, std^2) per component, from the train split's RGB PCA (paper: 0.1); 0 = off
   c.data.horizontal_flip = False  # train-time augmentation: random left-right flip
   c.data.train_eval_size = 0  # fixed train images evaluated without augmentation at each validation (training error); 0 = off
+  c.data.pipeline = 'device'  # 'device': the dataset lives on the accelerator; 'stream': batches decoded on the host (ImageNet scale, cnn_jax.streaming)
+  c.data.stream_workers = 0  # stream: decoding threads (0 = one per core)
+  c.data.stream_prefetch = 2  # stream: batches decoded ahead of the step
+  c.data.stats_images = 2000  # stream: training images the per-channel mean/std and colour PCA come from
   # Segmentation data (cnn_jax.datasets: mnist_segmentation generated offline, oxford_iiit_pet).
   c.data.segmentation = ml_collections.ConfigDict()
   c.data.segmentation.size = 64  # mnist_segmentation: canvas side; oxford_iiit_pet: resized side
@@ -105,6 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 0  # validate every N steps instead (curves over iterations); 0 = use eval_every_epochs
   c.gradient_diagnostics = False  # log per-block signal and gradient norms at init and each validation (C20)
   c.eval_test_curve = False  # also evaluate the test split at each validation, for curves; selection never sees it
+  c.ten_crop_test = False  # also test with AlexNet's 10 views (4 corners + centre of data.crop_size, and mirrors), softmax averaged
   c.selection_metric = 'val_loss'  # validation objective for the best checkpoint, early stopping, plateau
   c.selection_ties_to_latest = True  # on a tie (common for accuracy on a small split), keep the later checkpoint
   c.early_stopping_patience = 0  # stop after this many validations without improvement; 0 = off
@@ -125,12 +131,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   choices = {
       'optimizer': OPTIMIZERS, 'lr_schedule': SCHEDULES, 'schedule_unit': UNITS,
       'selection_metric': METRICS, 'dtype': DTYPES, 'data.source': DATA_SOURCES,
+      'data.pipeline': PIPELINES,
       'trainable': TRAINABLE,
   }
   for key, allowed in choices.items():
     check_choice(key, _get(config, key), allowed)
   positive = ('batch_size', 'eval_batch_size', 'learning_rate', 'log_every_steps',
-              'eval_every_epochs', 'stop_check_every_steps')
+              'eval_every_epochs', 'stop_check_every_steps', 'data.stream_prefetch',
+              'data.stats_images')
   for key in positive:
     if not _get(config, key) > 0:
       raise ConfigError(f'config.{key} must be > 0, got {_get(config, key)!r}.')
@@ -138,7 +146,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                   'early_stopping_patience', 'weight_decay', 'momentum', 'grad_clip_norm',
                   'data.validation_size', 'data.train_subset', 'data.per_class', 'data.image_size',
                   'data.train_eval_size', 'data.random_crop_padding', 'data.resize',
-                  'data.crop_size', 'data.pca_jitter_std')
+                  'data.crop_size', 'data.pca_jitter_std', 'data.stream_workers')
   for key in non_negative:
     if _get(config, key) < 0:
       raise ConfigError(f'config.{key} must be >= 0, got {_get(config, key)!r}.')
@@ -147,6 +155,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.num_epochs <= 0 and config.num_steps <= 0:
     raise ConfigError('Set config.num_epochs or config.num_steps to a positive value.')
   _check_classes(config.data.select_classes)
+  if config.ten_crop_test and not config.data.crop_size:
+    raise ConfigError('config.ten_crop_test=True takes its 10 views of config.data.crop_size; set '
+                      'data.crop_size (AlexNet: 227 of 256) or ten_crop_test=False.')
   if config.lr_schedule == 'step' and not config.lr_boundaries:
     raise ConfigError("config.lr_schedule='step' needs config.lr_boundaries, e.g. (30, 60).")
   _check_model(config.model, config.model_kwargs)

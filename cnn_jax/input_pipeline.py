@@ -44,7 +44,7 @@ class Preprocess:
       if c != 3:
         raise ValueError(f'config.data.pca_jitter_std needs RGB images; {splits.name} has {c} '
                          'channel(s). Set it to 0.')
-      eig = augment.rgb_pca(splits.train[0])
+      eig = augment.rgb_pca(splits.stats_images())
       pca = {'pca_eigvals': tuple(map(float, eig.eigvals)),
              'pca_eigvecs': tuple(tuple(map(float, row)) for row in eig.eigvecs)}
     return cls(mean=tuple(map(float, splits.mean)), std=tuple(map(float, splits.std)),
@@ -81,6 +81,18 @@ class Preprocess:
         flip = jax.random.bernoulli(flip_rng, 0.5, (x.shape[0], 1, 1, 1))
         x = jnp.where(flip, x[:, :, ::-1, :], x)
     return x
+
+
+  def ten_crop_views(self, images: jax.Array) -> list[jax.Array]:
+    """AlexNet's test views of uint8 [N, H, W, C]: the four corner and the central crop_size
+    windows, and their mirrors, each as evaluation preprocesses it."""
+    if not self.crop_size:
+      raise ValueError('ten_crop_views needs crop_size > 0.')
+    x = dataclasses.replace(self, crop_size=0)(images, None, train=False)  # the whole image
+    h, w, s = x.shape[1], x.shape[2], self.crop_size
+    corners = [(0, 0), (0, w - s), (h - s, 0), (h - s, w - s), ((h - s) // 2, (w - s) // 2)]
+    views = [x[:, t:t + s, l:l + s, :] for t, l in corners]
+    return views + [v[:, :, ::-1, :] for v in views]
 
 
 def _pad_to(x, size, value):

@@ -32,7 +32,7 @@ import optax
 from flax.training import train_state
 
 from cnn_jax import (checkpointing, config_base, datasets, diagnostics, input_pipeline, models,
-                     optim, parallel, precision, report, tasks, transfer)
+                     optim, parallel, precision, report, streaming, tasks, transfer)
 from cnn_jax.config_base import ConfigError
 from cnn_jax.metric_writers import MetricWriter
 
@@ -62,6 +62,7 @@ class StepConfig:
   batch_sharding: Any = flax.struct.field(pytree_node=False)
   # What the model predicts (cnn_jax.tasks): its loss and metrics. None = classification.
   task: Any = flax.struct.field(pytree_node=False, default=None)
+  ten_crop: bool = flax.struct.field(pytree_node=False, default=False)  # evaluate 10 views
 
   def get_task(self):
     return self.task if self.task is not None else tasks.Classification(self.num_classes)
@@ -79,13 +80,8 @@ def _variables(state, params=None):
 
 def train_step(state: TrainState, totals: dict, images, labels, perm, step_in_epoch, rng,
                cfg: StepConfig):
-  """One SGD step on the `step_in_epoch`-th batch of the epoch order `perm`.
-
-  `totals` accumulates loss and accuracy on the device until the loop reads them at a log
-  point, so no step waits for the host; it also keeps the first step whose loss was not finite.
-  The task (`cfg.task`) gives the input, the loss and the accuracy (per pixel for segmentation).
-  """
-  task = cfg.get_task()
+  """One SGD step on the `step_in_epoch`-th batch of the epoch order `perm` of the dataset
+  (`images`, `labels`) that lives on the devices."""
   # The batch's indices are split over the devices first, so each device gathers only its own
   # part of the batch from its copy of the dataset (in a multi-process run, each process only
   # materialises its devices' share).
@@ -93,6 +89,18 @@ def train_step(state: TrainState, totals: dict, images, labels, perm, step_in_ep
   idx = jax.lax.with_sharding_constraint(idx, cfg.batch_sharding)
   x = jax.lax.with_sharding_constraint(images[idx], cfg.batch_sharding)
   y = jax.lax.with_sharding_constraint(labels[idx], cfg.batch_sharding)
+  return batch_step(state, totals, x, y, rng, cfg)
+
+
+def batch_step(state: TrainState, totals: dict, x, y, rng, cfg: StepConfig):
+  """One SGD step on the uint8 batch (x, y), sharded over the batch axis (the streamed pipeline
+  calls it directly).
+
+  `totals` accumulates loss and accuracy on the device until the loop reads them at a log
+  point, so no step waits for the host; it also keeps the first step whose loss was not finite.
+  The task (`cfg.task`) gives the input, the loss and the accuracy (per pixel for segmentation).
+  """
+  task = cfg.get_task()
   aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
   x, y = task.inputs(cfg.preprocess, x, y, aug_rng, train=True)
 
@@ -132,13 +140,40 @@ def evaluate(state: TrainState, images, labels, mask, cfg: StepConfig) -> dict:
   def body(totals, i):
     take = lambda a: jax.lax.with_sharding_constraint(
         jax.lax.dynamic_slice_in_dim(a, i * cfg.batch_size, cfg.batch_size), cfg.batch_sharding)
-    x, y, m = take(images), take(labels), take(mask)
-    x, y = task.inputs(cfg.preprocess, x, y, None, train=False)
-    logits = state.apply_fn(_variables(state), x, train=False)
-    return task.accumulate(totals, logits, y, m), None
+    return evaluate_batch(state, totals, take(images), take(labels), take(mask), cfg), None
 
   totals, _ = jax.lax.scan(body, task.zero_totals(), jnp.arange(num_batches))
   return task.metrics(totals)
+
+
+def evaluate_batch(state: TrainState, totals, images, labels, mask, cfg: StepConfig):
+  """Adds one padded batch (uint8 images, labels, mask of the real examples) to the totals."""
+  task = cfg.get_task()
+  if cfg.ten_crop:  # the views' softmax averaged; its log serves as the logits
+    probs = [jax.nn.softmax(state.apply_fn(_variables(state), v, train=False).astype(jnp.float32))
+             for v in cfg.preprocess.ten_crop_views(images)]
+    return task.accumulate(totals, jnp.log(sum(probs) / len(probs)), labels, mask)
+  x, y = task.inputs(cfg.preprocess, images, labels, None, train=False)
+  logits = state.apply_fn(_variables(state), x, train=False)
+  return task.accumulate(totals, logits, y, mask)
+
+
+class StreamedEval:
+  """Evaluation of a streamed split: its batches decoded on the host, summed on the devices."""
+
+  def __init__(self, stream: streaming.Stream, split: str, cfg: StepConfig, sharding):
+    task = cfg.get_task()
+    self.stream, self.split, self.batch_size = stream, split.removesuffix('_10crop'), cfg.batch_size
+    self.zero = jax.jit(task.zero_totals, out_shardings=sharding)
+    self.add = parallel.CompiledTogether(jax.jit(functools.partial(evaluate_batch, cfg=cfg),
+                                                 donate_argnums=(1,)), f'evaluate_{split}')
+    self.metrics = jax.jit(task.metrics, out_shardings=sharding)
+
+  def __call__(self, state: TrainState) -> dict:
+    totals = self.zero()
+    for batch in self.stream.eval_batches(self.split, self.batch_size):
+      totals = self.add(state, totals, *batch)
+    return self.metrics(totals)
 
 
 def _fresh_totals() -> dict:
@@ -241,7 +276,7 @@ class Run:
   ckpts: checkpointing.Checkpoints
   writer: MetricWriter
   replicated: Any
-  train_arrays: tuple  # (images, labels) on the devices
+  train_arrays: tuple | None  # (images, labels) on the devices; None when streamed
   eval_arrays: dict  # split -> (batch size, (images, labels, mask) on the devices)
   p_train_step: Callable
   p_permutation: Callable
@@ -249,15 +284,18 @@ class Run:
   data_rng: jax.Array
   step_rng: jax.Array
   diagnose: Callable | None = None
+  stream: streaming.Stream | None = None  # data.pipeline='stream': batches decoded on the host
   last_tick: float = dataclasses.field(default_factory=time.time)
 
   @property
   def num_train(self) -> int:
-    return len(self.splits.train[0])
+    return self.splits.num_train
 
   def evaluate(self, split: str, state: TrainState) -> dict:
-    return {k: parallel.host_scalar(v) for k, v in
-            self.p_evaluate[split](state, *self.eval_arrays[split][1]).items()}
+    arrays = self.eval_arrays[split][1]
+    metrics = (self.p_evaluate[split](state) if self.stream is not None else
+               self.p_evaluate[split](state, *arrays))
+    return {k: parallel.host_scalar(v) for k, v in metrics.items()}
 
   def tick(self) -> None:
     """Adds the wall time since the last tick to the run's total, which survives resumes."""
@@ -318,7 +356,10 @@ def _close(run: Run, quiet: bool) -> None:
   """Finishes background writes and closes files; while an error propagates, a second error
   here (the same full disk) is not allowed to replace it."""
   first_error = None
-  for close in (run.ckpts.wait, run.ckpts.close, run.writer.close):
+  closers = (run.ckpts.wait, run.ckpts.close, run.writer.close)
+  if run.stream is not None:
+    closers += (run.stream.close,)
+  for close in closers:
     try:
       close()
     except Exception as e:  # pylint: disable=broad-except  (close the rest, then raise)
@@ -330,8 +371,9 @@ def _close(run: Run, quiet: bool) -> None:
 def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run, TrainState]:
   """Data on the devices, the model, the jitted steps; the state restored from the latest
   checkpoint when there is one."""
-  try:
-    splits = datasets.load(config.data)  # DataError: the files; ValueError: the config
+  streamed = config.data.pipeline == 'stream'
+  try:  # DataError: the files; ValueError: the config
+    splits = datasets.load_stream(config.data) if streamed else datasets.load(config.data)
   except ValueError as e:
     raise ConfigError(str(e)) from e
   try:
@@ -341,7 +383,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run
   input_shape = preprocess.output_shape(splits.image_shape)
   model = models.create(config.model, num_classes=splits.num_classes,
                         dtype=precision.compute_dtype(config.dtype), **config.model_kwargs)
-  check_input_shape(config.model, model, input_shape, splits.train[1].shape[1:])
+  check_input_shape(config.model, model, input_shape, () if streamed else splits.train[1].shape[1:])
   if (tasks.for_model(config.model, splits.num_classes).kind == tasks.SEGMENTATION
       and (preprocess.crop_size or preprocess.pca_jitter_std)):
     raise ConfigError('config.data.crop_size and config.data.pca_jitter_std are for classification;'
@@ -350,7 +392,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run
 
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size)
-  num_train = len(splits.train[0])
+  num_train = splits.num_train
   steps_per_epoch = num_train // config.batch_size
   if steps_per_epoch == 0:
     raise ConfigError(f'config.batch_size={config.batch_size} exceeds the {num_train} training '
@@ -389,35 +431,59 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run
     writer.close()
     raise
 
-  # The dataset lives on the devices; batches are gathered inside jit.
-  train_arrays = input_pipeline.device_put_replicated(splits.train, replicated)
-  eval_arrays = {}
-  for split, (images, labels) in (('val', splits.val), ('test', splits.test),
-                                  ('train_eval', train_eval_subset(splits.train, config.data))):
-    if len(images):
-      bs = _eval_batch_size(config.eval_batch_size, len(images))
-      eval_arrays[split] = (bs, input_pipeline.device_put_replicated(
-          input_pipeline.padded_eval_arrays(images, labels, bs), replicated))
-
   step_cfg = StepConfig(batch_size=config.batch_size, num_classes=splits.num_classes,
                         label_smoothing=config.label_smoothing,
                         aux_loss_weight=config.aux_loss_weight, preprocess=preprocess,
                         batch_sharding=parallel.batch_sharded(mesh),
                         task=tasks.for_model(config.model, splits.num_classes))
+  p_permutation = jax.jit(functools.partial(input_pipeline.epoch_permutation,
+                                            num_examples=num_train), out_shardings=replicated)
+  if streamed:  # batches decoded on the host, in the order the on-device pipeline would use
+    stream = streaming.Stream(
+        splits, config.batch_size, steps_per_epoch, data_rng, step_cfg.batch_sharding,
+        workers=config.data.stream_workers,
+        prefetch=config.data.stream_prefetch,
+        train_eval=streaming.Subset(splits.train, train_eval_indices(num_train, config.data)))
+    train_arrays, eval_arrays, p_evaluate = None, {}, {}
+    for split, count in (('val', len(splits.val)), ('test', len(splits.test)),
+                         ('train_eval', len(stream.train_eval))):
+      if count:
+        bs = _eval_batch_size(config.eval_batch_size, count)
+        eval_arrays[split] = (bs, None)
+        p_evaluate[split] = StreamedEval(stream, split, step_cfg.replace(batch_size=bs), replicated)
+    if config.ten_crop_test and 'test' in eval_arrays:
+      bs = eval_arrays['test'][0]
+      eval_arrays['test_10crop'] = (bs, None)
+      p_evaluate['test_10crop'] = StreamedEval(
+          stream, 'test_10crop', step_cfg.replace(batch_size=bs, ten_crop=True), replicated)
+    p_train_step = jax.jit(functools.partial(batch_step, cfg=step_cfg), donate_argnums=(0, 1))
+  else:  # the dataset lives on the devices; batches are gathered inside jit
+    stream = None
+    train_arrays = input_pipeline.device_put_replicated(splits.train, replicated)
+    eval_arrays = {}
+    for split, (images, labels) in (('val', splits.val), ('test', splits.test),
+                                    ('train_eval', train_eval_subset(splits.train, config.data))):
+      if len(images):
+        bs = _eval_batch_size(config.eval_batch_size, len(images))
+        eval_arrays[split] = (bs, input_pipeline.device_put_replicated(
+            input_pipeline.padded_eval_arrays(images, labels, bs), replicated))
+    if config.ten_crop_test and 'test' in eval_arrays:
+      eval_arrays['test_10crop'] = eval_arrays['test']
+    p_evaluate = {split: parallel.CompiledTogether(jax.jit(functools.partial(
+        evaluate, cfg=step_cfg.replace(batch_size=bs, ten_crop=split == 'test_10crop'))),
+        f'evaluate_{split}') for split, (bs, _) in eval_arrays.items()}
+    p_train_step = jax.jit(functools.partial(train_step, cfg=step_cfg), donate_argnums=(0, 1))
   run = Run(
       config=config, workdir=workdir, splits=splits, steps_per_epoch=steps_per_epoch,
       total_steps=total_steps, lr_fn=lr_fn, num_params=num_params, book=book, ckpts=ckpts,
       writer=writer, replicated=replicated, train_arrays=train_arrays, eval_arrays=eval_arrays,
-      p_train_step=parallel.CompiledTogether(jax.jit(
-          functools.partial(train_step, cfg=step_cfg), donate_argnums=(0, 1)), 'train_step'),
-      p_permutation=jax.jit(functools.partial(input_pipeline.epoch_permutation,
-                                              num_examples=num_train), out_shardings=replicated),
-      p_evaluate={split: parallel.CompiledTogether(jax.jit(functools.partial(
-          evaluate, cfg=step_cfg.replace(batch_size=bs))), f'evaluate_{split}')
-                  for split, (bs, _) in eval_arrays.items()},
-      data_rng=data_rng, step_rng=step_rng)
+      p_train_step=parallel.CompiledTogether(p_train_step, 'train_step'),
+      p_permutation=p_permutation, p_evaluate=p_evaluate,
+      data_rng=data_rng, step_rng=step_rng, stream=stream)
   if config.gradient_diagnostics:
-    diag_x, diag_y = splits.train[0][:config.batch_size], splits.train[1][:config.batch_size]
+    diag_x, diag_y = (streaming.decode_batch(splits.train, np.arange(config.batch_size))
+                      if streamed else
+                      (splits.train[0][:config.batch_size], splits.train[1][:config.batch_size]))
     run.diagnose = diagnostics.make_diagnostics_fn(model, preprocess, step_cfg, diag_x, diag_y)
     if int(state.step) == 0:
       writer.write(0, 'diagnostics', run.diagnose(state))
@@ -437,14 +503,19 @@ def train_loop(run: Run, state: TrainState,
   stop_wanted = False  # this process was asked to stop; the processes agree at check points
   check_every = 1 if parallel.process_count() == 1 else config.stop_check_every_steps
   halted = False
+  if run.stream is not None:
+    run.stream.start(start_step, run.total_steps)
   for step in range(start_step, run.total_steps):
     if book.stopped_early:
       break
     epoch, step_in_epoch = divmod(step, run.steps_per_epoch)
-    if perm is None or step_in_epoch == 0:
-      perm = run.p_permutation(run.data_rng, epoch)
-    state, totals = run.p_train_step(state, totals, *run.train_arrays, perm, step_in_epoch,
-                                     run.step_rng)
+    if run.stream is not None:
+      inputs = run.stream.next_train()
+    else:
+      if perm is None or step_in_epoch == 0:
+        perm = run.p_permutation(run.data_rng, epoch)
+      inputs = (*run.train_arrays, perm, step_in_epoch)
+    state, totals = run.p_train_step(state, totals, *inputs, run.step_rng)
     done = step + 1
     interval_images += config.batch_size
     end_of_epoch = done % run.steps_per_epoch == 0 or done == run.total_steps
@@ -574,7 +645,7 @@ def final_results(run: Run, state: TrainState, command: str | None) -> dict:
       'num_params': run.num_params,
       'dataset': (f'{splits.name} ({splits.source})' if splits.source in config_base.DATA_SOURCES
                   else splits.source),  # a folder's own label, e.g. 'CIFAR-10 (JPEG copy)'
-      'num_train': run.num_train, 'num_val': len(splits.val[0]), 'num_test': len(splits.test[0]),
+      'num_train': run.num_train, 'num_val': _count(splits.val), 'num_test': _count(splits.test),
       'steps': int(state.step), 'epochs': book.epochs_done, 'steps_per_epoch': run.steps_per_epoch,
       'best_epoch': book.best_epoch, 'best_step': book.best_step,
       'selection_metric': config.selection_metric,
@@ -589,6 +660,9 @@ def final_results(run: Run, state: TrainState, command: str | None) -> dict:
     test = run.evaluate('test', final_state)
     run.writer.write(int(state.step), 'test', test)
     results.update({f'test_{k}': v for k, v in test.items()})
+  if 'test_10crop' in run.eval_arrays:  # AlexNet's test-time averaging over 10 views
+    results.update({f'test_10crop_{k}': v
+                    for k, v in run.evaluate('test_10crop', final_state).items()})
   run.tick()
   results.update({
       'wall_time_s': book.wall_seconds,
@@ -606,9 +680,18 @@ def final_results(run: Run, state: TrainState, command: str | None) -> dict:
 def train_eval_subset(train, data_config):
   """The fixed train images whose error, without augmentation, is the training error."""
   images, labels = train
-  size = min(data_config.train_eval_size, len(images))
-  idx = np.sort(np.random.default_rng(data_config.split_seed + 1).permutation(len(images))[:size])
+  idx = train_eval_indices(len(images), data_config)
   return images[idx], labels[idx]
+
+
+def train_eval_indices(num_train: int, data_config) -> np.ndarray:
+  size = min(data_config.train_eval_size, num_train)
+  return np.sort(np.random.default_rng(data_config.split_seed + 1).permutation(num_train)[:size])
+
+
+def _count(split) -> int:
+  """Examples in a split: (images, labels) arrays or a streamed source."""
+  return len(split[0]) if isinstance(split, tuple) else len(split)
 
 
 def _eval_batch_size(requested: int, num_examples: int) -> int:

@@ -10,17 +10,25 @@ error on ILSVRC-2012 val with one net (37.5% / 17.0% with test-time 10-crop aver
 
     python -m cnn_jax.main --config=configs/alexnet_imagenet.py --workdir=workdirs/alexnet \
         --config.data.data_dir=/path/to/imagenet     # train/<wnid>/*.jpg, test/<wnid>/*.jpg
+    python -m cnn_jax.main --config=configs/alexnet_imagenet.py --workdir=workdirs/alexnet \
+        --config.data.dataset=imagenet2012 --config.data.source=tfds \
+        --config.data.data_dir=/path/to/tensorflow_datasets   # prepared as array_record
 
 What the loop does of it, and what it does not:
-  * data: an image folder (train/<class>/*.jpg, test/<class>/*.jpg, any sizes), each image's
-    shorter side scaled to 256 and its central 256x256 kept (`data.resize`), as the paper
-    prepares ImageNet; the folder loader keeps a split in memory as uint8 (196 KB an image), so
-    it suits a subset, not the 1.28M-image training set (~250 GB), which needs a streaming
-    pipeline the project does not have yet;
+  * data: an image folder (train/<class>/*.jpg, test/<class>/*.jpg, any sizes) or TFDS
+    `imagenet2012` (its 'validation' split as the test split), each image's shorter side scaled
+    to 256 and its central 256x256 kept (`data.resize`), as the paper prepares ImageNet;
+    streamed (`data.pipeline='stream'`, cnn_jax.streaming): each batch is decoded on the host
+    by a thread pool ahead of the step, since the 1.28M training images (~250 GB as uint8) do not
+    fit on a device; crops, flips and colour jitter still run inside jit;
   * random 227x227 crops of the 256x256 images for training, the central crop for evaluation
-    (`data.crop_size`), and horizontal flips; the paper's 10-crop test averaging is not done;
+    (`data.crop_size`), and horizontal flips; the final test also with the paper's 10 views
+    (4 corners + centre, and mirrors; softmax averaged: `ten_crop_test`, results.json's
+    test_10crop_*);
   * PCA colour jitter (`data.pca_jitter_std=0.1`): alpha ~ N(0, 0.1^2) along the principal
-    components of the training split's RGB pixel values, computed once from the loaded images;
+    components of the training split's RGB pixel values, here of a fixed sample of
+    `data.stats_images` = 10,000 training images (the paper: the whole training set), which also
+    gives the per-channel mean and std;
   * the paper's init (`model_kwargs.weight_init='paper'`): weights N(0, 0.01^2), biases 1 in
     conv2, conv4, conv5 and the hidden FCs, 0 elsewhere;
   * mean: per-channel mean/std normalisation instead of the paper's per-pixel mean image.
@@ -50,6 +58,9 @@ def get_config(arg: str | None = None):
   c.data.pca_jitter_std = 0.1  # "alpha ... drawn from a Gaussian with mean zero and std 0.1"
   c.data.normalize = True
   c.data.horizontal_flip = True  # "horizontal reflections"
+  c.data.pipeline = 'stream'  # decoded batch by batch on the host: ImageNet does not fit on a device
+  c.data.stats_images = 10_000  # training images the mean, std and colour PCA come from
+  c.ten_crop_test = True  # the paper's 10-view test averaging, beside the central-crop figure
 
   c.batch_size = 128
   c.eval_batch_size = 500

@@ -244,7 +244,8 @@ def save_figure(fig, out: pathlib.Path, dpi: int = 110, axes=(), legend_size=Non
   """Grid and legend on `axes`, then tight layout, saved to `out` and closed; returns `out`."""
   for ax in axes:
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size)
+    if ax.get_legend_handles_labels()[0]:  # a panel with nothing labelled (yet) gets no legend
+      ax.legend(fontsize=legend_size)
   fig.tight_layout()
   fig.savefig(out, dpi=dpi)
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top

@@ -53,7 +53,7 @@ EXPERIMENTS = {
                       '--test_images=1000 --report_dir=reports/normalization'),
     'cnn_vs_fc': ('C25', 'LeNet-5 vs an FC net: parameters, data size, shifts',
                   'python -m experiments.cnn_vs_fc --report_dir=reports/cnn_vs_fc'),
-    'visualize_filters': ('C26', 'first-layer filters and feature maps (MNIST)',
+    'visualize_filters': ('C26', 'first-layer filters and feature maps (MNIST, CIFAR-10)',
                           'python -m experiments.visualize_filters '
                           '--report_dir=reports/visualize_filters'),
 }
@@ -90,14 +90,18 @@ def params_table() -> str:
 
 
 def benchmark_table() -> str:
-  """The committed `make bench` results (benchmarks/results/cpu_2core.json)."""
+  """The committed `make bench` results, one table per machine kind
+  (benchmarks/results/cpu_2core*.json), the newest first."""
   from benchmarks import train_step  # pylint: disable=g-import-not-at-top
-  data = json.loads((ROOT / 'benchmarks/results/cpu_2core.json').read_text())
-  m = data['machine']
-  return (f"Measured on {m['host_cpu']} [{m['isa']}], {m['date']}, with no other job running: "
-          f"`{data['command']}`. \"jax (none)\" is XLA's defaults (the project's XLA settings "
-          'off), "loop" the same step inside the training loop.\n\n'
-          + train_step.table(data['rows'], data['variants']))
+  runs = [json.loads(p.read_text()) for p in (ROOT / 'benchmarks/results').glob('cpu_2core*.json')]
+  parts = []
+  for data in sorted(runs, key=lambda d: d['machine']['date'], reverse=True):
+    m = data['machine']
+    parts.append(f"Measured on {m['host_cpu']} [{m['isa']}], {m['date']}, with no other job "
+                 f"running: `{data['command']}`. \"jax (none)\" is XLA's defaults (the project's "
+                 'XLA settings off), "loop" the same step inside the training loop.\n\n'
+                 + train_step.table(data['rows'], data['variants']))
+  return '\n\n'.join(parts)
 
 
 def time_to_accuracy_table() -> str:

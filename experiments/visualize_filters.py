@@ -10,7 +10,17 @@ when it has no results.json) and writes filters.png (the six 5x5 C1 kernels), fe
 each filter's orientation selectivity, OSI = |sum P(f) exp(2i theta_f)| / sum P(f) over its
 zero-padded Fourier power spectrum P without the DC term (1 = a single orientation, 0 = none),
 against the same statistic for filters drawn from the initialiser (LeCun normal, Flax's default).
-The CIFAR-10 part of C26 (colour blobs, AlexNet-like first layers) is left for later.
+
+CIFAR-10 part: the first convolution (3x3, RGB -> 16) of a trained CIFAR ResNet (`--cifar_run_dir`,
+default the `cpu` degradation run of ResNet-20; trained here with `--cifar_config` first when it
+has no results.json) as RGB tiles (cifar_filters.png) and its responses to test images
+(cifar_feature_maps.png). Measured: each filter's colour index, CI = the share of its energy
+outside the luminance direction (each tap's RGB vector projected on (1,1,1)/sqrt(3) is the
+luminance part; CI = 0: a grey edge or blob detector, CI = 1: purely colour-opponent; 2/3 on
+average for i.i.d. Gaussian taps), and the orientation selectivity of its luminance part. The
+check: the learned filters split into achromatic and colour filters, i.e. the spread (std) of CI
+across the 16 filters exceeds that of 95% of random sets of 16 initial filters; and the colour filters
+are blobs: their chromatic part's energy sits in its spatial mean (DC) more than in random ones.
 """
 from __future__ import annotations
 
@@ -36,9 +46,21 @@ def define_flags() -> None:
                                 'Config file of that run (to restore it or train it).')
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Default: workdirs/visualize_filters[_toy].')
   _REPORT_DIR = flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
+  global _CIFAR_RUN_DIR, _CIFAR_CONFIG, _CIFAR_SET
+  _CIFAR_RUN_DIR = flags.DEFINE_string(
+      'cifar_run_dir', None, 'A CIFAR-10 CifarResNet workdir (default: workdirs/degradation_cpu/'
+      'resnet20; toy: <workdir>/cifar_run). "none" skips the CIFAR-10 part.')
+  _CIFAR_CONFIG = flags.DEFINE_string(
+      'cifar_config', None, 'Config of that run (default configs/cifar_resnet.py:resnet20,cpu; '
+      'toy: configs/cifar_resnet.py:resnet8,toy).')
+  _CIFAR_SET = flags.DEFINE_multi_string('cifar_set', [], 'Override for the CIFAR-10 run, '
+                                         'KEY=VALUE, e.g. data.data_dir=/data/cifar10.')
 
 
-OUTPUTS = ('report.md', 'filters.png', 'feature_maps.png', 'results.json')
+OUTPUTS = ('report.md', 'filters.png', 'feature_maps.png', 'results.json', 'cifar_filters.png',
+           'cifar_feature_maps.png')
+CIFAR_DEFAULT = ('workdirs/degradation_cpu/resnet20', 'configs/cifar_resnet.py:resnet20,cpu')
+CIFAR_TOY = ('configs/cifar_resnet.py:resnet8,toy',)
 RANDOM_SETS = 2000
 FFT_SIZE = 32
 
@@ -63,6 +85,181 @@ def random_osi(n_filters: int, seed: int = 0) -> np.ndarray:
   kernels = np.asarray(init(jax.random.key(seed), (5, 5, 1, RANDOM_SETS * n_filters)))
   osi = np.array([orientation(kernels[:, :, 0, i])[0] for i in range(kernels.shape[-1])])
   return osi.reshape(RANDOM_SETS, n_filters).mean(1), osi
+
+
+def colour_index(kernel: np.ndarray) -> float:
+  """Share of a (kh, kw, 3) kernel's energy outside the luminance direction (1, 1, 1)/sqrt(3)."""
+  luminance = np.broadcast_to(kernel.mean(-1, keepdims=True), kernel.shape)
+  return float(1.0 - np.sum(luminance ** 2) / max(np.sum(kernel ** 2), 1e-30))
+
+
+def chroma_dc_share(kernel: np.ndarray) -> float:
+  """Share of the chromatic part's energy in its spatial mean (1 = a uniform colour blob; 1/(kh kw)
+  on average for i.i.d. Gaussian taps)."""
+  chroma = kernel - kernel.mean(-1, keepdims=True)
+  taps = kernel.shape[0] * kernel.shape[1]
+  return float(taps * np.sum(chroma.mean((0, 1)) ** 2) / max(np.sum(chroma ** 2), 1e-30))
+
+
+def colour_stats(kernels: np.ndarray) -> list[dict]:
+  """Per filter of (kh, kw, 3, n): colour index, the chromatic part's DC share, and OSI and
+  orientation of the luminance part."""
+  out = []
+  for i in range(kernels.shape[-1]):
+    k = kernels[..., i]
+    osi, angle = orientation(k.mean(-1))
+    out.append({'colour_index': colour_index(k), 'chroma_dc_share': chroma_dc_share(k),
+                'luminance_osi': osi, 'orientation_deg': angle, 'l2': float(np.linalg.norm(k))})
+  return out
+
+
+def random_colour_spread(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+  """Std of CI over the filters of each of `RANDOM_SETS` sets of i.i.d. Gaussian kernels of
+  `shape` (kh, kw, 3, n): CI does not depend on the scale, so any Gaussian initialiser gives it."""
+  rng = np.random.default_rng(seed)
+  spreads = []
+  for _ in range(RANDOM_SETS):
+    k = rng.standard_normal(shape)
+    spreads.append(np.std([colour_index(k[..., i]) for i in range(shape[-1])]))
+  return np.asarray(spreads)
+
+
+def _rgb_tile(kernel: np.ndarray) -> np.ndarray:
+  """A (kh, kw, 3) kernel as an image: grey = 0, each filter scaled by its own largest tap."""
+  return 0.5 + 0.5 * kernel / max(np.abs(kernel).max(), 1e-30)
+
+
+def plot_cifar_filters(kernels: np.ndarray, stats: list[dict], out: pathlib.Path,
+                       title: str) -> pathlib.Path:
+  plt = common.pyplot()
+  n = kernels.shape[-1]
+  cols = min(n, 8)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.75 * rows), squeeze=False)
+  order = np.argsort([s['colour_index'] for s in stats])  # achromatic first
+  for ax in axes.flat:
+    ax.axis('off')
+  for ax, i in zip(axes.flat, order):
+    ax.imshow(_rgb_tile(kernels[..., i]), interpolation='nearest')
+    ax.set_title(f"#{i} CI {stats[i]['colour_index']:.2f}", fontsize=7)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+  return out
+
+
+def plot_cifar_maps(images: np.ndarray, maps: np.ndarray, order, out: pathlib.Path) -> pathlib.Path:
+  plt = common.pyplot()
+  shown = list(order[:4]) + list(order[-4:])  # the 4 most achromatic and the 4 most chromatic
+  rows, cols = len(images), len(shown) + 1
+  fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.5 * rows), squeeze=False)
+  for r in range(rows):
+    axes[r][0].imshow(images[r])
+    for c, f in enumerate(shown):
+      axes[r][c + 1].imshow(maps[r, :, :, f], cmap='viridis')
+      if r == 0:
+        axes[r][c + 1].set_title(f'#{f}', fontsize=8)
+    for ax in axes[r]:
+      ax.axis('off')
+  fig.suptitle('first-conv responses (before BatchNorm) to test images; left 4: the most '
+               'achromatic filters, right 4: the most chromatic', fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
+
+
+def cifar_part(workdir: pathlib.Path, toy: bool) -> tuple[str, list, dict]:
+  """The CIFAR-10 half of C26: (markdown section, check rows, results entries)."""
+  if _CIFAR_RUN_DIR.value == 'none':
+    return ('## CIFAR-10 first layer\n\nSkipped (`--cifar_run_dir=none`).\n', [], {})
+  import jax  # pylint: disable=g-import-not-at-top
+  run_dir = pathlib.Path(_CIFAR_RUN_DIR.value or (workdir / 'cifar_run' if toy else
+                                                  common.ROOT / CIFAR_DEFAULT[0]))
+  config_arg = _CIFAR_CONFIG.value or (CIFAR_TOY[0] if toy else CIFAR_DEFAULT[1])
+  config = sweep.Sweep(config_arg, config_args=('progress_bar=False', *_CIFAR_SET.value)).base_config()
+  if not sweep.is_done(run_dir):
+    from cnn_jax import train  # pylint: disable=g-import-not-at-top
+    train.train_and_evaluate(config, run_dir, command=cli.command_line('experiments.visualize_filters'))
+  results = json.loads((run_dir / 'results.json').read_text())
+  model, variables, preprocess, splits = common.restore_best(config, run_dir)
+  kernels = np.asarray(variables['params']['stem_conv']['kernel'])  # (3, 3, 3, 16)
+  if kernels.shape[2] != 3:
+    raise SystemExit(f'{run_dir}: the first convolution takes {kernels.shape[2]} channels, not RGB.')
+  stats = colour_stats(kernels)
+  ci = np.array([s['colour_index'] for s in stats])
+  spreads = random_colour_spread(kernels.shape)
+  p95 = float(np.percentile(spreads, 95))
+  spread = float(np.std(ci))
+  p_value = float(np.mean(spreads >= spread))
+  n_grey, n_colour = int(np.sum(ci < 0.2)), int(np.sum(ci > 0.8))
+  rng = np.random.default_rng(1)
+  random_ci = np.array([colour_index(rng.standard_normal(kernels.shape[:3]))
+                        for _ in range(RANDOM_SETS)])
+  grey_random, colour_random = float(np.mean(random_ci < 0.2)), float(np.mean(random_ci > 0.8))
+  # Colour blobs: the chromatic part of the colour filters (CI > 0.5) is spatially uniform.
+  coloured = [s['chroma_dc_share'] for s in stats if s['colour_index'] > 0.5]
+  blob = float(np.mean(coloured)) if coloured else float('nan')
+  random_dc = np.array([chroma_dc_share(rng.standard_normal(kernels.shape[:3]))
+                        for _ in range(RANDOM_SETS * max(len(coloured), 1))])
+  blob_p95 = float(np.percentile(random_dc.reshape(RANDOM_SETS, -1).mean(1), 95))
+  lecture = 'colour images: first layers learn grey edges and colour blobs'
+  checks = [
+      common.check_row(
+          'C26', f'spread (std) of the colour index over the {len(ci)} first-layer filters',
+          lecture, f'> 95th percentile of random sets of {len(ci)} initial filters ({p95:.3f})',
+          f'{spread:.3f} (fraction of random sets at least as high: {p_value:.4f})', spread > p95),
+      common.check_row(
+          'C26', f'DC share of the chromatic part, mean over the {len(coloured)} colour filters '
+          '(CI > 0.5)', lecture,
+          f'> 95th percentile of the mean over as many random filters ({blob_p95:.3f})',
+          f'{blob:.3f}', bool(coloured) and blob > blob_p95)]
+  holds = all(row[-1] == 'yes' for row in checks)
+  order = np.argsort(ci)
+  test_x, test_y = splits.test
+  picks = [int(np.flatnonzero(test_y == c)[0]) for c in range(3)]
+  x = preprocess(test_x[picks], None, train=False)
+  maps = np.asarray(jax.lax.conv_general_dilated(
+      x, kernels, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  f_png = plot_cifar_filters(kernels, stats, workdir / 'cifar_filters.png',
+                             f"{config.model} first convolution (3x3, RGB), sorted by colour index")
+  m_png = plot_cifar_maps(np.asarray(test_x[picks]), maps, order, workdir / 'cifar_feature_maps.png')
+  rel = run_dir.relative_to(common.ROOT) if run_dir.is_relative_to(common.ROOT) else run_dir
+  rows = [[i, f"{stats[i]['colour_index']:.3f}", f"{stats[i]['chroma_dc_share']:.3f}",
+           f"{stats[i]['luminance_osi']:.3f}",
+           f"{stats[i]['orientation_deg']:.0f}°", f"{stats[i]['l2']:.3f}"] for i in order]
+  text = f"""## CIFAR-10 first layer
+
+The run in `{rel}`: {config.model}, {results['dataset']}, {results['num_train']:,} training
+images, {results['steps']:,} iterations, test accuracy {results['test_accuracy']:.2%} (best
+checkpoint at step {results['best_step']:,}); its command: `{results['command']}`. Its first
+convolution is {kernels.shape[0]}x{kernels.shape[1]} over the normalised RGB channels with
+{kernels.shape[-1]} filters.
+
+Colour index CI: the share of a filter's energy outside the luminance direction (each tap's RGB
+vector projected on (1,1,1)/sqrt(3)); 0 = grey, 1 = purely colour-opponent, 2/3 on average for
+i.i.d. Gaussian (initial) taps. DC share of the chromatic part: the share of that part's energy
+in its spatial mean (1 = one uniform colour, a blob; 1/{kernels.shape[0] * kernels.shape[1]} on
+average for Gaussian taps). Baselines: {RANDOM_SETS:,} sets of Gaussian kernels of the same shape
+(both statistics are scale-free, so any Gaussian initialiser gives the same). The checks are in
+the table at the top.
+
+{n_grey} of {len(ci)} learned filters are nearly grey (CI < 0.2; {grey_random:.1%} of random
+filters are) and {n_colour} nearly purely chromatic (CI > 0.8; {colour_random:.1%} of random ones).
+
+{report.markdown_table(['filter', 'colour index', 'DC share of the chromatic part', 'OSI of the luminance part', 'preferred edge orientation', 'L2 norm'], rows)}
+
+![CIFAR first-layer filters]({f_png.name})
+
+![CIFAR first-layer responses]({m_png.name})
+"""
+  entries = {'cifar': {
+      'run_dir': str(rel), 'model': config.model, 'test_accuracy': results['test_accuracy'],
+      'filters': stats, 'colour_index_std': spread, 'random_std_p95': p95, 'p_value': p_value,
+      'colour_filters_chroma_dc_share': blob, 'random_chroma_dc_share_p95': blob_p95,
+      'n_grey': n_grey, 'n_colour': n_colour, 'check_holds': holds}}
+  return text, checks, entries
 
 
 def plot_filters(kernels: np.ndarray, stats, out: pathlib.Path) -> pathlib.Path:
@@ -146,11 +343,14 @@ def main(argv):
   f_png = plot_filters(kernels, stats, workdir / 'filters.png')
   m_png = plot_maps(test_x[picks], maps, workdir / 'feature_maps.png')
 
-  holds = trained_mean > p95
+  cifar_text, cifar_checks, cifar_entries = cifar_part(workdir, toy)
+  mnist_holds = trained_mean > p95
   checks = [common.check_row(
       'C26', 'orientation selectivity (OSI) of the 6 C1 filters, mean', 'first layers learn '
       'edges and lines', f'> 95th percentile of the mean of 6 random initial filters ({p95:.3f})',
-      f'{trained_mean:.3f} (fraction of random sets at least as high: {p_value:.4f})', holds)]
+      f'{trained_mean:.3f} (fraction of random sets at least as high: {p_value:.4f})',
+      mnist_holds)] + cifar_checks
+  holds = all(row[-1] == 'yes' for row in checks)
   per_filter = report.markdown_table(
       ['filter', 'OSI', 'preferred edge orientation', 'above the random 95th percentile '
        f'({individual_p95:.3f})', 'L2 norm'],
@@ -159,7 +359,8 @@ def main(argv):
   facts = clock.facts()
   command = cli.command_line('experiments.visualize_filters')
   text = common.header(
-      title='What LeNet-5 learns in its first layer (MNIST)', claims='claim C26', command=command,
+      title='What first layers learn: LeNet-5 on MNIST, a ResNet on CIFAR-10', claims='claim C26',
+      command=command,
       data=(f"MNIST, bundled IDX files; the run in `{run_dir.relative_to(common.ROOT) if run_dir.is_relative_to(common.ROOT) else run_dir}` "
             f"({results['num_train']:,} training images, {results['epochs']} epochs, test accuracy "
             f"{results['test_accuracy']:.2%}, best checkpoint at epoch {results['best_epoch']}; "
@@ -169,9 +370,11 @@ def main(argv):
                 f'{RANDOM_SETS:,} sets of 6 kernels drawn from the LeCun-normal initialiser.'),
       train_wall_s=results['wall_time_s'], facts=facts, generator='experiments/visualize_filters.py')
   text += f"""
-## Claim check
+## Claim checks
 
 {report.markdown_table(common.CHECK_HEADERS, checks)}
+
+## MNIST first layer (LeNet-5 C1)
 
 {n_above} of {len(stats)} learned filters are individually more oriented than 95% of random
 initial filters.
@@ -188,8 +391,7 @@ C1 responses (after ReLU) to the first test digit of classes 0, 1, 4 and 7.
 
 ![C1 feature maps]({m_png.name})
 
-Not done here (left for later): the CIFAR-10 half of C26 (colour-blob filters of a first layer
-trained on colour images, deeper-layer compositions).
+{cifar_text}
 
 {common.footer()}"""
   (workdir / 'report.md').write_text(text)
@@ -198,8 +400,14 @@ trained on colour images, deeper-layer compositions).
       'command': command, 'run_dir': str(run_dir), 'all_checks_hold': holds, 'checks': checks,
       **facts, 'filters': [{'osi': s[0], 'orientation_deg': s[1]} for s in stats],
       'trained_mean_osi': trained_mean, 'random_mean_osi_p95': p95, 'p_value': p_value,
-      'headline': (f'mean OSI {trained_mean:.2f} vs random 95th pct {p95:.2f}; '
-                   f'{n_above}/{len(stats)} filters oriented')})
+      **cifar_entries,
+      'headline': (f'MNIST: mean OSI {trained_mean:.2f} vs random 95th pct {p95:.2f}, '
+                   f'{n_above}/{len(stats)} filters oriented' + (
+                       f"; CIFAR-10: CI spread {cifar_entries['cifar']['colour_index_std']:.2f} "
+                       f"vs random 95th pct {cifar_entries['cifar']['random_std_p95']:.2f}, "
+                       f"{cifar_entries['cifar']['n_grey']} grey and "
+                       f"{cifar_entries['cifar']['n_colour']} colour filters"
+                       if cifar_entries else ''))})
   print(f"claim holds: {holds}; report: {workdir / 'report.md'}")
   common.copy_outputs(workdir, _REPORT_DIR.value, OUTPUTS)
 

@@ -4,10 +4,13 @@ session (or a machine) resumes where it stopped instead of starting over.
     python -m scripts.carry_runs pack --workdir=workdirs/degradation_cpu --out=carry/degradation_cpu.tar
     python -m scripts.carry_runs unpack --archive=carry/degradation_cpu.tar --workdir=workdirs/degradation_cpu
 
-`pack` stores, for every run directory below --workdir that has checkpoints but no results.json,
-its records (metrics.jsonl, config.json) and the newest complete step of checkpoints/latest and
-checkpoints/best (orbax writes a step to a temporary folder and renames it when complete; older
-steps are left out), plus MANIFEST.json (run, step, date, commit). Stop the run first (SIGTERM
+`pack` stores, for every run directory below --workdir (at any depth: a sweep's members too)
+that has checkpoints but no results.json, its records (metrics.jsonl, config.json) and the newest
+complete step of checkpoints/latest and checkpoints/best (orbax writes a step to a temporary
+folder and renames it when complete; older steps are left out), plus MANIFEST.json (run, step,
+date, commit). `--finished` also packs the finished runs (results.json, records, newest best
+step), for a sweep whose finished members must not run again and whose report restores their
+checkpoints. Stop the run first (SIGTERM
 saves the state; the workdir lock refuses to pack a run that is training). `unpack` restores each
 run unless the workdir already holds a run at that step or later, so it never overwrites newer
 work; then rerun the experiment's command to resume.
@@ -36,16 +39,21 @@ def newest_step(folder: pathlib.Path) -> pathlib.Path | None:
 
 
 def unfinished_runs(workdir: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(p for p in workdir.iterdir() if p.is_dir() and (p / 'checkpoints').is_dir()
-                and not (p / 'results.json').exists())
+  return [p for p in run_dirs(workdir) if not (p / 'results.json').exists()]
 
 
-def pack(workdir: pathlib.Path, out: pathlib.Path) -> dict:
+def run_dirs(workdir: pathlib.Path) -> list[pathlib.Path]:
+  """Every run directory below `workdir`: one with a checkpoints folder (what the loop makes)."""
+  return sorted(p.parent for p in workdir.rglob('checkpoints') if p.is_dir()
+                and not any(part == 'checkpoints' for part in p.parent.relative_to(workdir).parts))
+
+
+def pack(workdir: pathlib.Path, out: pathlib.Path, finished: bool = False) -> dict:
   manifest = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
               'commit': _git_commit(), 'workdir': str(workdir), 'runs': {}}
   if not workdir.is_dir():
     raise SystemExit(f'carry_runs: {workdir} does not exist; pass the experiment\'s --workdir.')
-  runs = unfinished_runs(workdir)
+  runs = run_dirs(workdir) if finished else unfinished_runs(workdir)
   if not runs:
     raise SystemExit(f'carry_runs: no unfinished run (checkpoints, no results.json) in {workdir}.')
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -54,14 +62,18 @@ def pack(workdir: pathlib.Path, out: pathlib.Path) -> dict:
     for run in runs:
       with checkpointing.WorkdirLock(run):  # refuses a run that is training
         latest = newest_step(run / 'checkpoints' / 'latest')
+        done = (run / 'results.json').exists()
         if latest is None:
           continue
         best = newest_step(run / 'checkpoints' / 'best')
-        for path in [run / r for r in RECORDS] + [latest] + ([best] if best else []):
+        steps = ([best] if best else [latest]) if done else [latest] + ([best] if best else [])
+        records = RECORDS + (('results.json',) if done else ())
+        for path in [run / r for r in records] + steps:
           if path.exists():
             tar.add(path, arcname=str(path.relative_to(workdir)))
-        manifest['runs'][run.name] = {'step': int(latest.name),
-                                      'best_step': int(best.name) if best else None}
+        manifest['runs'][str(run.relative_to(workdir))] = {
+            'step': int(latest.name), 'best_step': int(best.name) if best else None,
+            'finished': done}
     data = json.dumps(manifest, indent=2).encode()
     info = tarfile.TarInfo(MANIFEST)
     info.size = len(data)
@@ -106,12 +118,13 @@ def main(argv=None) -> None:
   p = sub.add_parser('pack')
   p.add_argument('--workdir', type=pathlib.Path, required=True)
   p.add_argument('--out', type=pathlib.Path, required=True)
+  p.add_argument('--finished', action='store_true', help='also pack the finished runs')
   u = sub.add_parser('unpack')
   u.add_argument('--archive', type=pathlib.Path, required=True)
   u.add_argument('--workdir', type=pathlib.Path, required=True)
   args = parser.parse_args(argv)
   if args.action == 'pack':
-    manifest = pack(args.workdir, args.out)
+    manifest = pack(args.workdir, args.out, args.finished)
     runs = ', '.join(f"{k} (step {v['step']})" for k, v in manifest['runs'].items())
     print(f'packed {runs} into {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)')
   else:

@@ -180,7 +180,7 @@ def test_random_crop_is_a_window_of_the_image_and_eval_the_central_one():
 def test_pipeline_pca_jitter_is_augment_pca_color_jitter_of_the_train_split():
   images = correlated_images(n=32, size=6)
   splits = types.SimpleNamespace(image_shape=images.shape[1:], mean=np.full(3, 0.5),
-                                 std=np.full(3, 0.25), train=(images, None), name='rgb')
+                                 std=np.full(3, 0.25), stats_images=lambda: images, name='rgb')
   data = config_base.base_config().data
   data.update(normalize=False, pca_jitter_std=0.1)
   pre = input_pipeline.Preprocess.from_config(data, splits)
@@ -263,9 +263,53 @@ def test_toy_preset_trains_through_the_loop_on_a_mixed_size_folder(tmp_path, mon
       _jpeg(root / split / f'n0{i % 2}' / f'{i}.jpg', (260 + 7 * i, 300 - 5 * i), i)
   c = alexnet_imagenet.get_config('toy')
   c.data.data_dir = str(root)
+  c.ten_crop_test = True
   config_base.validate(c)
   results = train.train_and_evaluate(c, tmp_path / 'run', command='test')
   assert results['num_params'] > 0 and np.isfinite(results['test_loss'])
+  assert np.isfinite(results['test_10crop_loss']) and 0 <= results['test_10crop_accuracy'] <= 1
   records = read_metrics(tmp_path / 'run' / 'metrics.jsonl')
   losses = [r['loss'] for r in records if r['split'] == 'train']
   assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_ten_crop_views_are_the_corners_the_centre_and_their_mirrors():
+  images = np.arange(2 * 6 * 7 * 3, dtype=np.uint8).reshape(2, 6, 7, 3)
+  pre = input_pipeline.Preprocess(mean=(0.0,) * 3, std=(1.0,) * 3, crop_size=4)
+  views = [np.asarray(v) for v in pre.ten_crop_views(jnp.asarray(images))]
+  x = images / 255.0
+  want = [x[:, :4, :4], x[:, :4, 3:], x[:, 2:, :4], x[:, 2:, 3:], x[:, 1:5, 1:5]]
+  want += [w[:, :, ::-1] for w in want]
+  assert len(views) == 10
+  for got, w in zip(views, want):
+    np.testing.assert_allclose(got, w, rtol=1e-6)
+  np.testing.assert_allclose(views[4], np.asarray(pre(jnp.asarray(images), None, train=False)))
+
+
+def test_ten_crop_evaluation_averages_the_views_softmax():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Linear(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return nn.Dense(3)(x.reshape(len(x), -1))
+
+  model = Linear()
+  params = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))['params']
+  state = train.TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(0.1),
+                                  batch_stats={}, plateau=optim.PlateauState.create())
+  pre = input_pipeline.Preprocess(mean=(0.5,) * 3, std=(0.25,) * 3, crop_size=4)
+  images = np.random.default_rng(0).integers(0, 255, (5, 6, 6, 3), dtype=np.uint8)
+  labels, mask = np.array([0, 1, 2, 0, 1]), np.array([1, 1, 1, 1, 0], bool)
+  cfg = train.StepConfig(batch_size=5, num_classes=3, label_smoothing=0.0, aux_loss_weight=0.0,
+                         preprocess=pre, batch_sharding=None, ten_crop=True)
+  task = cfg.get_task()
+  got = task.metrics(train.evaluate_batch(state, task.zero_totals(), images, labels, mask, cfg))
+  probs = np.mean([jax.nn.softmax(model.apply({'params': params}, v))
+                   for v in pre.ten_crop_views(jnp.asarray(images))], axis=0)[:4]
+  np.testing.assert_allclose(got['loss'], -np.mean(np.log(probs[np.arange(4), labels[:4]])),
+                             rtol=1e-5)
+  assert got['accuracy'] == pytest.approx(np.mean(probs.argmax(-1) == labels[:4]))
+  single = task.metrics(train.evaluate_batch(state, task.zero_totals(), images, labels, mask,
+                                             cfg.replace(ten_crop=False)))
+  assert abs(float(single['loss']) - float(got['loss'])) > 1e-4  # the views do change it

@@ -27,7 +27,7 @@ def test_pack_keeps_the_newest_complete_steps_of_unfinished_runs_only(tmp_path):
   _run(work, 'resnet56', [500, 750], best=[250, 750])
   _run(work, 'plain20', [3000], finished=True)
   manifest = carry_runs.pack(work, tmp_path / 'carry.tar')
-  assert manifest['runs'] == {'resnet56': {'step': 750, 'best_step': 750}}
+  assert manifest['runs'] == {'resnet56': {'step': 750, 'best_step': 750, 'finished': False}}
   with tarfile.open(tmp_path / 'carry.tar') as tar:
     names = set(tar.getnames())
   assert 'resnet56/checkpoints/latest/750/state/data' in names
@@ -37,6 +37,28 @@ def test_pack_keeps_the_newest_complete_steps_of_unfinished_runs_only(tmp_path):
   fresh = tmp_path / 'fresh'
   assert carry_runs.unpack(tmp_path / 'carry.tar', fresh) == {'resnet56': 750}
   assert (fresh / 'resnet56/checkpoints/latest/750/state/data').read_text() == 'latest 750'
+
+
+def test_a_sweep_travels_whole_with_finished(tmp_path):
+  """Members one level down; --finished brings the finished ones (results, best step) too, so
+  the rerun sweep skips them and its report can restore their checkpoints."""
+  work = tmp_path / 'sweep'
+  _run(work, 'seed=0', [100, 200], best=[150], finished=True)
+  _run(work / 'training', 'init=he', [40], best=[40])
+  manifest = carry_runs.pack(work, tmp_path / 'carry.tar', finished=True)
+  assert manifest['runs'] == {
+      'seed=0': {'step': 200, 'best_step': 150, 'finished': True},
+      'training/init=he': {'step': 40, 'best_step': 40, 'finished': False}}
+  with tarfile.open(tmp_path / 'carry.tar') as tar:
+    names = set(tar.getnames())
+  assert {'seed=0/results.json', 'seed=0/checkpoints/best/150/state/data',
+          'training/init=he/checkpoints/latest/40/state/data'} <= names
+  assert not any(n.startswith('seed=0/checkpoints/latest') for n in names)
+  assert set(carry_runs.pack(work, tmp_path / 'unfinished.tar')['runs']) == {'training/init=he'}
+  fresh = tmp_path / 'fresh'
+  assert carry_runs.unpack(tmp_path / 'carry.tar', fresh) == {'seed=0': 200, 'training/init=he': 40}
+  assert (fresh / 'seed=0' / 'results.json').exists()
+  assert carry_runs.unpack(tmp_path / 'carry.tar', fresh) == {}  # the second time: all kept
 
 
 def test_unpack_never_overwrites_newer_local_work(tmp_path):

@@ -52,6 +52,24 @@ def test_orientation_selectivity():
   assert visualize_filters.orientation(blob)[0] < 0.1
 
 
+def test_colour_index():
+  rng = np.random.default_rng(0)
+  spatial = rng.standard_normal((3, 3, 1))
+  grey = np.repeat(spatial, 3, axis=-1)  # the same kernel on R, G and B
+  assert visualize_filters.colour_index(grey) == pytest.approx(0.0, abs=1e-12)
+  opponent = spatial * np.array([1.0, -1.0, 0.0])  # red against green: no luminance part
+  assert visualize_filters.colour_index(opponent) == pytest.approx(1.0)
+  mixed = grey + opponent  # orthogonal parts, energies 3|s|^2 and 2|s|^2
+  assert visualize_filters.colour_index(mixed) == pytest.approx(2 / 5)
+  gaussian = [visualize_filters.colour_index(rng.standard_normal((3, 3, 3))) for _ in range(4000)]
+  assert np.mean(gaussian) == pytest.approx(2 / 3, abs=0.01)  # 2 of 3 colour directions
+  assert visualize_filters.chroma_dc_share(np.ones((3, 3, 1)) * [0.5, -0.2, 0.1]) == pytest.approx(1)
+  checker = np.indices((3, 3)).sum(0) % 2 * 2.0 - 1  # +-1 taps with mean 1/9: DC share (1/9)^2
+  assert visualize_filters.chroma_dc_share(checker[..., None] * [1.0, -1.0, 0.0]) == pytest.approx(1 / 81)
+  stats = visualize_filters.colour_stats(np.stack([grey, opponent], -1))
+  assert [round(s['colour_index'], 6) for s in stats] == [0.0, 1.0]
+
+
 def _outcome(curve, diverged=False, test_accuracy=None, val_loss=None):
   return {'curve': curve, 'diverged': diverged, 'error': '', 'first_loss': curve[0][1],
           'final_loss': curve[-1][1], 'test_accuracy': test_accuracy, 'val_loss': val_loss,
@@ -72,7 +90,14 @@ def test_lr_sweep_checks_decide_from_the_curves():
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['lr_sweep', 'cnn_vs_fc', 'gd_variants', 'visualize_filters'])
 def test_toy_preset_writes_its_report(tmp_path, name):
-  out = run_module([f'experiments.{name}', '--preset=toy', f'--workdir={tmp_path}'], timeout=1800)
+  extra = []
+  if name == 'visualize_filters':  # its CIFAR-10 half on a generated folder
+    data = cifar_like_folder(tmp_path / 'data', per_class=(32, 4))
+    extra = [f'--cifar_set={kv}' for kv in (f'data.data_dir={data}', 'data.validation_size=64',
+                                           'data.train_subset=256', 'data.train_eval_size=64',
+                                           'eval_batch_size=64')]
+  out = run_module([f'experiments.{name}', '--preset=toy', f'--workdir={tmp_path}', *extra],
+                   timeout=1800)
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads((tmp_path / 'results.json').read_text())
   report = (tmp_path / 'report.md').read_text()
@@ -88,6 +113,10 @@ def test_toy_preset_writes_its_report(tmp_path, name):
     assert results['checks'][0][-1] == 'yes'  # the same number of examples seen
   if name == 'visualize_filters':
     assert len(results['filters']) == 6 and (tmp_path / 'filters.png').exists()
+    cifar = results['cifar']
+    assert len(cifar['filters']) == 16 and (tmp_path / 'cifar_filters.png').exists()
+    assert all(0 <= f['colour_index'] <= 1 for f in cifar['filters'])
+    assert len(results['checks']) == 3 and '## CIFAR-10 first layer' in report
 
 
 def _summary(**inits):

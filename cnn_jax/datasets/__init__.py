@@ -5,6 +5,7 @@ Small datasets (MNIST, CIFAR) are loaded whole and then live on the accelerator
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import pathlib
 from typing import NamedTuple
@@ -61,8 +62,12 @@ _DATASETS = {
     'fashion_mnist': (None, 'fashion_mnist', None, 10),
     'cifar10': (None, 'cifar10', _CIFAR10_JPEG, 10),
     'cifar100': (None, 'cifar100', None, 100),
+    'imagenet2012': (None, 'imagenet2012', None, 1000),  # streamed only (data.pipeline='stream')
     'image_folder': (None, None, None, None),  # yours: source='folder', data_dir=split/class/*.jpg
 }
+
+
+STREAM_ONLY = ('imagenet2012',)
 
 
 def names() -> list[str]:
@@ -76,6 +81,9 @@ def load(data: ml_collections.ConfigDict) -> Splits:
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ''
     raise ValueError(f'Unknown dataset {data.dataset!r}.{hint} Known: {", ".join(names())}.')
   bundled, tfds_name, folder, num_classes = _DATASETS[data.dataset]
+  if data.dataset in STREAM_ONLY:
+    raise ValueError(f"Dataset {data.dataset!r} does not fit in memory; set "
+                     "--config.data.pipeline=stream (batches decoded on the host).")
   source = data.source
   if data.resize and source != 'folder':
     raise ValueError(f'data.resize={data.resize} applies to image folders only '
@@ -103,6 +111,23 @@ def load(data: ml_collections.ConfigDict) -> Splits:
   return carve_validation(data.dataset, source, num_classes, train, test,
                           data.validation_size, data.split_seed, data.train_subset,
                           classes=tuple(data.select_classes), per_class=data.per_class)
+
+
+def load_stream(data: ml_collections.ConfigDict):
+  """`data.dataset` as random-access sources decoded batch by batch (data.pipeline='stream',
+  cnn_jax.streaming): an image folder or a prepared TFDS array_record copy."""
+  from cnn_jax import streaming  # pylint: disable=g-import-not-at-top  (it imports this package)
+  if data.dataset not in _DATASETS:
+    load(data)  # the unknown-name error, with its suggestions
+  _, _, folder, num_classes = _DATASETS[data.dataset]
+  splits = streaming.load(data, folder.path if folder is not None else None)
+  if data.source == 'folder' and folder is not None and not data.data_dir:
+    splits = dataclasses.replace(splits, source=f'{folder.label}, streamed')
+  if num_classes is not None and splits.num_classes != num_classes:
+    raise DataError(f'The streamed {data.dataset} data have {splits.num_classes} classes, not '
+                    f'{num_classes}. Point --config.data.data_dir at a {data.dataset} copy, or use '
+                    "--config.data.dataset=image_folder for this folder's own classes.")
+  return splits
 
 
 def _load_folder(data, folder: Folder | None, num_classes: int | None):
@@ -138,4 +163,4 @@ def _check_classes(name, root, class_names, num_classes, folder: Folder | None) 
                     f'folder names. Rename the folders, {other}.')
 
 
-__all__ = ['Splits', 'DataError', 'CIFAR10_CLASSES', 'load', 'names']
+__all__ = ['Splits', 'DataError', 'CIFAR10_CLASSES', 'load', 'load_stream', 'names']

@@ -25,6 +25,14 @@ class Splits:
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.train[0].shape[1:])
 
+  @property
+  def num_train(self) -> int:
+    return len(self.train[0])
+
+  def stats_images(self):
+    """The training images the preprocessing statistics (colour PCA) are computed from."""
+    return self.train[0]
+
 
 def carve_validation(name, source, num_classes, train, test, validation_size, split_seed,
                      train_subset=0, classes=(), per_class=0) -> Splits:
