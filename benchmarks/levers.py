@@ -205,6 +205,12 @@ def _step_child(model: str, steps: int, dtype: str) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+BF16_NATIVE = ('This host has it: the ratios above are what `auto` gives here, a gain only where '
+               'the bfloat16 column is the larger.')
+BF16_EMULATED = ('Without native support a difference of the size above between separate processes '
+                 "is within this machine's noise rather than a speed-up to rely on.")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='resnet20')
@@ -309,9 +315,7 @@ This host's bfloat16 instruction flags: {flags}; `cnn_jax.precision.native_bfloa
 {report.markdown_table(['model', 'float32', 'bfloat16', 'bfloat16 / float32'], rows)}
 
 Kept as `config.dtype='auto'` (opt-in; the configs' default stays float32 so that results do not
-depend on the machine): bfloat16 only where `native_bfloat16()` detects hardware support. Without
-native support XLA converts to float32 around every op, so a difference of the size above between
-separate processes is within this machine's noise rather than a speed-up to rely on.
+depend on the machine): bfloat16 only where `native_bfloat16()` detects hardware support. {BF16_NATIVE if native else BF16_EMULATED}
 """)
   text = '\n'.join(parts)
   print(text)

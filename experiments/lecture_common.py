@@ -126,12 +126,13 @@ class Clock:
 
 def busy_note(facts: dict) -> str:
   """A sentence that says whether timings are speed figures."""
-  load = max(facts['load_average_start'], facts['load_average_end'])
+  # At the start: by its end the 1-minute average counts this experiment's own load.
+  load = facts['load_average_start']
   if load > 0.5 * facts['cpu_count'] or facts['nice'] > 0:
-    return (f"Measured while another job ran (1-minute load average {load:.1f} on "
+    return (f"Measured while another job ran (1-minute load average {load:.1f} at the start, on "
             f"{facts['cpu_count']} cores; this process at nice {facts['nice']}): the wall times are "
             'not a speed figure.')
-  return f'Measured on an otherwise idle machine (load average {load:.1f}).'
+  return f'Measured on an otherwise idle machine (load average {load:.1f} at the start).'
 
 
 def run_sweep(spec: sweep.Sweep, workdir: pathlib.Path, parallel: int = 1,

@@ -69,9 +69,13 @@ def experiments_table() -> str:
     r = json.loads(path.read_text())
     checks = r.get('checks', [])
     held = sum(c[-1] == 'yes' for c in checks)
-    wall = r.get('train_wall_time_s') or r.get('experiment_wall_time_s')
+    # A report regenerated from finished runs (--report_only) names the command that trains them
+    # and has no experiment wall time of its own to show.
+    regenerated = '--report_only' in r['command']
+    wall = r.get('train_wall_time_s') or (None if regenerated else r.get('experiment_wall_time_s'))
     rows.append([f'[{name}](reports/{name}/report.md)', claims, what, r['headline'],
-                 f'{held} of {len(checks)}', f'{wall:.0f} s', f"`{r['command']}`"])
+                 f'{held} of {len(checks)}', f'{wall:.0f} s' if wall else '—',
+                 f"`{command if regenerated else r['command']}`"])
   return markdown_table(['experiment', 'claims', 'what', 'headline (measured)', 'checks hold',
                          'wall time', 'command'], rows)
 

@@ -397,7 +397,8 @@ C1 responses (after ReLU) to the first test digit of classes 0, 1, 4 and 7.
   (workdir / 'report.md').write_text(text)
   common.write_json(workdir / 'results.json', {
       'experiment': 'visualize_filters', 'claims': 'C26', 'preset': _PRESET.value,
-      'command': command, 'run_dir': str(run_dir), 'all_checks_hold': holds, 'checks': checks,
+      'command': command,
+      'run_dir': str(run_dir.relative_to(common.ROOT) if run_dir.is_relative_to(common.ROOT) else run_dir), 'all_checks_hold': holds, 'checks': checks,
       **facts, 'filters': [{'osi': s[0], 'orientation_deg': s[1]} for s in stats],
       'trained_mean_osi': trained_mean, 'random_mean_osi_p95': p95, 'p_value': p_value,
       **cifar_entries,
