@@ -53,6 +53,9 @@ EXPERIMENTS = {
                       '--test_images=1000 --report_dir=reports/normalization'),
     'cnn_vs_fc': ('C25', 'LeNet-5 vs an FC net: parameters, data size, shifts',
                   'python -m experiments.cnn_vs_fc --report_dir=reports/cnn_vs_fc'),
+    'unet_segmentation': ('C23', 'U-Net, same and valid padding, on MNIST canvases (CPU protocol)',
+                          'python -m experiments.unet_segmentation --preset=cpu '
+                          '--report_dir=reports/unet_segmentation'),
     'visualize_filters': ('C26', 'first-layer filters and feature maps (MNIST, CIFAR-10)',
                           'python -m experiments.visualize_filters '
                           '--report_dir=reports/visualize_filters'),
@@ -73,7 +76,10 @@ def experiments_table() -> str:
     # and has no experiment wall time of its own to show.
     regenerated = '--report_only' in r['command']
     wall = r.get('train_wall_time_s') or (None if regenerated else r.get('experiment_wall_time_s'))
-    rows.append([f'[{name}](reports/{name}/report.md)', claims, what, r['headline'],
+    headline = r.get('headline') or '; '.join(  # segmentation: test figures per model
+        f"{m}: test mIoU {t['mean_iou']:.3f}, pixel accuracy {t['pixel_accuracy']:.1%}"
+        for m, t in r.get('test', {}).items())
+    rows.append([f'[{name}](reports/{name}/report.md)', claims, what, headline,
                  f'{held} of {len(checks)}', f'{wall:.0f} s' if wall else '—',
                  f"`{command if regenerated else r['command']}`"])
   return markdown_table(['experiment', 'claims', 'what', 'headline (measured)', 'checks hold',

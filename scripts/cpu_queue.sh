@@ -7,7 +7,7 @@
 # unfinished runs to another machine, pack them (scripts/carry_runs.py):
 #   .venv/bin/python -m scripts.carry_runs pack --workdir=workdirs/degradation_cpu --out=carry/degradation_cpu.tar
 # A failed step is logged and the queue goes on. Cost on 2 AVX2 cores, roughly, from the
-# experiments' own step times (2 AVX-512 cores are about 3x faster): U-Net, transfer and
+# experiments' own step times (2 AVX-512 cores are about 3x faster): transfer and
 # cifar_zoo hours; ResNet-20 time to accuracy about an hour on AVX-512.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +28,8 @@ for archive in carry/*.tar; do
 done
 
 # Done and committed: degradation_cpu, init_variance, lenet5_mnist seeds, cnn_vs_fc, gd_variants,
-# visualize_filters (reports/). What is left:
-# C23, C24, C16-C19, C22.
-step experiments.unet_segmentation --preset=cpu --report_dir=reports/unet_segmentation
+# visualize_filters, unet_segmentation (reports/). What is left:
+# C24, C16-C19, C22.
 step experiments.transfer --preset=quick --report_dir=reports/transfer
 step experiments.cifar_zoo --preset=cpu --report_dir=reports/cifar_zoo
 # Issue 7: ResNet-20 to 85% CIFAR-10 test accuracy (about an hour on 2 AVX-512 cores).
