@@ -28,7 +28,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import os
 import pathlib
 import queue
 import threading
@@ -39,7 +38,7 @@ import numpy as np
 
 from cnn_jax import input_pipeline, parallel
 from cnn_jax.datasets import image_folder
-from cnn_jax.datasets.splits import DataError, channel_mean_std
+from cnn_jax.datasets.splits import DataError, channel_mean_std, split_indices
 
 
 class Source(Protocol):
@@ -156,16 +155,8 @@ def load(data, folder_default=None) -> StreamSplits:
 def carve(name, label, num_classes, train: Source, test: Source, validation_size: int,
           split_seed: int, train_subset: int = 0, stats_images: int = 2000) -> StreamSplits:
   """Validation split and training subset with the seeded order of datasets.carve_validation."""
-  n = len(train)
-  if not 0 <= validation_size < n:
-    raise ValueError(f'data.validation_size={validation_size} must be in [0, {n}).')
-  order = np.random.default_rng(split_seed).permutation(n)
-  val_idx, train_idx = np.sort(order[:validation_size]), order[validation_size:]
-  if train_subset:
-    if not 0 < train_subset <= len(train_idx):
-      raise ValueError(f'data.train_subset={train_subset} must be in [1, {len(train_idx)}].')
-    train_idx = train_idx[:train_subset]
-  train_src = Subset(train, np.sort(train_idx))
+  val_idx, train_idx = split_indices(len(train), validation_size, split_seed, train_subset)
+  train_src = Subset(train, train_idx)
   picks = (np.arange(len(train_src)) if stats_images >= len(train_src) else
            np.sort(np.random.default_rng(split_seed + 1).choice(len(train_src), stats_images,
                                                                 replace=False)))
@@ -208,8 +199,7 @@ def decode_batch(source: Source, indices, pool: concurrent.futures.Executor | No
   return images, np.asarray([item[1] for item in items], np.int32)
 
 
-def default_workers() -> int:
-  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+default_workers = image_folder.num_cpus
 
 
 class _Prefetcher:

@@ -209,7 +209,7 @@ def _decode_listing(listing: Listing, resize: int = 0) -> dict[str, np.ndarray]:
 def _decode_many(paths: list[str], workers: int | None = None, resize: int = 0
                  ) -> list[np.ndarray]:
   """Decodes in `workers` processes (default: one per core), or here for a few images."""
-  workers = workers or _num_cpus()
+  workers = workers or num_cpus()
   if workers < 2 or len(paths) < _POOL_MIN_IMAGES:
     return _decode_chunk(paths, resize)
   size = -(-len(paths) // workers)
@@ -319,7 +319,7 @@ def _stack_same_size(images: list[np.ndarray], paths: list[str], root) -> np.nda
   return out
 
 
-def _num_cpus() -> int:
+def num_cpus() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
 
 

@@ -46,20 +46,11 @@ def carve_validation(name, source, num_classes, train, test, validation_size, sp
   if classes:
     train, test, num_classes = select_classes(train, test, num_classes, classes)
   images, labels = train
-  if not 0 <= validation_size < len(images):
-    raise ValueError(f'data.validation_size={validation_size} must be in [0, {len(images)}).')
-  order = np.random.default_rng(split_seed).permutation(len(images))
-  val_idx, train_idx = np.sort(order[:validation_size]), order[validation_size:]
-  if per_class:
-    if train_subset:
-      raise ValueError(f'data.per_class={per_class} and data.train_subset={train_subset} both '
-                       'select training images; set one of them to 0.')
-    train_idx = _per_class(train_idx, labels, num_classes, per_class)
-  if train_subset:
-    if not 0 < train_subset <= len(train_idx):
-      raise ValueError(f'data.train_subset={train_subset} must be in [1, {len(train_idx)}].')
-    train_idx = train_idx[:train_subset]
-  train_idx = np.sort(train_idx)
+  if per_class and train_subset:
+    raise ValueError(f'data.per_class={per_class} and data.train_subset={train_subset} both '
+                     'select training images; set one of them to 0.')
+  select = (lambda idx: _per_class(idx, labels, num_classes, per_class)) if per_class else None
+  val_idx, train_idx = split_indices(len(images), validation_size, split_seed, train_subset, select)
   train_images = images[train_idx]
   mean, std = channel_mean_std(train_images)
   return Splits(
@@ -68,6 +59,24 @@ def carve_validation(name, source, num_classes, train, test, validation_size, sp
       val=(images[val_idx], labels[val_idx]),
       test=test,
       mean=mean, std=std)
+
+
+def split_indices(n: int, validation_size: int, split_seed: int, train_subset: int = 0,
+                  select=None) -> tuple[np.ndarray, np.ndarray]:
+  """(validation, training) indices, each sorted, of a training split of `n` images: the first
+  `validation_size` of a `split_seed` permutation validate; of the rest, `select(indices)` (if
+  given) or the first `train_subset` (> 0) train. Every pipeline carves with this."""
+  if not 0 <= validation_size < n:
+    raise ValueError(f'data.validation_size={validation_size} must be in [0, {n}).')
+  order = np.random.default_rng(split_seed).permutation(n)
+  val_idx, train_idx = np.sort(order[:validation_size]), order[validation_size:]
+  if select is not None:
+    train_idx = select(train_idx)
+  if train_subset:
+    if not 0 < train_subset <= len(train_idx):
+      raise ValueError(f'data.train_subset={train_subset} must be in [1, {len(train_idx)}].')
+    train_idx = train_idx[:train_subset]
+  return val_idx, np.sort(train_idx)
 
 
 def select_classes(train, test, num_classes, classes):
