@@ -14,6 +14,9 @@
    of steps (one dispatch per chunk).
 5. bfloat16 compute (float32 parameters): whether this host has native bfloat16
    (cnn_jax.precision) and what `config.dtype='bfloat16'` does to the step.
+6. Max pooling: `flax.linen.max_pool` (reduce_window; XLA's select_and_scatter backward) against
+   cnn_jax.models.pooling.max_pool (same forward, a backward of phase masks), per layer and in
+   the training steps of the CIFAR zoo's pooled models, alternating in one process.
 The project keeps a lever only where it pays (cnn_jax/xla_setup.py says which are on).
 """
 from __future__ import annotations
@@ -142,6 +145,60 @@ def batch_norm_child(model: str, steps: int, rounds: int = 2) -> dict[str, list[
   return results
 
 
+POOL_LAYERS = (  # (N, H, W, C), window, stride, padding: where the zoo pools
+    ((64, 32, 32, 64), 2, 2, 'VALID'),  # VGG stage 1, U-Net
+    ((64, 8, 8, 512), 2, 2, 'VALID'),  # VGG stage 4
+    ((64, 31, 31, 64), 3, 2, 'VALID'),  # alexnet_cifar pool 1 (overlapping)
+    ((64, 32, 32, 256), 3, 2, 'SAME'),  # googlenet_cifar after inception 3b
+    ((64, 16, 16, 480), 3, 1, 'SAME'),  # googlenet_cifar inception 4a, branch 4
+)
+POOL_MODELS = (('vgg11_bn_cifar', 64), ('alexnet_cifar', 64))
+
+
+def pool_child(steps: int, rounds: int = 2) -> dict:
+  """Per-layer forward and forward+backward milliseconds, and the pooled models' step images/s,
+  with flax.linen.max_pool and with cnn_jax.models.pooling.max_pool."""
+  import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import train_step as ts  # pylint: disable=g-import-not-at-top
+  from cnn_jax.models import alexnet, cifar_zoo, layers, pooling, vgg  # pylint: disable=g-import-not-at-top
+
+  def bench(f, x, n=10):
+    f = jax.jit(f)
+    jax.block_until_ready(f(x))
+    start = time.perf_counter()
+    for _ in range(n):
+      out = f(x)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / n * 1e3
+
+  variants = {'flax.linen.max_pool': nn.max_pool, 'cnn_jax pooling.max_pool': pooling.max_pool}
+  layer_rows = []
+  for shape, k, s, pad in POOL_LAYERS:
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), nn.max_pool(x, (k, k), (s, s), pad).shape)
+    row = [f'{shape} {k}x{k}/{s} {pad}']
+    for pool in variants.values():
+      f = lambda x, pool=pool: pool(x, (k, k), (s, s), pad)
+      row += [bench(f, x), bench(jax.grad(lambda x, f=f: jnp.sum(f(x) * w)), x)]
+    layer_rows.append(row)
+  modules = (alexnet, cifar_zoo, layers, vgg)
+  step = {model: {label: [] for label in variants} for model, _ in POOL_MODELS}
+  try:
+    for _ in range(rounds):
+      for label, pool in variants.items():
+        for m in modules:
+          m.max_pool = pool
+        for model, batch in POOL_MODELS:
+          step[model][label].append(ts.jax_child(model, steps, batch)['images_per_s'])
+  finally:
+    for m in modules:
+      m.max_pool = pooling.max_pool
+  return {'layers': layer_rows, 'steps': step}
+
+
 def scan_child(model: str, steps: int, chunk: int) -> dict[str, float]:
   """images/s of `steps` steps dispatched one by one and in lax.scan chunks of `chunk`."""
   import tempfile  # pylint: disable=g-import-not-at-top
@@ -219,13 +276,17 @@ def main():
   parser.add_argument('--layers_child', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--bn_child', default=None, help=argparse.SUPPRESS)
   parser.add_argument('--scan_child', default=None, help=argparse.SUPPRESS)
-  parser.add_argument('--sections', default='1,2,3,4,5', help='which levers to measure')
+  parser.add_argument('--pool_child', action='store_true', help=argparse.SUPPRESS)
+  parser.add_argument('--sections', default='1,2,3,4,5,6', help='which levers to measure')
   args = parser.parse_args()
   if args.layers_child:
     print(json.dumps(layer_formulations()))
     return
   if args.bn_child:
     print(json.dumps(batch_norm_child(args.bn_child, args.steps)))
+    return
+  if args.pool_child:
+    print(json.dumps(pool_child(args.steps)))
     return
   if args.scan_child:
     model, chunk = args.scan_child.split(':')
@@ -316,6 +377,32 @@ This host's bfloat16 instruction flags: {flags}; `cnn_jax.precision.native_bfloa
 
 Kept as `config.dtype='auto'` (opt-in; the configs' default stays float32 so that results do not
 depend on the machine): bfloat16 only where `native_bfloat16()` detects hardware support. {BF16_NATIVE if native else BF16_EMULATED}
+""")
+  if '6' in sections:
+    pool = _child(['--pool_child', f'--steps={args.steps}'])
+    layer_rows = [[name] + [f'{v:.1f}' for v in times] + [f'{times[1] / times[3]:.1f}x']
+                  for name, *times in pool['layers']]
+    step_rows = []
+    for model, runs in pool['steps'].items():
+      (_, old), (_, new) = runs.items()
+      mean = lambda v: sum(v) / len(v)
+      step_rows.append([model, ' / '.join(f'{v:,.1f}' for v in old),
+                        ' / '.join(f'{v:,.1f}' for v in new), f'{mean(new) / mean(old):.2f}x'])
+    parts.append(f"""## 6. Max pooling: select_and_scatter against phase masks
+
+Per layer (batch 64, the zoo's pooling shapes), milliseconds:
+
+{report.markdown_table(['input, window/stride, padding', 'flax forward', 'flax fwd+bwd',
+                        'cnn_jax forward', 'cnn_jax fwd+bwd', 'fwd+bwd speed-up'], layer_rows)}
+
+Training step (batch 64, CIFAR-10 pipeline), images/s, alternating runs:
+
+{report.markdown_table(['model', 'flax.linen.max_pool', 'cnn_jax pooling.max_pool', 'speed-up'],
+                       step_rows)}
+
+Kept: cnn_jax.models.pooling.max_pool in every model. It has nn.max_pool's forward and exactly
+its gradient (the first maximum of each window, ties included; tests/test_pooling.py), so
+training is unchanged; only the backward is formulated differently.
 """)
   text = '\n'.join(parts)
   print(text)

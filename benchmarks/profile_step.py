@@ -89,7 +89,7 @@ def profile(model_name: str, steps: int) -> dict:
   from cnn_jax import config_base, input_pipeline, models, optim, parallel, train  # pylint: disable=g-import-not-at-top
   from benchmarks.train_step import BATCH, _shape  # pylint: disable=g-import-not-at-top
 
-  batch, shape = BATCH[model_name], _shape(model_name)
+  batch, shape = BATCH.get(model_name, 64), _shape(model_name)
   config = config_base.base_config()
   config.momentum, config.weight_decay = 0.9, 1e-4
   tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, 100))

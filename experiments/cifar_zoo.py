@@ -1,6 +1,6 @@
 """The classic architectures trained side by side on CIFAR-10 (claims C16-C19, issue 10 line 1).
 
-    python -m experiments.cifar_zoo --preset=cpu --report_dir=reports/cifar_zoo   # hours on 2 cores
+    python -m experiments.cifar_zoo --preset=cpu --report_dir=reports/cifar_zoo   # 1.5 h on 2 cores
     python -m experiments.cifar_zoo --preset=cpu --models=alexnet,vgg11_bn       # a few of them
     python -m experiments.cifar_zoo --preset=cpu --report_only                   # report only
 
@@ -100,6 +100,18 @@ def plot(rows: list[dict], out: pathlib.Path, title: str) -> pathlib.Path | None
   return out
 
 
+def headline(rows: list[dict], config) -> str:
+  """One line for the README: test accuracy per trained model, best first."""
+  done = sorted((r for r in rows if r['results']), key=lambda r: -r['results']['test_accuracy'])
+  if not done:
+    return 'no model trained yet'
+  steps = config.num_steps or config.num_epochs
+  unit = 'steps' if config.num_steps else 'epochs'
+  return (f'test accuracy after {steps:,} {unit} of {config.batch_size}: ' + ', '.join(
+      f"{r['model']} {r['results']['test_accuracy']:.1%}" for r in done)
+          + ('' if len(done) == len(rows) else f' ({len(done)} of {len(rows)} models trained)'))
+
+
 def write_report(workdir: pathlib.Path, names: list[str], preset: str, clock, command: str,
                  overrides=(), report_dir: str | None = None) -> pathlib.Path:
   rows = rows_of(workdir, names, preset, overrides)
@@ -179,6 +191,8 @@ best-known CIFAR adaptation of VGG-16 with BatchNorm.
           if r['results'] else {}) for r in rows],
       'paper': {k: {'test_error_pct': v[0], 'source': v[1], 'protocol': v[2]}
                 for k, v in PAPER.items()},
+      'headline': headline(rows, config),
+      'train_wall_time_s': sum(r['results']['wall_time_s'] for r in rows if r['results']),
       **clock.facts(),
   }
   common.finish(workdir, text, record,

@@ -28,6 +28,7 @@ from cnn_jax import conv_arithmetic as ca
 from cnn_jax import models
 
 from cnn_jax.models import published
+from cnn_jax.models.pooling import max_pool
 
 PUBLISHED_PARAMS = published.PUBLISHED_PARAMS
 PUBLISHED_GFLOPS = published.PUBLISHED_GFLOPS
@@ -69,7 +70,7 @@ class Exercise10_1(nn.Module):
       x = nn.Conv(3, (4, 4), padding='VALID', use_bias=False, name='conv')(x)
     x = self.act(x)
     if self.pool:
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2), strides=(2, 2))
     return self.act(nn.Dense(4, use_bias=False, name='fc')(x.reshape(n, -1)))
 
 

@@ -56,6 +56,12 @@ EXPERIMENTS = {
     'unet_segmentation': ('C23', 'U-Net, same and valid padding, on MNIST canvases (CPU protocol)',
                           'python -m experiments.unet_segmentation --preset=cpu '
                           '--report_dir=reports/unet_segmentation'),
+    'transfer': ('C24', 'from scratch, linear probe, last stage, fine-tuning by data size '
+                 '(CIFAR-10 0-4 to 5-9, ResNet-8)',
+                 'python -m experiments.transfer --preset=quick --report_dir=reports/transfer'),
+    'cifar_zoo': ('C16-C19', 'VGG-11/16-BN, GoogLeNet, DenseNet-BC-100, ResNet-18, AlexNet and '
+                  'ZFNet on CIFAR-10 (one reduced CPU protocol)',
+                  'python -m experiments.cifar_zoo --preset=cpu --report_dir=reports/cifar_zoo'),
     'visualize_filters': ('C26', 'first-layer filters and feature maps (MNIST, CIFAR-10)',
                           'python -m experiments.visualize_filters '
                           '--report_dir=reports/visualize_filters'),
@@ -80,7 +86,8 @@ def experiments_table() -> str:
         f"{m}: test mIoU {t['mean_iou']:.3f}, pixel accuracy {t['pixel_accuracy']:.1%}"
         for m, t in r.get('test', {}).items())
     rows.append([f'[{name}](reports/{name}/report.md)', claims, what, headline,
-                 f'{held} of {len(checks)}', f'{wall:.0f} s' if wall else '—',
+                 f'{held} of {len(checks)}' if checks else '— (no checks: a table)',
+                 f'{wall:.0f} s' if wall else '—',
                  f"`{command if regenerated else r['command']}`"])
   return markdown_table(['experiment', 'claims', 'what', 'headline (measured)', 'checks hold',
                          'wall time', 'command'], rows)

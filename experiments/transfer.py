@@ -263,7 +263,11 @@ Per-member figures: `sweep.md`, `members.csv`; every run's `results.json`, `conf
                                            'wall_time_s', 'num_train')},
       'test_accuracy': {f'{n}/{m}': s for (n, m), s in acc.items()},
       'best_method': {n: m for n, m, _ in best}, 'trainable_params': trainable,
-      'statement_holds': holds,
+      'statement_holds': holds, 'train_wall_time_s': train_wall,
+      'headline': ('best method by images per class: ' + '; '.join(
+          f'{n}: {m} {a:.1%}' for n, m, a in best) + (
+              f" (scratch at {sizes[0]}: {acc[(sizes[0], 'scratch')]['mean']:.1%})"
+              if (sizes[0], 'scratch') in acc else '')) if best else 'no run finished yet',
       'done': summary['done'], 'total': summary['total'], **clock.facts(),
   }
   common.finish(workdir, text, record, OUTPUTS, check_rows, report_dir)

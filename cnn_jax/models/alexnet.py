@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from cnn_jax.config_base import ConfigError, did_you_mean
 from cnn_jax.models.layers import adaptive_avg_pool, max_pool_ceil
+from cnn_jax.models.pooling import max_pool
 
 # PyTorch's default Conv/Linear kernel init (kaiming_uniform, a=sqrt(5)) is U(±1/sqrt(fan_in));
 # torchvision's AlexNet keeps it. Biases start at zero here (torch: U(±1/sqrt(fan_in))).
@@ -92,7 +93,7 @@ class AlexNet(nn.Module):
     if self.ceil_pool:
       pool = functools.partial(max_pool_ceil, window=3, stride=2)
     else:
-      pool = lambda y: nn.max_pool(y, (3, 3), strides=(2, 2))  # overlapping pooling, sec. 3.4
+      pool = lambda y: max_pool(y, (3, 3), strides=(2, 2))  # overlapping pooling, sec. 3.4
     dropout = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=not train)
 
     x = x.astype(self.dtype)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from cnn_jax import config_base
 from cnn_jax.models import layers
+from cnn_jax.models.pooling import max_pool
 
 WIDTHS = ((32, 32), (64, 64), (128,))  # convolutions per stage; 2x2 max pooling between stages
 
@@ -37,7 +38,7 @@ class CifarCNN(nn.Module):
     x = x.astype(self.dtype)
     for s, widths in enumerate(WIDTHS):
       if s:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool(x, (2, 2), strides=(2, 2))
       for i, width in enumerate(widths):
         x = nn.Conv(width, (3, 3), padding=1, use_bias=norm is None,
                     kernel_init=layers.conv_kernel_init, dtype=self.dtype,

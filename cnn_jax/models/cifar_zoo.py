@@ -30,8 +30,9 @@ from functools import partial
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models import alexnet, googlenet, resnet, vgg
+from cnn_jax.models import alexnet, conv, googlenet, resnet, vgg
 from cnn_jax.models.layers import batch_norm, classifier_head, conv_kernel_init, torch_pad
+from cnn_jax.models.pooling import max_pool
 
 
 class CifarVGG(vgg.VGG):
@@ -42,18 +43,18 @@ class CifarVGG(vgg.VGG):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
-                             kernel_init=vgg.conv_init, dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype) if self.batch_norm else None
+    conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+                                kernel_init=vgg.conv_init, dtype=self.dtype,
+                                conv_general_dilated=conv.conv_general_dilated)
+    norm = batch_norm(train, self.dtype) if self.batch_norm else None
     x = x.astype(self.dtype)
     for i, (features, n) in enumerate(zip(vgg.VGG_WIDTHS, vgg.VGG_DEPTHS[self.depth]), start=1):
       for j in range(1, n + 1):
-        x = conv(features, name=f'stage{i}_conv{j}')(x)
+        x = conv3x3(features, name=f'stage{i}_conv{j}')(x)
         if norm is not None:
           x = norm(name=f'stage{i}_bn{j}')(x)
         x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2), strides=(2, 2))
       self.sow('intermediates', f'stage{i}', x)
     x = jnp.mean(x, axis=(1, 2))
     self.sow('intermediates', 'pre_logits', x)
@@ -90,8 +91,7 @@ class CifarGoogLeNet(googlenet.GoogLeNet):
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = functools.partial(nn.Conv, kernel_init=googlenet.init, dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-3, dtype=self.dtype)
+    norm = batch_norm(train, self.dtype, epsilon=1e-3)
     dense = functools.partial(nn.Dense, kernel_init=googlenet.init, dtype=self.dtype)
     block = functools.partial(googlenet.BasicConv, conv=conv, norm=norm)
     inception = functools.partial(googlenet.Inception, block=block,
@@ -106,7 +106,7 @@ class CifarGoogLeNet(googlenet.GoogLeNet):
     for name in ('3a', '3b'):
       x = inception(googlenet.INCEPTION[name], name=f'inception{name}')(x)
     self.sow('intermediates', 'stage1', x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # 32 -> 16
+    x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # 32 -> 16
     for name in ('4a', '4b', '4c', '4d', '4e'):
       x = inception(googlenet.INCEPTION[name], name=f'inception{name}')(x)
       if run_aux and name in ('4a', '4d'):
@@ -115,7 +115,7 @@ class CifarGoogLeNet(googlenet.GoogLeNet):
         if train and not self.is_initializing():
           self.sow('aux_logits', aux_name, logits.astype(jnp.float32))
     self.sow('intermediates', 'stage2', x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # 16 -> 8
+    x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # 16 -> 8
     for name in ('5a', '5b'):
       x = inception(googlenet.INCEPTION[name], name=f'inception{name}')(x)
     self.sow('intermediates', 'stage3', x)

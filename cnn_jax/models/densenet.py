@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.models.layers import batch_norm, classifier_head, torch_pad
+from cnn_jax.models.pooling import max_pool
 
 ModuleDef = Any
 
@@ -132,7 +133,7 @@ class DenseNet(nn.Module):
     if self.stem == 'imagenet':
       x = conv(features, (7, 7), strides=2, padding=torch_pad(7), name='stem_conv')(x)
       x = self.act(norm(name='stem_bn')(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=torch_pad(3))
+      x = max_pool(x, (3, 3), strides=(2, 2), padding=torch_pad(3))
     else:
       x = conv(features, (3, 3), padding=torch_pad(3), name='stem_conv')(x)
     self.sow('intermediates', 'stem', x)

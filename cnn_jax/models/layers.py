@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax.config_base import ConfigError, did_you_mean
+from cnn_jax.models.pooling import max_pool
 
 ModuleDef = Any
 
@@ -211,4 +212,4 @@ def max_pool_ceil(x: jax.Array, window: int, stride: int, padding: int = 0) -> j
     if (out - 1) * stride >= size + padding:
       out -= 1
     pads.append((padding, max((out - 1) * stride + window - size - padding, 0)))
-  return nn.max_pool(x, (window, window), strides=(stride, stride), padding=tuple(pads))
+  return max_pool(x, (window, window), strides=(stride, stride), padding=tuple(pads))

@@ -4,6 +4,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnn_jax.models.pooling import max_pool
+
 
 class LeNet5(nn.Module):
   """32x32 input; C1 conv5x5x6, S2 pool, C3 conv5x5x16, S4 pool, C5 conv5x5x120, F6 84, out.
@@ -12,7 +14,7 @@ class LeNet5(nn.Module):
   """
   num_classes: int = 10
   act: Callable = nn.relu
-  pool: Callable = nn.max_pool
+  pool: Callable = max_pool
   dtype: Any = jnp.float32
 
   @nn.compact

@@ -29,6 +29,7 @@ from cnn_jax.config_base import ConfigError, did_you_mean
 # Re-exported: these lived here before models/layers.py held them.
 from cnn_jax.models.layers import (ModuleDef, batch_norm, classifier_head,  # noqa: F401
                                    conv_kernel_init, torch_pad)
+from cnn_jax.models.pooling import max_pool
 
 SHORTCUTS = ('A', 'B')
 
@@ -182,7 +183,7 @@ class ResNet(nn.Module):
     x = x.astype(self.dtype)
     x = conv(self.width, (7, 7), strides=2, padding=torch_pad(7), name='stem_conv')(x)
     x = self.act(norm(name='stem_bn')(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=torch_pad(3))
+    x = max_pool(x, (3, 3), strides=(2, 2), padding=torch_pad(3))
     self.sow('intermediates', 'stem', x)
     x = residual_stages(self, x, block, [self.width * 2**i for i in range(len(stage_sizes))],
                         stage_sizes, conv=conv, norm=norm, act=self.act, shortcut=self.shortcut,

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.config_base import ConfigError
+from cnn_jax.models.pooling import max_pool
 
 # The paper's init: Gaussian with std sqrt(2/N), N = k*k*C_in incoming nodes (He et al.).
 init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
@@ -96,7 +97,7 @@ class UNet(nn.Module):
       x = DoubleConv(self.features * 2 ** (i - 1), conv, name=f'down{i}_convs')(x)
       self.sow('intermediates', f'stage{i}', x)
       skips.append(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2), strides=(2, 2))
     x = DoubleConv(self.features * 2 ** self.depth, conv, name='bottleneck_convs')(x)
     self.sow('intermediates', 'bottleneck', x)
     for i in range(1, self.depth + 1):

@@ -12,7 +12,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnn_jax.models import conv
 from cnn_jax.models.layers import adaptive_avg_pool, batch_norm
+from cnn_jax.models.pooling import max_pool
 
 # convs per stage; the stage widths are (64, 128, 256, 512, 512) for every depth.
 VGG_DEPTHS: dict[int, tuple[int, ...]] = {
@@ -44,19 +46,20 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
-                             kernel_init=conv_init, dtype=self.dtype)
+    conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+                                kernel_init=conv_init, dtype=self.dtype,
+                                conv_general_dilated=conv.conv_general_dilated)
     norm = batch_norm(train, self.dtype) if self.batch_norm else None
     dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=self.dtype)
 
     x = x.astype(self.dtype)
     for i, (features, n) in enumerate(zip(VGG_WIDTHS, VGG_DEPTHS[self.depth]), start=1):
       for j in range(1, n + 1):  # n x (conv3x3 p1 -> [BN] -> ReLU), then max 2x2/2
-        x = conv(features, name=f'stage{i}_conv{j}')(x)
+        x = conv3x3(features, name=f'stage{i}_conv{j}')(x)
         if norm is not None:
           x = norm(name=f'stage{i}_bn{j}')(x)
         x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2), strides=(2, 2))
       self.sow('intermediates', f'stage{i}', x)
     x = adaptive_avg_pool(x, 7).reshape((x.shape[0], -1))
     for i in (1, 2):

@@ -1,0 +1,67 @@
+"""A convolution for `nn.Conv(conv_general_dilated=...)` that handles maps smaller than the kernel.
+
+A 3x3 convolution of a 2x2 (or 1x1) map, as in VGG's last stage on 32x32 inputs, is a tiny
+amount of arithmetic, but XLA's CPU backend runs it on a generic path about 100x slower than the
+same layer on a 4x4 map (benchmarks/results/levers_avx512.md, section 7: 482 ms against 3.8 ms
+forward for batch 64, 512 channels). When a spatial axis of the input is smaller than the kernel's
+(stride 1, no dilation, no groups, channels-last), `conv_general_dilated` computes the layer as
+one matrix product over the kernel's shifted views (im2col), which is small exactly when the map
+is; every other layer goes to `lax.conv_general_dilated` unchanged. Values agree to float
+rounding (tests/test_conv.py); the kernel keeps its HWIO layout, so parameters are unchanged.
+"""
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _channels_last(ndim: int) -> tuple[tuple[int, ...], ...]:
+  """flax.linen.Conv's dimension numbers: NH..C inputs and outputs, H..IO kernels."""
+  lhs = (0, ndim - 1) + tuple(range(1, ndim - 1))
+  rhs = (ndim - 1, ndim - 2) + tuple(range(ndim - 2))
+  return lhs, rhs, lhs
+
+
+def _is_unit(v) -> bool:
+  return v is None or all(int(s) == 1 for s in v)
+
+
+def uses_patches(lhs_shape, rhs_shape, window_strides, lhs_dilation=None, rhs_dilation=None,
+                 dimension_numbers=None, feature_group_count=1) -> bool:
+  """Whether `conv_general_dilated` takes the im2col path for these arguments."""
+  ndim = len(lhs_shape)
+  if dimension_numbers is None or tuple(map(tuple, dimension_numbers)) != _channels_last(ndim):
+    return False
+  if not (_is_unit(window_strides) and _is_unit(lhs_dilation) and _is_unit(rhs_dilation)
+          and feature_group_count == 1):
+    return False
+  return any(n < k for n, k in zip(lhs_shape[1:-1], rhs_shape[:ndim - 2]))
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None,
+                         **kwargs) -> jax.Array:
+  """`lax.conv_general_dilated`, as im2col for maps smaller than the kernel (see module doc)."""
+  if kwargs or not uses_patches(lhs.shape, rhs.shape, window_strides, lhs_dilation,
+                                rhs_dilation, dimension_numbers, feature_group_count):
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    precision=precision, **kwargs)
+  nd = lhs.ndim - 2
+  window = rhs.shape[:nd]
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:-1], window, (1,) * nd, padding)
+  cfg = [(0, 0, 0)] + [(int(lo), int(hi), 0) for lo, hi in padding] + [(0, 0, 0)]
+  xp = lax.pad(lhs, jnp.zeros((), lhs.dtype), cfg)
+  out = [n - k + 1 for n, k in zip(xp.shape[1:-1], window)]
+  if min(out) < 1:
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding,
+                                    dimension_numbers=dimension_numbers, precision=precision)
+  views = [lax.slice(xp, (0,) + offset + (0,),
+                     (xp.shape[0],) + tuple(o + n for o, n in zip(offset, out)) + (xp.shape[-1],))
+           for offset in itertools.product(*(range(k) for k in window))]
+  patches = jnp.concatenate(views, axis=-1)  # (N, out.., K * Cin), offsets row-major, as HWIO
+  return jnp.dot(patches, rhs.reshape(-1, rhs.shape[-1]), precision=precision)
