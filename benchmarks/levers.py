@@ -1,6 +1,7 @@
 """What each CPU performance lever does, measured in one run on one machine.
 
     python -m benchmarks.levers [--model=resnet20] [--steps=8] [--out=benchmarks/results/levers.md]
+    python -m benchmarks.levers --sections=6,7 --out=benchmarks/results/levers.md --append
 
 1. XLA CPU options: the loop's ResNet-20 training step (batch 128) under each XLA_FLAGS
    variant, each in a fresh process (benchmarks.train_step's child).
@@ -17,6 +18,8 @@
 6. Max pooling: `flax.linen.max_pool` (reduce_window; XLA's select_and_scatter backward) against
    cnn_jax.models.pooling.max_pool (same forward, a backward of phase masks), per layer and in
    the training steps of the CIFAR zoo's pooled models, alternating in one process.
+7. Convolutions of maps smaller than the kernel (VGG's last stage on 32x32 inputs): XLA's
+   convolution against cnn_jax.models.conv's im2col product, per layer and in VGG's step.
 The project keeps a lever only where it pays (cnn_jax/xla_setup.py says which are on).
 """
 from __future__ import annotations
@@ -163,7 +166,8 @@ def pool_child(steps: int, rounds: int = 2) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from benchmarks import train_step as ts  # pylint: disable=g-import-not-at-top
-  from cnn_jax.models import alexnet, cifar_zoo, layers, pooling, vgg  # pylint: disable=g-import-not-at-top
+  from cnn_jax.models import (alexnet, cifar_zoo, layers, pooling,  # pylint: disable=g-import-not-at-top
+                              vgg)
 
   def bench(f, x, n=10):
     f = jax.jit(f)
@@ -196,6 +200,59 @@ def pool_child(steps: int, rounds: int = 2) -> dict:
   finally:
     for m in modules:
       m.max_pool = pooling.max_pool
+  return {'layers': layer_rows, 'steps': step}
+
+
+SMALL_MAP_LAYERS = ((2, 512), (1, 512), (2, 256), (4, 512))  # (H = W, C in = C out), 3x3 pad 1
+SMALL_MAP_MODELS = (('vgg11_bn_cifar', 64), ('vgg16_bn_cifar', 64))
+
+
+def small_map_child(steps: int, rounds: int = 2) -> dict:
+  """Per-layer milliseconds (batch 64) and VGG's step images/s with and without im2col."""
+  import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax import lax  # pylint: disable=g-import-not-at-top
+  from benchmarks import train_step as ts  # pylint: disable=g-import-not-at-top
+  from cnn_jax.models import conv  # pylint: disable=g-import-not-at-top
+
+  def bench(f, *args, n=5):
+    f = jax.jit(f)
+    jax.block_until_ready(f(*args))
+    start = time.perf_counter()
+    for _ in range(n):
+      out = f(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / n * 1e3
+
+  layer_rows = []
+  for h, c in SMALL_MAP_LAYERS:
+    x = jax.random.normal(jax.random.key(0), (64, h, h, c))
+    k = 0.01 * jax.random.normal(jax.random.key(1), (3, 3, c, c))
+    dn = lax.conv_dimension_numbers(x.shape, k.shape, ('NHWC', 'HWIO', 'NHWC'))
+    ref = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                                dimension_numbers=dn)
+    ours = lambda x, k: conv.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                                  dimension_numbers=dn)
+    w = jax.random.normal(jax.random.key(2), ref(x, k).shape)
+    row = [f'64x{h}x{h}x{c}, 3x3x{c}x{c}', conv.uses_patches(x.shape, k.shape, (1, 1),
+                                                             dimension_numbers=dn)]
+    for f in (ref, ours):
+      grads = jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) * w), argnums=(0, 1))
+      row += [bench(f, x, k), bench(grads, x, k)]
+    err = float(jnp.max(jnp.abs(ours(x, k) - ref(x, k))) / jnp.max(jnp.abs(ref(x, k))))
+    layer_rows.append(row + [err])
+  step = {model: {'lax.conv_general_dilated': [], 'cnn_jax conv (im2col below kernel size)': []}
+          for model, _ in SMALL_MAP_MODELS}
+  uses_patches = conv.uses_patches
+  try:
+    for _ in range(rounds):
+      for label, switch in zip(next(iter(step.values())), (lambda *a, **k: False, uses_patches)):
+        conv.uses_patches = switch
+        for model, batch in SMALL_MAP_MODELS:
+          step[model][label].append(ts.jax_child(model, steps, batch)['images_per_s'])
+  finally:
+    conv.uses_patches = uses_patches
   return {'layers': layer_rows, 'steps': step}
 
 
@@ -273,11 +330,14 @@ def main():
   parser.add_argument('--model', default='resnet20')
   parser.add_argument('--steps', type=int, default=8)
   parser.add_argument('--out', default=None)
+  parser.add_argument('--append', action='store_true',
+                      help='add the measured sections to --out instead of replacing it')
   parser.add_argument('--layers_child', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--bn_child', default=None, help=argparse.SUPPRESS)
   parser.add_argument('--scan_child', default=None, help=argparse.SUPPRESS)
   parser.add_argument('--pool_child', action='store_true', help=argparse.SUPPRESS)
-  parser.add_argument('--sections', default='1,2,3,4,5,6', help='which levers to measure')
+  parser.add_argument('--small_map_child', action='store_true', help=argparse.SUPPRESS)
+  parser.add_argument('--sections', default='1,2,3,4,5,6,7', help='which levers to measure')
   args = parser.parse_args()
   if args.layers_child:
     print(json.dumps(layer_formulations()))
@@ -287,6 +347,9 @@ def main():
     return
   if args.pool_child:
     print(json.dumps(pool_child(args.steps)))
+    return
+  if args.small_map_child:
+    print(json.dumps(small_map_child(args.steps)))
     return
   if args.scan_child:
     model, chunk = args.scan_child.split(':')
@@ -404,10 +467,42 @@ Kept: cnn_jax.models.pooling.max_pool in every model. It has nn.max_pool's forwa
 its gradient (the first maximum of each window, ties included; tests/test_pooling.py), so
 training is unchanged; only the backward is formulated differently.
 """)
+  if '7' in sections:
+    small = _child(['--small_map_child', f'--steps={args.steps}'])
+    layer_rows = [[name, 'im2col' if patches else 'XLA'] + [f'{v:.1f}' for v in times[:4]]
+                  + [f'{times[1] / times[3]:.1f}x', f'{times[4]:.0e}']
+                  for name, patches, *times in small['layers']]
+    step_rows = []
+    for model, runs in small['steps'].items():
+      (_, old), (_, new) = runs.items()
+      mean = lambda v: sum(v) / len(v)
+      step_rows.append([model, ' / '.join(f'{v:,.1f}' for v in old),
+                        ' / '.join(f'{v:,.1f}' for v in new), f'{mean(new) / mean(old):.2f}x'])
+    parts.append(f"""## 7. Convolutions of maps smaller than the kernel
+
+Per layer (batch 64, 3x3 kernel, padding 1), milliseconds; "path" is what
+cnn_jax.models.conv chooses (im2col only where a map is smaller than the kernel):
+
+{report.markdown_table(['layer', 'path', 'XLA forward', 'XLA fwd + both grads',
+                        'cnn_jax forward', 'cnn_jax fwd + both grads', 'speed-up', 'rel. err.'],
+                       layer_rows)}
+
+Training step (batch 64, CIFAR-10 pipeline), images/s, alternating runs:
+
+{report.markdown_table(['model', 'lax.conv_general_dilated', 'cnn_jax conv', 'speed-up'],
+                       step_rows)}
+
+Kept: `nn.Conv(conv_general_dilated=cnn_jax.models.conv.conv_general_dilated)` in the VGGs, the
+only zoo models with maps smaller than their kernels (2x2 in stage 5 on 32x32 inputs); the
+parameters and the layer's values are unchanged (tests/test_conv.py).
+""")
   text = '\n'.join(parts)
   print(text)
   if args.out:
-    pathlib.Path(args.out).write_text(text)
+    out = pathlib.Path(args.out)
+    if args.append and out.exists():
+      text = out.read_text().rstrip() + '\n\n---\n\n' + text
+    out.write_text(text)
 
 
 if __name__ == '__main__':

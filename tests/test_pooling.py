@@ -1,4 +1,4 @@
-"""cnn_jax.models.pooling.max_pool against flax.linen.max_pool: values and gradients, ties included."""
+"""cnn_jax.models.pooling.max_pool against flax.linen.max_pool: values and gradients, with ties."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
