@@ -64,12 +64,21 @@ def macs(config) -> int:
   return conv_arithmetic.count_flops(model, (32, 32, 3)).macs
 
 
+def uses_batch_norm(config) -> bool:
+  """Whether the model keeps BatchNorm statistics (from its variables' shapes, nothing run)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  model = models.create(config.model, num_classes=10, **config.model_kwargs)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3))))
+  return 'batch_stats' in shapes
+
+
 def rows_of(workdir: pathlib.Path, names: list[str], preset: str, overrides=()) -> list[dict]:
   rows = []
   for name in names:
     config = model_config(name, preset, overrides)
     res = common.read_results(workdir / name)
     rows.append({'model': name, 'registry_name': config.model, 'macs': macs(config),
+                 'batch_norm': uses_batch_norm(config),
                  'num_params': res['num_params'] if res else None, 'results': res})
   return rows
 
@@ -112,6 +121,21 @@ def headline(rows: list[dict], config) -> str:
           + ('' if len(done) == len(rows) else f' ({len(done)} of {len(rows)} models trained)'))
 
 
+def batch_norm_reading(rows: list[dict]) -> str:
+  """The test accuracies of the trained models with and without BatchNorm, side by side."""
+  groups = {}
+  for r in rows:
+    if r['results']:
+      groups.setdefault(r['batch_norm'], []).append(r)
+  parts = []
+  for has_bn, label in ((True, 'with BatchNorm'), (False, 'without')):
+    group = sorted(groups.get(has_bn, []), key=lambda r: -r['results']['test_accuracy'])
+    if group:
+      parts.append(f'{label}: ' + ', '.join(
+          f"{r['model']} {100 * r['results']['test_accuracy']:.1f}%" for r in group))
+  return 'Test accuracy ' + '; '.join(parts) + '.' if parts else ''
+
+
 def write_report(workdir: pathlib.Path, names: list[str], preset: str, clock, command: str,
                  overrides=(), report_dir: str | None = None) -> pathlib.Path:
   rows = rows_of(workdir, names, preset, overrides)
@@ -121,15 +145,15 @@ def write_report(workdir: pathlib.Path, names: list[str], preset: str, clock, co
   for r in rows:
     res = r['results']
     table.append([
-        r['model'], f"`{r['registry_name']}`",
+        r['model'], f"`{r['registry_name']}`", 'yes' if r['batch_norm'] else 'no',
         f"{r['num_params']:,}" if r['num_params'] else '…', f"{r['macs'] / 1e6:,.1f} M",
         f"{res['train_images_per_s']:,.1f}" if res and res.get('train_images_per_s') else '…',
         f"{res['wall_time_s'] / 60:.1f} min" if res else '…',
         f"{100 * res['test_accuracy']:.2f}" if res else 'not run',
         f"{100 * (1 - res['test_accuracy']):.2f}" if res else '…'])
   main_table = report.markdown_table(
-      ['model', 'registry name', 'params', 'MACs / image', 'train images/s', 'wall time',
-       'test accuracy %', 'test error %'], table)
+      ['model', 'registry name', 'BatchNorm', 'params', 'MACs / image', 'train images/s',
+       'wall time', 'test accuracy %', 'test error %'], table)
   paper_rows = []
   for r in rows:
     if r['model'] in PAPER:
@@ -165,6 +189,8 @@ def write_report(workdir: pathlib.Path, names: list[str], preset: str, clock, co
 ## Results
 
 {main_table}
+
+{batch_norm_reading(rows)}
 
 {f'![accuracy against parameters]({fig.name})' if fig else ''}
 

@@ -2,12 +2,14 @@
 
 A 3x3 convolution of a 2x2 (or 1x1) map, as in VGG's last stage on 32x32 inputs, is a tiny
 amount of arithmetic, but XLA's CPU backend runs it on a generic path about 100x slower than the
-same layer on a 4x4 map (benchmarks/results/levers_avx512.md, section 7: 482 ms against 3.8 ms
-forward for batch 64, 512 channels). When a spatial axis of the input is smaller than the kernel's
-(stride 1, no dilation, no groups, channels-last), `conv_general_dilated` computes the layer as
-one matrix product over the kernel's shifted views (im2col), which is small exactly when the map
-is; every other layer goes to `lax.conv_general_dilated` unchanged. Values agree to float
-rounding (tests/test_conv.py); the kernel keeps its HWIO layout, so parameters are unchanged.
+same layer on a 4x4 map: in benchmarks/results/profile_vgg11_bn_cifar_before.md the two stage-5
+convs of VGG-11 take 2.2 of the step's 2.5 s (batch 64, 512 channels, forward and input
+gradient); `python -m benchmarks.levers --sections=7` times each formulation. When a spatial
+axis of the input is smaller than the kernel's (stride 1, no dilation, no groups, channels-last),
+`conv_general_dilated` computes the layer as one matrix product over the kernel's shifted views
+(im2col), which is small exactly when the map is; every other layer goes to
+`lax.conv_general_dilated` unchanged. Values agree to float rounding (tests/test_conv.py); the
+kernel keeps its HWIO layout, so parameters are unchanged.
 """
 from __future__ import annotations
 
