@@ -325,6 +325,17 @@ BF16_EMULATED = ('Without native support a difference of the size above between 
                  "is within this machine's noise rather than a speed-up to rely on.")
 
 
+def _before_after_rows(steps: dict) -> list[list[str]]:
+  """Table rows `model, old runs, new runs, speed-up` from {model: {old: [...], new: [...]}}."""
+  rows = []
+  for model, runs in steps.items():
+    (_, old), (_, new) = runs.items()
+    rows.append([model, ' / '.join(f'{v:,.1f}' for v in old),
+                 ' / '.join(f'{v:,.1f}' for v in new),
+                 f'{(sum(new) / len(new)) / (sum(old) / len(old)):.2f}x'])
+  return rows
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='resnet20')
@@ -445,12 +456,7 @@ depend on the machine): bfloat16 only where `native_bfloat16()` detects hardware
     pool = _child(['--pool_child', f'--steps={args.steps}'])
     layer_rows = [[name] + [f'{v:.1f}' for v in times] + [f'{times[1] / times[3]:.1f}x']
                   for name, *times in pool['layers']]
-    step_rows = []
-    for model, runs in pool['steps'].items():
-      (_, old), (_, new) = runs.items()
-      mean = lambda v: sum(v) / len(v)
-      step_rows.append([model, ' / '.join(f'{v:,.1f}' for v in old),
-                        ' / '.join(f'{v:,.1f}' for v in new), f'{mean(new) / mean(old):.2f}x'])
+    step_rows = _before_after_rows(pool['steps'])
     parts.append(f"""## 6. Max pooling: select_and_scatter against phase masks
 
 Per layer (batch 64, the zoo's pooling shapes), milliseconds:
@@ -472,12 +478,7 @@ training is unchanged; only the backward is formulated differently.
     layer_rows = [[name, 'im2col' if patches else 'XLA'] + [f'{v:.1f}' for v in times[:4]]
                   + [f'{times[1] / times[3]:.1f}x', f'{times[4]:.0e}']
                   for name, patches, *times in small['layers']]
-    step_rows = []
-    for model, runs in small['steps'].items():
-      (_, old), (_, new) = runs.items()
-      mean = lambda v: sum(v) / len(v)
-      step_rows.append([model, ' / '.join(f'{v:,.1f}' for v in old),
-                        ' / '.join(f'{v:,.1f}' for v in new), f'{mean(new) / mean(old):.2f}x'])
+    step_rows = _before_after_rows(small['steps'])
     parts.append(f"""## 7. Convolutions of maps smaller than the kernel
 
 Per layer (batch 64, 3x3 kernel, padding 1), milliseconds; "path" is what
