@@ -45,6 +45,19 @@ XLA_VARIANTS = {
         'CNN_JAX_XLA_DEFAULTS': '0',
         'XLA_FLAGS': '--xla_cpu_experimental_onednn_fusion_type=dot,individual_convolution'},
 }
+# The project default plus one more option of this jaxlib's XLA CPU flags (2026-12-03 on an AVX2
+# EPYC, 8 steps: each within 3% of the default or slower; not kept).
+_YNN = '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce'
+XLA_VARIANTS.update({
+    f'YNN + {extra[2:]}': {'CNN_JAX_XLA_DEFAULTS': '0',
+                          'XLA_FLAGS': f'{_YNN} {extra}'}
+    for extra in ('--xla_cpu_experimental_onednn_fusion_type=individual_convolution',
+                  '--xla_cpu_experimental_xnn_fusion_type=individual_convolution',
+                  '--xla_cpu_enable_concurrency_optimized_scheduler=true',
+                  '--xla_cpu_multi_thread_eigen=false',
+                  '--xla_cpu_enable_fast_math=true',
+                  '--xla_cpu_use_fusion_emitters=false',
+                  '--xla_cpu_experimental_enable_tiling_propagation=true')})
 SCAN_TIMEOUT_S = 300  # a scanned ResNet-20 chunk took over 15 minutes for 32 steps (2026-11-23)
 LAYERS = ((32, 16, 16, 1), (32, 16, 32, 2), (16, 32, 32, 1), (8, 64, 64, 1))  # (H, Cin, Cout, s)
 

@@ -238,6 +238,7 @@ def main(argv):
   workdir = pathlib.Path(FLAGS.workdir or common.ROOT / 'workdirs'
                          / f"cifar_zoo_{preset or 'recipe'}")
   workdir.mkdir(parents=True, exist_ok=True)
+  clock.bind(workdir, FLAGS.report_only)
   configs = {m: model_config(m, preset, FLAGS.set) for m in names}  # fail before training
   command = cli.command_line('experiments.cifar_zoo').replace(' --report_only', '')
   if not FLAGS.report_only:

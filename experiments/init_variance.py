@@ -311,6 +311,7 @@ def main(argv):
   p = PRESETS[preset]
   workdir = common.default_workdir('init_variance', preset)
   workdir.mkdir(parents=True, exist_ok=True)
+  clock.bind(workdir, FLAGS.train and FLAGS.report_only)
   data = run_all(p['depth'], p['width'], p['batch'], p['seeds'])
   png = plot(data, p['depth'], p['width'], workdir / 'init_variance.png')
   rows, _ = checks(data, p['depth'])

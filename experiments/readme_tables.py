@@ -131,11 +131,12 @@ def time_to_accuracy_table() -> str:
       if not run:
         continue
       hit, (last_step, last_s, last_acc) = run['reached'], run['curve'][-1]
-      rows.append([r['task'], f"{r['target']:.1%}", 'cnn_jax' if fw == 'jax' else 'PyTorch eager',
+      rows.append([r['task'], f"`{r['config']}`", f"{r['target']:.1%}",
+                   'cnn_jax' if fw == 'jax' else 'PyTorch eager',
                    f"{hit['seconds']:.0f} s (step {hit['step']:,})" if hit else 'not reached',
                    f'{last_acc:.2%} after {last_s:.0f} s (step {last_step:,})',
                    f"{r['environment']['host_cpu']}, {r['environment']['date']}", f"`{r['command']}`"])
-  return markdown_table(['task', 'target', 'framework', 'time to target (launch to eval)',
+  return markdown_table(['task', 'recipe', 'target', 'framework', 'time to target (launch to eval)',
                          'end of recipe', 'hardware, date', 'command'], rows)
 
 

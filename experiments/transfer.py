@@ -289,6 +289,7 @@ def main(argv):
   workdir = pathlib.Path(FLAGS.workdir or common.ROOT / 'workdirs'
                          / f"transfer_{preset or 'resnet20'}").resolve()
   workdir.mkdir(parents=True, exist_ok=True)
+  clock.bind(workdir, FLAGS.report_only)
   pre_dir = workdir / 'pretrain'
   pre_cfg = pretrain_config(preset, FLAGS.set)  # every config fails before training
   mems = members(preset, per_class, FLAGS.methods, seeds, pre_dir, FLAGS.set)

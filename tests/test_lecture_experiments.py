@@ -161,3 +161,23 @@ def test_init_variance_toy_trains_the_plain_net_under_each_init(tmp_path):
   assert (work / 'training.png').stat().st_size > 1000
   report = (work / 'report.md').read_text()
   assert 'plain-20 trained under each initialisation' in report and 'N(0, 1) init' in report
+
+
+def test_clock_keeps_the_runs_facts_for_a_report_only_regeneration(tmp_path, monkeypatch):
+  from experiments import lecture_common
+  now = [1000.0]
+  monkeypatch.setattr(lecture_common.time, 'time', lambda: now[0])
+  run = lecture_common.Clock().bind(tmp_path, report_only=False)
+  now[0] += 3600.0  # the run trains for an hour
+  assert run.facts()['experiment_wall_time_s'] == 3600.0
+  saved = json.loads((tmp_path / lecture_common.Clock.FILE).read_text())
+  now[0] += 50.0  # later, a regeneration of the report takes seconds
+  regen = lecture_common.Clock().bind(tmp_path, report_only=True)
+  now[0] += 4.0
+  assert regen.facts() == saved
+  assert regen.facts()['experiment_wall_time_s'] == 3600.0
+  # Without saved facts a regeneration says whose clock it reports.
+  other = lecture_common.Clock().bind(tmp_path / 'none', report_only=True)
+  now[0] += 4.0
+  facts = other.facts()
+  assert facts['experiment_wall_time_s'] == 4.0 and 'report process' in facts['clock_of']
