@@ -18,8 +18,9 @@
 6. Max pooling: `flax.linen.max_pool` (reduce_window; XLA's select_and_scatter backward) against
    cnn_jax.models.pooling.max_pool (same forward, a backward of phase masks), per layer and in
    the training steps of the CIFAR zoo's pooled models, alternating in one process.
-7. Convolutions of maps smaller than the kernel (VGG's last stage on 32x32 inputs): XLA's
-   convolution against cnn_jax.models.conv's im2col product, per layer and in VGG's step.
+7. Convolutions of maps smaller than the kernel (VGG's last stage on 32x32 inputs) or with a 1x1
+   output (LeNet-5's C5): XLA's convolution against cnn_jax.models.conv's im2col or dense
+   product, per layer and in VGG's and LeNet-5's steps.
 The project keeps a lever only where it pays (cnn_jax/xla_setup.py says which are on).
 """
 from __future__ import annotations
@@ -216,12 +217,15 @@ def pool_child(steps: int, rounds: int = 2) -> dict:
   return {'layers': layer_rows, 'steps': step}
 
 
-SMALL_MAP_LAYERS = ((2, 512), (1, 512), (2, 256), (4, 512))  # (H = W, C in = C out), 3x3 pad 1
-SMALL_MAP_MODELS = (('vgg11_bn_cifar', 64), ('vgg16_bn_cifar', 64))
+# (input NHWC, kernel HWIO, padding): VGG's stage-5 maps (3x3, pad 1) and LeNet-5's C5 (1x1 out)
+SMALL_MAP_LAYERS = (((64, 2, 2, 512), (3, 3, 512, 512), 1), ((64, 1, 1, 512), (3, 3, 512, 512), 1),
+                    ((64, 2, 2, 256), (3, 3, 256, 256), 1), ((64, 4, 4, 512), (3, 3, 512, 512), 1),
+                    ((64, 5, 5, 16), (5, 5, 16, 120), 0))
+SMALL_MAP_MODELS = (('vgg11_bn_cifar', 64), ('vgg16_bn_cifar', 64), ('lenet5', 64))
 
 
 def small_map_child(steps: int, rounds: int = 2) -> dict:
-  """Per-layer milliseconds (batch 64) and VGG's step images/s with and without im2col."""
+  """Per-layer milliseconds and the step images/s of SMALL_MAP_MODELS with and without im2col."""
   import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -239,23 +243,24 @@ def small_map_child(steps: int, rounds: int = 2) -> dict:
     return (time.perf_counter() - start) / n * 1e3
 
   layer_rows = []
-  for h, c in SMALL_MAP_LAYERS:
-    x = jax.random.normal(jax.random.key(0), (64, h, h, c))
-    k = 0.01 * jax.random.normal(jax.random.key(1), (3, 3, c, c))
+  for x_shape, k_shape, p in SMALL_MAP_LAYERS:
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    k = 0.01 * jax.random.normal(jax.random.key(1), k_shape)
     dn = lax.conv_dimension_numbers(x.shape, k.shape, ('NHWC', 'HWIO', 'NHWC'))
-    ref = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
-                                                dimension_numbers=dn)
-    ours = lambda x, k: conv.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
-                                                  dimension_numbers=dn)
+    pads = ((p, p), (p, p))
+    ref = lambda x, k, pads=pads: lax.conv_general_dilated(x, k, (1, 1), pads,
+                                                           dimension_numbers=dn)
+    ours = lambda x, k, pads=pads: conv.conv_general_dilated(x, k, (1, 1), pads,
+                                                             dimension_numbers=dn)
     w = jax.random.normal(jax.random.key(2), ref(x, k).shape)
-    row = [f'64x{h}x{h}x{c}, 3x3x{c}x{c}', conv.uses_patches(x.shape, k.shape, (1, 1),
-                                                             dimension_numbers=dn)]
+    row = ['x'.join(map(str, x_shape)) + ', ' + 'x'.join(map(str, k_shape)) + f', pad {p}',
+           conv.uses_patches(x.shape, k.shape, (1, 1), dimension_numbers=dn, padding=pads)]
     for f in (ref, ours):
       grads = jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) * w), argnums=(0, 1))
       row += [bench(f, x, k), bench(grads, x, k)]
     err = float(jnp.max(jnp.abs(ours(x, k) - ref(x, k))) / jnp.max(jnp.abs(ref(x, k))))
     layer_rows.append(row + [err])
-  step = {model: {'lax.conv_general_dilated': [], 'cnn_jax conv (im2col below kernel size)': []}
+  step = {model: {'lax.conv_general_dilated': [], 'cnn_jax conv (im2col, dense at 1x1 output)': []}
           for model, _ in SMALL_MAP_MODELS}
   uses_patches = conv.uses_patches
   try:
@@ -492,23 +497,25 @@ training is unchanged; only the backward is formulated differently.
                   + [f'{times[1] / times[3]:.1f}x', f'{times[4]:.0e}']
                   for name, patches, *times in small['layers']]
     step_rows = _before_after_rows(small['steps'])
-    parts.append(f"""## 7. Convolutions of maps smaller than the kernel
+    parts.append(f"""## 7. Convolutions of maps smaller than the kernel, or with a 1x1 output
 
-Per layer (batch 64, 3x3 kernel, padding 1), milliseconds; "path" is what
-cnn_jax.models.conv chooses (im2col only where a map is smaller than the kernel):
+Per layer (batch 64), milliseconds; "path" is what cnn_jax.models.conv chooses (im2col where a
+map is smaller than the kernel, one dense matrix product where the output is 1x1):
 
 {report.markdown_table(['layer', 'path', 'XLA forward', 'XLA fwd + both grads',
                         'cnn_jax forward', 'cnn_jax fwd + both grads', 'speed-up', 'rel. err.'],
                        layer_rows)}
 
-Training step (batch 64, CIFAR-10 pipeline), images/s, alternating runs:
+Training step (batch 64; VGGs on the CIFAR-10 pipeline, LeNet-5 on MNIST), images/s,
+alternating runs:
 
 {report.markdown_table(['model', 'lax.conv_general_dilated', 'cnn_jax conv', 'speed-up'],
                        step_rows)}
 
 Kept: `nn.Conv(conv_general_dilated=cnn_jax.models.conv.conv_general_dilated)` in the VGGs, the
-only zoo models with maps smaller than their kernels (2x2 in stage 5 on 32x32 inputs); the
-parameters and the layer's values are unchanged (tests/test_conv.py).
+only zoo models with maps smaller than their kernels (2x2 in stage 5 on 32x32 inputs), and in
+LeNet-5, whose C5 has a 1x1 output; the parameters and the layer's values are unchanged
+(tests/test_conv.py).
 """)
   text = '\n'.join(parts)
   print(text)

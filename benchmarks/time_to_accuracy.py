@@ -6,7 +6,7 @@ Tasks (recipe = the project's config, evaluated on the test set after every epoc
 * `lenet5_mnist`: configs/lenet5_mnist.py (SGD lr 0.1, batch 64, 20 epochs, MNIST padded to
   32x32, 1,024 validation images held out), target 99.0%;
 * `resnet20_cifar10`: configs/cifar_resnet.py:resnet20,tta (SGD momentum 0.9, batch 128, lr 0.1
-  cosine to 0 over 15 epochs of all 50k training images, weight decay 5e-4, crop + flip), target
+  cosine to 0 over 20 epochs of all 50k training images, weight decay 5e-4, crop + flip), target
   85%.
 The clock starts before the data are loaded, so it includes loading, compilation and every
 evaluation; the PyTorch twin (eager, fp32, channels-last, all cores) reads the same arrays,

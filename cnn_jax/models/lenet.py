@@ -4,6 +4,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnn_jax.models import conv
 from cnn_jax.models.pooling import max_pool
 
 
@@ -21,18 +22,23 @@ class LeNet5(nn.Module):
   def __call__(self, x, train: bool = False):
     del train  # no BatchNorm or dropout
     x = x.astype(self.dtype)
-    x = self.act(nn.Conv(6, (5, 5), padding='VALID', dtype=self.dtype, name='c1')(x))
+    x = self.act(self._conv(6, 'c1')(x))
     x = self.pool(x, (2, 2), strides=(2, 2))
     self.sow('intermediates', 'stage1', x)
-    x = self.act(nn.Conv(16, (5, 5), padding='VALID', dtype=self.dtype, name='c3')(x))
+    x = self.act(self._conv(16, 'c3')(x))
     x = self.pool(x, (2, 2), strides=(2, 2))
     self.sow('intermediates', 'stage2', x)
-    x = self.act(nn.Conv(120, (5, 5), padding='VALID', dtype=self.dtype, name='c5')(x))
+    x = self.act(self._conv(120, 'c5')(x))
     x = x.reshape((x.shape[0], -1))
     x = self.act(nn.Dense(84, dtype=self.dtype, name='f6')(x))
     self.sow('intermediates', 'pre_logits', x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
     return x.astype(jnp.float32)
+
+  def _conv(self, features: int, name: str) -> nn.Conv:
+    # C5 (5x5 map, 5x5 kernel) runs as the dense layer it is; C1 and C3 go to lax unchanged.
+    return nn.Conv(features, (5, 5), padding='VALID', dtype=self.dtype, name=name,
+                   conv_general_dilated=conv.conv_general_dilated)
 
 
 class LeNet5Classic(LeNet5):
