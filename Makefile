@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SETUP := scripts/setup_env.sh
 
-.PHONY: setup degradation-toy degradation-cpu lenet5-mnist lenet5-mnist-quick test test-all param-table readme bench clean
+.PHONY: setup degradation-toy degradation-cpu lenet5-mnist lenet5-mnist-quick test test-all param-table readme bench bench-gpu clean
 
 setup:
 	@$(SETUP)
@@ -40,6 +40,12 @@ readme: setup
 bench: setup
 	EXTRAS=bench $(SETUP)
 	$(PY) -m benchmarks.train_step --json=benchmarks/results/latest.json
+
+# On a GPU (needs a CUDA jaxlib and torch): bfloat16 against torch.compile, with MFU.
+bench-gpu: setup
+	EXTRAS=bench $(SETUP)
+	$(PY) -m benchmarks.train_step --models=resnet50,resnet20 --variants=defaults \
+	    --dtype=bfloat16 --torch_mode=compile --json=benchmarks/results/gpu.json
 
 clean:
 	rm -rf workdirs .pytest_cache

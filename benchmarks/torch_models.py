@@ -56,12 +56,49 @@ class CifarResNet(nn.Module):
     return self.head(self.blocks(self.stem(x)).mean((2, 3)))
 
 
+class Bottleneck(nn.Module):
+  """torchvision's ResNet v1.5 bottleneck (stride on the 3x3), as cnn_jax.models.resnet."""
+
+  def __init__(self, c_in, planes, stride):
+    super().__init__()
+    c_out = 4 * planes
+    self.body = nn.Sequential(
+        nn.Conv2d(c_in, planes, 1, bias=False), nn.BatchNorm2d(planes), nn.ReLU(),
+        nn.Conv2d(planes, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes), nn.ReLU(),
+        nn.Conv2d(planes, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+    self.proj = None if (stride == 1 and c_in == c_out) else nn.Sequential(
+        nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+  def forward(self, x):
+    return F.relu(self.body(x) + (x if self.proj is None else self.proj(x)))
+
+
+class ResNet50(nn.Module):
+  """He et al. 2016's ResNet-50 for 224x224 ImageNet (25,557,032 parameters at 1,000 classes)."""
+
+  def __init__(self, num_classes=1000):
+    super().__init__()
+    self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+                              nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+    blocks, c_in = [], 64
+    for stage, (planes, n) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
+      for i in range(n):
+        blocks.append(Bottleneck(c_in, planes, 2 if (i == 0 and stage > 0) else 1))
+        c_in = 4 * planes
+    self.blocks = nn.Sequential(*blocks)
+    self.head = nn.Linear(c_in, num_classes)
+
+  def forward(self, x):
+    return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
 _MODELS = {
     'lenet5': LeNet5,
     'resnet20': functools.partial(CifarResNet, 20),
     'resnet56': functools.partial(CifarResNet, 56),
     'plain20': functools.partial(CifarResNet, 20, residual=False),
     'plain56': functools.partial(CifarResNet, 56, residual=False),
+    'resnet50': ResNet50,
 }
 
 

@@ -2,6 +2,9 @@
 
     python -m benchmarks.train_step [--models=lenet5,resnet20,resnet56,plain56] [--steps=20]
                                     [--json=benchmarks/results/cpu.json] [--variants=defaults,none]
+    # on a GPU: both frameworks in bfloat16, PyTorch compiled, with MFU
+    python -m benchmarks.train_step --models=resnet50,resnet20 --variants=defaults \
+        --dtype=bfloat16 --torch_mode=compile --json=benchmarks/results/gpu.json
 
 Per model it runs, each in a fresh process (so XLA flags and memory figures are its own):
 * `jax`: the loop's jitted `cnn_jax.train.train_step` as built by the loop's own `train.setup`
@@ -12,10 +15,14 @@ Per model it runs, each in a fresh process (so XLA flags and memory figures are 
   images/s bookkeeping;
 * `jax (none)` (`--variants` includes `none`): the same with those settings off
   (CNN_JAX_XLA_DEFAULTS=0, the user's own XLA_FLAGS), i.e. XLA's defaults: the "before" column;
-* `pytorch`: the same network in PyTorch eager, fp32, channels-last, all cores, SGD momentum.
+* `pytorch`: the same network in PyTorch, channels-last, SGD momentum, on the first CUDA device
+  if there is one, else on all CPU cores; eager (default) or `--torch_mode=compile`.
+`--dtype=bfloat16` makes both compute in bfloat16 with float32 parameters (PyTorch by autocast).
 It prints and (with --json) writes images/s, the ratio to PyTorch, compile time (persistent
-cache off), peak resident memory, and achieved GFLOP/s = 6 x MACs x images/s (forward 2 x MACs,
-backward twice the forward). The README table is generated from the committed JSON.
+cache off), peak memory (resident on a CPU, the device's own on an accelerator), achieved
+GFLOP/s = 6 x MACs x images/s (forward 2 x MACs, backward twice the forward) and, where the
+device's peak is known (PEAK_BF16_FLOPS, or --peak_tflops), MFU: that rate over the peak. The
+README table is generated from the committed JSON.
 """
 from __future__ import annotations
 
@@ -109,39 +116,78 @@ def jax_child(name: str, steps: int, batch: int, dtype: str = 'float32') -> dict
       loop = run.book.timed_images / run.book.train_seconds
     finally:
       train._close(run, quiet=True)  # pylint: disable=protected-access
+  stats = jax.devices()[0].memory_stats() or {}  # an accelerator's own memory; None on CPU
+  peak = stats['peak_bytes_in_use'] / 2**20 if 'peak_bytes_in_use' in stats else _peak_rss_mb()
   return {'images_per_s': bare, 'loop_images_per_s': loop, 'compile_s': compile_s,
-          'peak_rss_mb': _peak_rss_mb(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-          'jax_version': jax.__version__}
+          'peak_rss_mb': peak, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'jax_version': jax.__version__, 'device_kind': jax.devices()[0].device_kind,
+          'dtype': dtype}
 
 
-def torch_child(name: str, steps: int, batch: int) -> dict:
+def torch_child(name: str, steps: int, batch: int, mode: str = 'eager',
+                dtype: str = 'float32') -> dict:
+  """PyTorch's training step of the twin network on the first CUDA device if there is one, else
+  on all CPU cores: channels-last, SGD momentum; `mode` eager or `compile` (torch.compile),
+  `dtype` float32 or bfloat16 (autocast: bfloat16 compute, float32 parameters)."""
+  import contextlib  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
   torch.set_num_threads(os.cpu_count())
   h, w, c = _shape(name)
-  model = torch_models.create(name).to(memory_format=torch.channels_last)
+  model = torch_models.create(name).to(device, memory_format=torch.channels_last)
   opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-  x = torch.randn(batch, c, h, w).to(memory_format=torch.channels_last)
-  y = torch.randint(0, 10, (batch,))
+  x = torch.randn(batch, c, h, w, device=device).to(memory_format=torch.channels_last)
+  y = torch.randint(0, 10, (batch,), device=device)
   loss_fn = torch.nn.CrossEntropyLoss()
   model.train()
+  forward = torch.compile(model) if mode == 'compile' else model
+  autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if dtype == 'bfloat16' else (
+      contextlib.nullcontext)
 
   def one_step():
     opt.zero_grad(set_to_none=True)
-    loss = loss_fn(model(x), y)
+    with autocast():
+      loss = loss_fn(forward(x), y)
     loss.backward()
     opt.step()
     return loss
 
+  start = time.perf_counter()
+  one_step().item()
+  compile_s = time.perf_counter() - start  # first step: torch.compile's compile, or warm-up
   for _ in range(2):
     one_step()
+  one_step().item()
   start = time.perf_counter()
   for _ in range(steps):
     loss = one_step()
-  loss.item()
+  loss.item()  # waits for the device
   seconds = time.perf_counter() - start
-  return {'images_per_s': steps * batch / seconds, 'peak_rss_mb': _peak_rss_mb(),
-          'num_params': torch_models.num_params(model), 'torch_version': torch.__version__}
+  peak = (torch.cuda.max_memory_allocated() / 2**20 if device == 'cuda' else _peak_rss_mb())
+  return {'images_per_s': steps * batch / seconds, 'peak_rss_mb': peak, 'compile_s': compile_s,
+          'num_params': torch_models.num_params(model), 'torch_version': torch.__version__,
+          'device': torch.cuda.get_device_name() if device == 'cuda' else 'cpu',
+          'mode': mode, 'dtype': dtype}
+
+
+# Dense bfloat16 tensor-core peaks, FLOP/s (vendor data sheets, SXM parts), for MFU; keyed by a
+# substring of jax's `device_kind`. Other devices (CPUs included) need --peak_tflops.
+PEAK_BF16_FLOPS = {'H200': 989e12, 'H100': 989e12, 'A100': 312e12, 'L4': 121e12, 'L40S': 362e12}
+
+
+def peak_flops(device_kind: str | None, override_tflops: float = 0.0) -> float | None:
+  if override_tflops:
+    return override_tflops * 1e12
+  for key, flops in PEAK_BF16_FLOPS.items():
+    if device_kind and key in device_kind:
+      return flops
+  return None
+
+
+def train_flops_per_image(macs: float) -> float:
+  """Forward 2 x MACs FLOPs, backward (input and kernel gradients) twice the forward."""
+  return 6 * macs
 
 
 def model_facts(name: str) -> dict:
@@ -156,13 +202,15 @@ def model_facts(name: str) -> dict:
   return {'num_params': params, 'macs': conv_arithmetic.count_flops(model, _shape(name)).macs}
 
 
-def _run_child(kind: str, name: str, steps: int, batch: int, env_extra: dict) -> dict | None:
+def _run_child(kind: str, name: str, steps: int, batch: int, env_extra: dict,
+               extra_args: tuple[str, ...] = ()) -> dict | None:
   env = dict(os.environ, **env_extra)
   env.pop('XLA_FLAGS', None)
   if USER_XLA_FLAGS is not None:
     env['XLA_FLAGS'] = USER_XLA_FLAGS
   out = subprocess.run([sys.executable, '-m', 'benchmarks.train_step', f'--child={kind}:{name}',
-                        f'--steps={steps}', f'--batch={batch}'], env=env, capture_output=True,
+                        f'--steps={steps}', f'--batch={batch}', *extra_args], env=env,
+                       capture_output=True,
                        text=True, check=False)
   if out.returncode:
     print(f'# {kind} {name}: failed: {out.stderr.strip().splitlines()[-3:]}', file=sys.stderr)
@@ -200,18 +248,25 @@ def table(rows: list[dict], variants: list[str]) -> str:
                                                          'pytorch img/s', 'jax / pytorch',
                                                          'compile s', 'peak MB jax / torch',
                                                          'GFLOP/s jax / torch']
+  with_mfu = any(r.get('peak_flops') for r in rows)
+  if with_mfu:
+    headers.append('MFU jax / torch')
   body = []
   for r in rows:
     jax_best = r['jax'].get('defaults') or {}
     pt = r.get('pytorch') or {}
-    gf = lambda ips: None if ips is None else 6 * r['macs'] * ips / 1e9
+    gf = lambda ips: None if ips is None else train_flops_per_image(r['macs']) * ips / 1e9
+    mfu = lambda ips: (None if ips is None or not r.get('peak_flops') else
+                       100 * train_flops_per_image(r['macs']) * ips / r['peak_flops'])
     body.append([r['model'], r['batch'], f"{r['num_params']:,}", f"{r['macs'] / 1e6:,.1f}"]
                 + [_fmt((r['jax'].get(v) or {}).get('images_per_s')) for v in variants]
                 + [_loop_cell(jax_best), _fmt(pt.get('images_per_s')),
                    _fmt(r.get('ratio'), '.2f'), _fmt(jax_best.get('compile_s'), '.1f'),
                    f"{_fmt(jax_best.get('peak_rss_mb'))} / {_fmt(pt.get('peak_rss_mb'))}",
                    f"{_fmt(gf(jax_best.get('images_per_s')), '.1f')} / "
-                   f"{_fmt(gf(pt.get('images_per_s')), '.1f')}"])
+                   f"{_fmt(gf(pt.get('images_per_s')), '.1f')}"]
+                + ([f"{_fmt(mfu(jax_best.get('images_per_s')), '.1f')}% / "
+                    f"{_fmt(mfu(pt.get('images_per_s')), '.1f')}%"] if with_mfu else []))
   return markdown_table(headers, body)
 
 
@@ -225,7 +280,13 @@ def main():
   parser.add_argument('--no_torch', action='store_true')
   parser.add_argument('--json', default=None, help='Also write the results to this file.')
   parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
-  parser.add_argument('--dtype', default='float32', help=argparse.SUPPRESS)  # a child's dtype
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                      help='compute dtype of both frameworks (parameters stay float32)')
+  parser.add_argument('--torch_mode', default='eager', choices=('eager', 'compile'),
+                      help='PyTorch eager or torch.compile')
+  parser.add_argument('--peak_tflops', type=float, default=0.0,
+                      help='peak FLOP/s (TFLOP/s) for the MFU column where the device is not in '
+                           'PEAK_BF16_FLOPS (e.g. a CPU)')
   args = parser.parse_args()
   if args.child:
     kind, name = args.child.split(':')
@@ -233,7 +294,7 @@ def main():
     if kind == 'jax':
       print(json.dumps(jax_child(name, args.steps, batch, args.dtype)))
     else:
-      print(json.dumps(torch_child(name, args.steps, batch)))
+      print(json.dumps(torch_child(name, args.steps, batch, args.torch_mode, args.dtype)))
     return
   variants = args.variants.split(',')
   info = machine()
@@ -244,11 +305,16 @@ def main():
     batch = args.batch or BATCH[name]
     row = {'model': name, 'batch': batch, **model_facts(name), 'jax': {}}
     for v in variants:
-      row['jax'][v] = _run_child('jax', name, args.steps, batch, VARIANTS[v])
-    row['pytorch'] = None if args.no_torch else _run_child('torch', name, args.steps, batch, {})
+      row['jax'][v] = _run_child('jax', name, args.steps, batch, VARIANTS[v],
+                                 (f'--dtype={args.dtype}',))
+    row['pytorch'] = None if args.no_torch else _run_child(
+        'torch', name, args.steps, batch, {}, (f'--torch_mode={args.torch_mode}',
+                                               f'--dtype={args.dtype}'))
     best = (row['jax'].get('defaults') or {}).get('images_per_s')
     pt = (row['pytorch'] or {}).get('images_per_s')
     row['ratio'] = best / pt if best and pt else None
+    kind = next((r['device_kind'] for r in row['jax'].values() if r and 'device_kind' in r), None)
+    row['peak_flops'] = peak_flops(kind, args.peak_tflops)
     rows.append(row)
     print(f"{name}: " + ', '.join(f"jax[{v}] {_fmt((row['jax'][v] or {}).get('images_per_s'))}"
                                   for v in variants)
@@ -258,8 +324,8 @@ def main():
   if args.json:
     command = 'python -m benchmarks.train_step ' + ' '.join(sys.argv[1:])
     with open(args.json, 'w') as f:
-      json.dump({'machine': info, 'command': command, 'variants': variants, 'rows': rows}, f,
-                indent=2)
+      json.dump({'machine': info, 'command': command, 'variants': variants, 'rows': rows,
+                 'torch': {'mode': args.torch_mode, 'dtype': args.dtype}}, f, indent=2)
       f.write('\n')
 
 

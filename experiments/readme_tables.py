@@ -108,15 +108,18 @@ def params_table() -> str:
 
 def benchmark_table() -> str:
   """The committed `make bench` results, one table per machine kind
-  (benchmarks/results/cpu_2core*.json), the newest first."""
+  (benchmarks/results/cpu_2core*.json, gpu*.json), the newest first."""
   from benchmarks import train_step  # pylint: disable=g-import-not-at-top
-  runs = [json.loads(p.read_text()) for p in (ROOT / 'benchmarks/results').glob('cpu_2core*.json')]
+  results = ROOT / 'benchmarks/results'
+  runs = [json.loads(p.read_text())
+          for p in sorted(results.glob('cpu_2core*.json')) + sorted(results.glob('gpu*.json'))]
   parts = []
   for data in sorted(runs, key=lambda d: d['machine']['date'], reverse=True):
-    m = data['machine']
+    m, torch = data['machine'], data.get('torch', {})
     parts.append(f"Measured on {m['host_cpu']} [{m['isa']}], {m['date']}, with no other job "
                  f"running: `{data['command']}`. \"jax (none)\" is XLA's defaults (the project's "
-                 'XLA settings off), "loop" the same step inside the training loop.\n\n'
+                 'XLA settings off), "loop" the same step inside the training loop; PyTorch '
+                 f"{torch.get('mode', 'eager')}, {torch.get('dtype', 'float32')}.\n\n"
                  + train_step.table(data['rows'], data['variants']))
   return '\n\n'.join(parts)
 
@@ -140,9 +143,19 @@ def time_to_accuracy_table() -> str:
                          'end of recipe', 'hardware, date', 'command'], rows)
 
 
+def suite_cache_table() -> str:
+  """benchmarks/results/suite_compile_cache.json: the default suite, cold and warm cache."""
+  from benchmarks import suite_cache  # pylint: disable=g-import-not-at-top
+  facts = json.loads((ROOT / 'benchmarks/results/suite_compile_cache.json').read_text())
+  m = facts['machine']
+  return (f"Measured on {m['host_cpu']} [{m['isa']}], {m['date']}, commit {facts['git_commit']}: "
+          f"`{facts['command']}` (each threshold with its own empty cache).\n\n"
+          + suite_cache.table(facts['runs']))
+
+
 TABLES = {'lenet5_mnist': lenet5_table, 'experiments': experiments_table,
           'param_counts': params_table, 'benchmark': benchmark_table,
-          'time_to_accuracy': time_to_accuracy_table}
+          'time_to_accuracy': time_to_accuracy_table, 'suite_cache': suite_cache_table}
 
 
 def render(text: str) -> str:
