@@ -1,6 +1,9 @@
 # cnn_jax: every target sets up .venv itself (pinned, idempotent) before running.
 PY := .venv/bin/python
 SETUP := scripts/setup_env.sh
+# glibc's malloc on transparent huge pages (cnn_jax/xla_setup.py says why); the entry points
+# restart themselves with it, the test runner gets it here.
+HUGE_PAGES := GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1
 
 .PHONY: setup degradation-toy degradation-cpu lenet5-mnist lenet5-mnist-quick test test-all param-table readme bench bench-gpu clean
 
@@ -22,10 +25,10 @@ lenet5-mnist-quick: setup
 
 ## The test suite (what CI runs); test-all adds the slow tests.
 test: setup
-	$(PY) -m pytest -q
+	$(HUGE_PAGES) $(PY) -m pytest -q
 
 test-all: setup
-	$(PY) -m pytest -q -m ''
+	$(HUGE_PAGES) $(PY) -m pytest -q -m ''
 
 ## Reports committed under reports/ and the README tables generated from them.
 param-table: setup

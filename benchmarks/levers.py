@@ -21,6 +21,9 @@
 7. Convolutions of maps smaller than the kernel (VGG's last stage on 32x32 inputs) or with a 1x1
    output (LeNet-5's C5): XLA's convolution against cnn_jax.models.conv's im2col or dense
    product, per layer and in VGG's and LeNet-5's steps.
+8. The CPU kernels (cnn_jax/kernels: oneDNN convolutions, BatchNorm+ReLU) against XLA's ops, per
+   layer (ResNet-20's shapes, alternating in one process), and with glibc's huge pages in the
+   training steps (fresh processes, rounds alternating), with page faults and system time.
 The project keeps a lever only where it pays (cnn_jax/xla_setup.py says which are on).
 """
 from __future__ import annotations
@@ -317,6 +320,131 @@ def scan_child(model: str, steps: int, chunk: int) -> dict[str, float]:
   return out
 
 
+# (H, Cin, Cout, stride) of ResNet-20's convolutions, with how often each occurs in one step.
+KERNEL_LAYERS = ((32, 3, 16, 1, 1), (32, 16, 16, 1, 6), (32, 16, 32, 2, 1), (16, 32, 32, 1, 5),
+                 (16, 32, 64, 2, 1), (8, 64, 64, 1, 5))
+KERNEL_STEP_MODELS = ('lenet5', 'resnet20', 'resnet56')
+# (label, kernels, huge pages) of section 8's training steps.
+KERNEL_STEP_VARIANTS = (('XLA ops, 4 KiB pages', '0', '0'), ('XLA ops, huge pages', '0', '1'),
+                        ('CPU kernels, 4 KiB pages', '1', '0'),
+                        ('CPU kernels, huge pages (project default)', '1', '1'))
+
+
+def kernels_child(rounds: int = 3) -> dict:
+  """Milliseconds of each ResNet-20 layer (batch 128) and of its BatchNorm+ReLU, with the CPU
+  kernels and with XLA's ops, alternating in this process (the switch is read at trace time)."""
+  import statistics  # pylint: disable=g-import-not-at-top
+  import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from cnn_jax.kernels import ops  # pylint: disable=g-import-not-at-top
+
+  def bench(f, *args, n=5):
+    jax.block_until_ready(f(*args))
+    times = []
+    for _ in range(n):
+      start = time.perf_counter()
+      jax.block_until_ready(f(*args))
+      times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+  def timed(kernels: str, fns: dict, args: dict) -> dict:
+    os.environ['CNN_JAX_CPU_KERNELS'] = kernels
+    return {name: bench(jax.jit(f), *args[name]) for name, f in fns.items()}
+
+  rows = []
+  for h, cin, cout, s, count in KERNEL_LAYERS:
+    x = jax.random.normal(jax.random.key(0), (128, h, h, cin))
+    k = 0.1 * jax.random.normal(jax.random.key(1), (3, 3, cin, cout))
+    conv = lambda x, k: ops.conv2d(x, k, (s, s), ((1, 1), (1, 1)))
+    y = conv(x, k)
+    g = jnp.ones_like(y)
+    scale, bias = jnp.ones(cout), jnp.zeros(cout)
+    bn = lambda y, a, b: ops.batch_norm_train(y, a, b, 1e-5, True)[0]
+    fns = {'forward': conv,
+           'input gradient': lambda k, g: jax.vjp(lambda x: conv(x, k), x)[1](g)[0],
+           'kernel gradient': lambda x, g: jax.vjp(lambda k: conv(x, k), k)[1](g)[0],
+           'BN+ReLU forward': bn,
+           'BN+ReLU fwd+bwd': lambda y, g: jax.vjp(lambda y, a, b: bn(y, a, b), y, scale,
+                                                    bias)[1](g)}
+    args = {'forward': (x, k), 'input gradient': (k, g), 'kernel gradient': (x, g),
+            'BN+ReLU forward': (y, scale, bias), 'BN+ReLU fwd+bwd': (y, g)}
+    runs = {'xla': [], 'kernels': []}
+    for _ in range(rounds):
+      runs['xla'].append(timed('0', fns, args))
+      runs['kernels'].append(timed('1', fns, args))
+    med = {impl: {name: statistics.median(r[name] for r in rs) for name in fns}
+           for impl, rs in runs.items()}
+    rows.append({'layer': f'{h}x{h}x{cin} -> {cout}, stride {s}', 'count': count, **med})
+  return {'layers': rows}
+
+
+def kernel_steps(steps: int, rounds: int = 3) -> dict:
+  """Per model and variant of KERNEL_STEP_VARIANTS: every round's train_step child result."""
+  out = {}
+  for model in KERNEL_STEP_MODELS:
+    out[model] = {label: [] for label, _, _ in KERNEL_STEP_VARIANTS}
+    for _ in range(rounds):
+      for label, kernels, huge in KERNEL_STEP_VARIANTS:
+        env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+        env['CNN_JAX_CPU_KERNELS'] = kernels
+        env['CNN_JAX_HUGE_PAGES'] = huge
+        tunables = [t for t in env.get('GLIBC_TUNABLES', '').split(':')
+                    if t and not t.startswith('glibc.malloc.hugetlb')]
+        env['GLIBC_TUNABLES'] = ':'.join(tunables + (['glibc.malloc.hugetlb=1'] if huge == '1'
+                                                     else []))
+        result = subprocess.run([sys.executable, '-m', 'benchmarks.train_step',
+                                 f'--child=jax:{model}', f'--steps={steps}', '--batch=0'],
+                                env=env, capture_output=True, text=True, check=True)
+        out[model][label].append(json.loads(result.stdout.strip().splitlines()[-1]))
+  return out
+
+
+def _kernel_sections(layers: dict, steps: dict, rounds: int) -> str:
+  import statistics  # pylint: disable=g-import-not-at-top
+  from cnn_jax import report  # pylint: disable=g-import-not-at-top
+  names = ('forward', 'input gradient', 'kernel gradient', 'BN+ReLU forward', 'BN+ReLU fwd+bwd')
+  layer_rows, totals = [], {'xla': dict.fromkeys(names, 0.0), 'kernels': dict.fromkeys(names, 0.0)}
+  for row in layers['layers']:
+    layer_rows.append([f"{row['layer']} (x{row['count']})"]
+                      + [f"{row['xla'][n]:.2f} / {row['kernels'][n]:.2f}" for n in names])
+    for impl in totals:
+      for n in names:
+        totals[impl][n] += row['count'] * row[impl][n]
+  layer_rows.append(['**one ResNet-20 step** (x count)']
+                    + [f"**{totals['xla'][n]:.0f} / {totals['kernels'][n]:.0f}**" for n in names])
+  step_rows = []
+  for model, variants in steps.items():
+    base = None
+    for label, runs in variants.items():
+      med = lambda key: statistics.median(r[key] for r in runs)
+      ips = med('images_per_s')
+      base = base or ips
+      step_rows.append([model, label, ' / '.join(f"{r['images_per_s']:,.0f}" for r in runs),
+                        f'{ips:,.0f}', f'{ips / base:.2f}x',
+                        f"{med('page_faults_per_step'):,.0f}",
+                        f"{1e3 * med('user_s_per_step'):,.0f} / {1e3 * med('sys_s_per_step'):,.0f}"])
+  return f"""## 8. CPU kernels (oneDNN convolutions, BatchNorm+ReLU) and huge pages
+
+Per layer (batch 128, ResNet-20's shapes), milliseconds, XLA's op / the CPU kernel, medians of
+{rounds} alternating rounds in one process:
+
+{report.markdown_table(['layer'] + list(names), layer_rows)}
+
+Training steps, images/s (batch 64 for LeNet-5, 128 otherwise), each variant a fresh process,
+{rounds} rounds alternating; page faults and CPU time per step are the median run's:
+
+{report.markdown_table(['model', 'variant', 'images/s, each round', 'median', 'vs first row',
+                        'page faults / step', 'user / system CPU ms / step'], step_rows)}
+
+Kept, both on by default: the kernels on CPUs (cnn_jax/kernels; `CNN_JAX_CPU_KERNELS=0` turns
+them off) and huge pages in the project's programs (cnn_jax/xla_setup.py;
+`CNN_JAX_HUGE_PAGES=0`). XLA's CPU runtime allocates every step's buffers afresh; on 4 KiB pages
+the kernel zeroes and maps each page on first touch, which is the page-fault and system-time
+column above.
+"""
+
+
 def _child(args: list[str], env_extra: dict | None = None, timeout: float | None = None):
   """A fresh process's JSON answer; None when it runs past `timeout` seconds."""
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
@@ -366,7 +494,9 @@ def main():
   parser.add_argument('--scan_child', default=None, help=argparse.SUPPRESS)
   parser.add_argument('--pool_child', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--small_map_child', action='store_true', help=argparse.SUPPRESS)
-  parser.add_argument('--sections', default='1,2,3,4,5,6,7', help='which levers to measure')
+  parser.add_argument('--kernels_child', action='store_true', help=argparse.SUPPRESS)
+  parser.add_argument('--rounds', type=int, default=3, help='rounds of section 8')
+  parser.add_argument('--sections', default='1,2,3,4,5,6,7,8', help='which levers to measure')
   args = parser.parse_args()
   if args.layers_child:
     print(json.dumps(layer_formulations()))
@@ -379,6 +509,9 @@ def main():
     return
   if args.small_map_child:
     print(json.dumps(small_map_child(args.steps)))
+    return
+  if args.kernels_child:
+    print(json.dumps(kernels_child(args.rounds)))
     return
   if args.scan_child:
     model, chunk = args.scan_child.split(':')
@@ -517,6 +650,9 @@ only zoo models with maps smaller than their kernels (2x2 in stage 5 on 32x32 in
 LeNet-5, whose C5 has a 1x1 output; the parameters and the layer's values are unchanged
 (tests/test_conv.py).
 """)
+  if '8' in sections:
+    parts.append(_kernel_sections(_child(['--kernels_child', f'--rounds={args.rounds}']),
+                                  kernel_steps(args.steps, args.rounds), args.rounds))
   text = '\n'.join(parts)
   print(text)
   if args.out:
@@ -527,4 +663,6 @@ LeNet-5, whose C5 has a 1x1 output; the parameters and the layer's values are un
 
 
 if __name__ == '__main__':
+  from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
+  xla_setup.restart_with_huge_pages()  # first: it restarts the program
   main()

@@ -147,4 +147,6 @@ def main():
 
 
 if __name__ == '__main__':
+  from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
+  xla_setup.restart_with_huge_pages()  # first: it restarts the program
   main()

@@ -1,22 +1,30 @@
 """Training-step throughput: cnn_jax's own `train_step` beside a PyTorch twin, on one machine.
 
     python -m benchmarks.train_step [--models=lenet5,resnet20,resnet56,plain56] [--steps=20]
-                                    [--json=benchmarks/results/cpu.json] [--variants=defaults,none]
+                                    [--repeats=3] [--variants=defaults,xla,none]
+                                    [--json=benchmarks/results/cpu.json]
     # on a GPU: both frameworks in bfloat16, PyTorch compiled, with MFU
     python -m benchmarks.train_step --models=resnet50,resnet20 --variants=defaults \
         --dtype=bfloat16 --torch_mode=compile --json=benchmarks/results/gpu.json
 
 Per model it runs, each in a fresh process (so XLA flags and memory figures are its own):
-* `jax`: the loop's jitted `cnn_jax.train.train_step` as built by the loop's own `train.setup`
-  from the model's experiment config (configs/lenet5_mnist.py, configs/cifar_resnet.py): the real
-  data on the device, batches gathered and augmented inside jit, donated state; with the
-  project's XLA settings (cnn_jax/xla_setup.py). Timed alone ("step") and then inside
+* `jax (defaults)`: the loop's jitted `cnn_jax.train.train_step` as built by the loop's own
+  `train.setup` from the model's experiment config (configs/lenet5_mnist.py,
+  configs/cifar_resnet.py): the real data on the device, batches gathered and augmented inside
+  jit, donated state; with the project's settings: XLA flags (cnn_jax/xla_setup.py), the CPU
+  kernels (cnn_jax/kernels) and glibc's huge pages. Timed alone ("step") and then inside
   `train.train_loop` ("loop": log points, stop checks, epoch permutations), by the loop's own
   images/s bookkeeping;
-* `jax (none)` (`--variants` includes `none`): the same with those settings off
-  (CNN_JAX_XLA_DEFAULTS=0, the user's own XLA_FLAGS), i.e. XLA's defaults: the "before" column;
+* `jax (xla)` (`--variants` includes `xla`): the same without the CPU kernels
+  (CNN_JAX_CPU_KERNELS=0): every layer is XLA's own op;
+* `jax (none)`: every project setting off (CNN_JAX_XLA_DEFAULTS=0, no kernels, no huge pages,
+  the user's own XLA_FLAGS), i.e. XLA's defaults: the "before" column;
 * `pytorch`: the same network in PyTorch, channels-last, SGD momentum, on the first CUDA device
-  if there is one, else on all CPU cores; eager (default) or `--torch_mode=compile`.
+  if there is one, else on all CPU cores; eager (default) or `--torch_mode=compile`; in the
+  benchmark's own environment (huge pages included, as they are a process setting).
+The machines this runs on vary by 10-30% from minute to minute, so the whole sequence (every
+variant, then PyTorch) repeats `--repeats` times; each figure is the median run, and the ratio
+to PyTorch the median of the per-round ratios.
 `--dtype=bfloat16` makes both compute in bfloat16 with float32 parameters (PyTorch by autocast).
 It prints and (with --json) writes images/s, the ratio to PyTorch, compile time (persistent
 cache off), peak memory (resident on a CPU, the device's own on an accelerator), achieved
@@ -32,6 +40,7 @@ import json
 import os
 import pathlib
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -40,7 +49,8 @@ BATCH = {'lenet5': 64, 'resnet20': 128, 'resnet56': 128, 'plain20': 128, 'plain5
          'resnet50': 256}
 SHAPE = {'lenet5': (32, 32, 1), 'resnet50': (224, 224, 3)}
 SHAPE_DEFAULT = (32, 32, 3)
-VARIANTS = {'defaults': {}, 'none': {'CNN_JAX_XLA_DEFAULTS': '0'}}
+VARIANTS = {'defaults': {}, 'xla': {'CNN_JAX_CPU_KERNELS': '0'},
+            'none': {'CNN_JAX_XLA_DEFAULTS': '0', 'CNN_JAX_CPU_KERNELS': '0'}}
 # The user's own XLA_FLAGS, before `import cnn_jax` in this process adds the project's: each child
 # starts from these, so the `none` variant really runs with XLA's defaults.
 USER_XLA_FLAGS = os.environ.get('XLA_FLAGS')
@@ -48,6 +58,14 @@ USER_XLA_FLAGS = os.environ.get('XLA_FLAGS')
 
 def _shape(name):
   return SHAPE.get(name, SHAPE_DEFAULT)
+
+
+def _os_costs_per_step(before, steps: int) -> dict:
+  """Page faults and user/system CPU seconds per step since the rusage `before`."""
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  return {'page_faults_per_step': (after.ru_minflt - before.ru_minflt) / steps,
+          'user_s_per_step': (after.ru_utime - before.ru_utime) / steps,
+          'sys_s_per_step': (after.ru_stime - before.ru_stime) / steps}
 
 
 def _peak_rss_mb() -> float:
@@ -105,11 +123,12 @@ def jax_child(name: str, steps: int, batch: int, dtype: str = 'float32') -> dict
       for i in range(1, warmup):
         state, totals = run.p_train_step(state, totals, *args(i))
       jax.block_until_ready(totals)
-      start = time.perf_counter()
+      usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
       for i in range(warmup, warmup + steps):
         state, totals = run.p_train_step(state, totals, *args(i))
       jax.block_until_ready(totals)
       bare = steps * batch / (time.perf_counter() - start)
+      os_costs = _os_costs_per_step(usage, steps)
       # The loop from step warmup + steps to 3 * steps: its first log interval (to 2 * steps) is
       # not timed by the loop, the second (`steps` steps) is: the loop's own images/s figure.
       state, _ = train.train_loop(run, state, should_stop=lambda step: False)
@@ -118,8 +137,10 @@ def jax_child(name: str, steps: int, batch: int, dtype: str = 'float32') -> dict
       train._close(run, quiet=True)  # pylint: disable=protected-access
   stats = jax.devices()[0].memory_stats() or {}  # an accelerator's own memory; None on CPU
   peak = stats['peak_bytes_in_use'] / 2**20 if 'peak_bytes_in_use' in stats else _peak_rss_mb()
+  from cnn_jax import kernels  # pylint: disable=g-import-not-at-top
   return {'images_per_s': bare, 'loop_images_per_s': loop, 'compile_s': compile_s,
-          'peak_rss_mb': peak, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'peak_rss_mb': peak, **os_costs, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''), 'kernels': kernels.status(),
           'jax_version': jax.__version__, 'device_kind': jax.devices()[0].device_kind,
           'dtype': dtype}
 
@@ -159,13 +180,15 @@ def torch_child(name: str, steps: int, batch: int, mode: str = 'eager',
   for _ in range(2):
     one_step()
   one_step().item()
-  start = time.perf_counter()
+  usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
   for _ in range(steps):
     loss = one_step()
   loss.item()  # waits for the device
   seconds = time.perf_counter() - start
+  os_costs = _os_costs_per_step(usage, steps)
   peak = (torch.cuda.max_memory_allocated() / 2**20 if device == 'cuda' else _peak_rss_mb())
   return {'images_per_s': steps * batch / seconds, 'peak_rss_mb': peak, 'compile_s': compile_s,
+          **os_costs,
           'num_params': torch_models.num_params(model), 'torch_version': torch.__version__,
           'device': torch.cuda.get_device_name() if device == 'cuda' else 'cpu',
           'mode': mode, 'dtype': dtype}
@@ -208,6 +231,10 @@ def _run_child(kind: str, name: str, steps: int, batch: int, env_extra: dict,
   env.pop('XLA_FLAGS', None)
   if USER_XLA_FLAGS is not None:
     env['XLA_FLAGS'] = USER_XLA_FLAGS
+  if env.get('CNN_JAX_XLA_DEFAULTS') == '0':  # none of the project's settings: no huge pages
+    tunables = [t for t in env.get('GLIBC_TUNABLES', '').split(':')
+                if t and not t.startswith('glibc.malloc.hugetlb')]
+    env['GLIBC_TUNABLES'] = ':'.join(tunables)
   out = subprocess.run([sys.executable, '-m', 'benchmarks.train_step', f'--child={kind}:{name}',
                         f'--steps={steps}', f'--batch={batch}', *extra_args], env=env,
                        capture_output=True,
@@ -232,6 +259,15 @@ def machine() -> dict:
 
 def _fmt(v, spec=',.0f'):
   return '-' if v is None else format(v, spec)
+
+
+def _median_run(runs: list[dict | None]) -> dict | None:
+  """The run with the median images/s (its other figures come with it), all runs' images/s
+  under 'runs'."""
+  done = sorted((r for r in runs if r), key=lambda r: r['images_per_s'])
+  if not done:
+    return None
+  return {**done[(len(done) - 1) // 2], 'runs': [r['images_per_s'] if r else None for r in runs]}
 
 
 def _loop_cell(result: dict) -> str:
@@ -275,8 +311,11 @@ def main():
   parser.add_argument('--models', default='lenet5,resnet20,resnet56,plain56')
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--batch', type=int, default=0, help='0 = the model\'s benchmark batch')
-  parser.add_argument('--variants', default='defaults,none',
-                      help='defaults: project XLA settings; none: XLA defaults (before)')
+  parser.add_argument('--variants', default='defaults,xla,none',
+                      help='defaults: project settings; xla: without the CPU kernels; '
+                           'none: XLA defaults (before)')
+  parser.add_argument('--repeats', type=int, default=3,
+                      help='rounds of every variant and PyTorch; figures are medians')
   parser.add_argument('--no_torch', action='store_true')
   parser.add_argument('--json', default=None, help='Also write the results to this file.')
   parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
@@ -299,20 +338,26 @@ def main():
   variants = args.variants.split(',')
   info = machine()
   print(f"# train-step throughput on {info['host_cpu']} [{info['isa']}], {info['date']}; "
-        f'{args.steps} timed steps after 2 warm-up steps', flush=True)
+        f'{args.steps} timed steps after 2 warm-up steps, median of {args.repeats} rounds',
+        flush=True)
   rows = []
   for name in args.models.split(','):
     batch = args.batch or BATCH[name]
     row = {'model': name, 'batch': batch, **model_facts(name), 'jax': {}}
-    for v in variants:
-      row['jax'][v] = _run_child('jax', name, args.steps, batch, VARIANTS[v],
-                                 (f'--dtype={args.dtype}',))
-    row['pytorch'] = None if args.no_torch else _run_child(
-        'torch', name, args.steps, batch, {}, (f'--torch_mode={args.torch_mode}',
-                                               f'--dtype={args.dtype}'))
-    best = (row['jax'].get('defaults') or {}).get('images_per_s')
+    runs = {v: [] for v in variants + ['pytorch']}
+    for _ in range(args.repeats):
+      for v in variants:
+        runs[v].append(_run_child('jax', name, args.steps, batch, VARIANTS[v],
+                                  (f'--dtype={args.dtype}',)))
+      runs['pytorch'].append(None if args.no_torch else _run_child(
+          'torch', name, args.steps, batch, {}, (f'--torch_mode={args.torch_mode}',
+                                                 f'--dtype={args.dtype}')))
+    row['jax'] = {v: _median_run(runs[v]) for v in variants}
+    row['pytorch'] = _median_run(runs['pytorch'])
     pt = (row['pytorch'] or {}).get('images_per_s')
-    row['ratio'] = best / pt if best and pt else None
+    ratios = [a['images_per_s'] / b['images_per_s']
+              for a, b in zip(runs.get('defaults', []), runs['pytorch']) if a and b]
+    row['ratio'] = statistics.median(ratios) if ratios else None
     kind = next((r['device_kind'] for r in row['jax'].values() if r and 'device_kind' in r), None)
     row['peak_flops'] = peak_flops(kind, args.peak_tflops)
     rows.append(row)
@@ -325,9 +370,12 @@ def main():
     command = 'python -m benchmarks.train_step ' + ' '.join(sys.argv[1:])
     with open(args.json, 'w') as f:
       json.dump({'machine': info, 'command': command, 'variants': variants, 'rows': rows,
+                 'repeats': args.repeats,
                  'torch': {'mode': args.torch_mode, 'dtype': args.dtype}}, f, indent=2)
       f.write('\n')
 
 
 if __name__ == '__main__':
+  from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
+  xla_setup.restart_with_huge_pages()  # first: it restarts the program
   main()

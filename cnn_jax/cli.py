@@ -14,7 +14,7 @@ import sys
 
 from absl import flags, logging
 
-from cnn_jax import config_base, parallel, train
+from cnn_jax import config_base, parallel, train, xla_setup
 from cnn_jax.config_base import ConfigError
 from cnn_jax.datasets.splits import DataError
 
@@ -30,7 +30,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   `--config.model_kwargs.FIELD=VALUE` sets a module field of the chosen model (e.g.
   `shortcut=B`, `aux_logits=True`); the field name is checked against the model's fields.
   When a `--config` flag is defined, the parsed config is validated here, before anything runs.
+  First of all, the program restarts itself on huge pages (xla_setup.restart_with_huge_pages).
   """
+  xla_setup.restart_with_huge_pages()
   is_model_kwarg = lambda arg: arg.startswith(MODEL_KWARGS_PREFIX) and '=' in arg
   model_kwargs = dict(arg[len(MODEL_KWARGS_PREFIX):].split('=', 1) for arg in argv
                       if is_model_kwarg(arg))

@@ -142,14 +142,18 @@ def count(params, names) -> int:
 
 def _bn_inference(module: nn.Module, x):
   """A BatchNorm (cnn_jax.models.layers.BatchNorm or flax's, over the last axis) in inference
-  mode: the running statistics folded into one multiply-add, as layers.BatchNorm evaluates."""
+  mode: the running statistics folded into one multiply-add, as layers.BatchNorm evaluates,
+  with the ReLU of a `BatchNorm(relu=True)`."""
   mean = module.get_variable('batch_stats', 'mean')
   var = module.get_variable('batch_stats', 'var')
   scale = (module.get_variable('params', 'scale') if module.has_variable('params', 'scale')
            else 1.0)
   bias = module.get_variable('params', 'bias') if module.has_variable('params', 'bias') else 0.0
   a = scale * jax.lax.rsqrt(var + module.epsilon)
-  return (x.astype(jnp.float32) * a + (bias - mean * a)).astype(module.dtype or x.dtype)
+  y = x.astype(jnp.float32) * a + (bias - mean * a)
+  if getattr(module, 'relu', False):
+    y = jax.nn.relu(y)
+  return y.astype(module.dtype or x.dtype)
 
 
 def _frozen_bn_interceptor(frozen: frozenset, next_fun, args, kwargs, context):

@@ -24,7 +24,7 @@ import pathlib
 from absl import app, flags
 import numpy as np
 
-from cnn_jax import cli, report, sweep
+from cnn_jax import cli, report, sweep, xla_setup
 from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common as common
 
@@ -377,6 +377,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  xla_setup.restart_with_huge_pages()
   common.define_flags('init_variance', '20 layers of width 256; plain-20 8 steps on 256 images.',
                       seeds_of='initialisation')
   flags.DEFINE_bool('train', True, 'Also train the CIFAR-10 plain-20 under each initialisation.')

@@ -116,10 +116,17 @@ def benchmark_table() -> str:
   parts = []
   for data in sorted(runs, key=lambda d: d['machine']['date'], reverse=True):
     m, torch = data['machine'], data.get('torch', {})
+    if data.get('repeats'):  # since the CPU kernels: three variants, medians of rounds
+      legend = ('"jax (defaults)" is the project\'s settings (XLA flags, CPU kernels, huge pages), '
+                '"jax (xla)" the same without the CPU kernels, "jax (none)" XLA\'s defaults; each '
+                f"figure is the median of {data['repeats']} rounds, the ratio the median of the "
+                "rounds' ratios")
+    else:
+      legend = '"jax (none)" is XLA\'s defaults (the project\'s XLA settings off)'
     parts.append(f"Measured on {m['host_cpu']} [{m['isa']}], {m['date']}, with no other job "
-                 f"running: `{data['command']}`. \"jax (none)\" is XLA's defaults (the project's "
-                 'XLA settings off), "loop" the same step inside the training loop; PyTorch '
-                 f"{torch.get('mode', 'eager')}, {torch.get('dtype', 'float32')}.\n\n"
+                 f"running: `{data['command']}`. {legend}; \"loop\" is the same step inside the "
+                 f"training loop; PyTorch {torch.get('mode', 'eager')}, "
+                 f"{torch.get('dtype', 'float32')}.\n\n"
                  + train_step.table(data['rows'], data['variants']))
   return '\n\n'.join(parts)
 

@@ -30,7 +30,7 @@ import pathlib
 from absl import app, flags
 import numpy as np
 
-from cnn_jax import cli, report, sweep
+from cnn_jax import cli, report, sweep, xla_setup
 from experiments import lecture_common as common
 
 
@@ -414,5 +414,6 @@ C1 responses (after ReLU) to the first test digit of classes 0, 1, 4 and 7.
 
 
 if __name__ == '__main__':
+  xla_setup.restart_with_huge_pages()
   define_flags()
   app.run(main)

@@ -34,5 +34,7 @@ req="-r requirements.txt -r requirements-dev.txt"
 [ "${EXTRAS:-}" = "bench" ] && req="$req -r requirements-bench.txt"
 .venv/bin/python -m pip install -q --disable-pip-version-check $req
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+# The CPU kernels, compiled now for this machine (cached; a failure only means XLA's ops).
+.venv/bin/python -m cnn_jax.kernels || echo "setup_env: some CPU kernels are unavailable (above)." >&2
 echo "$want" > .venv/.stamp
 echo "setup_env: done." >&2

@@ -7,6 +7,13 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import cnn_jax  # noqa: E402,F401  (XLA settings before any test imports jax)
+from cnn_jax import xla_setup  # noqa: E402
+
+# The programs the tests start get glibc's huge pages from the start, as `make test` gives this
+# process, rather than restarting themselves for them (xla_setup.restart_with_huge_pages).
+if 'glibc.malloc.hugetlb' not in os.environ.get('GLIBC_TUNABLES', ''):
+  os.environ['GLIBC_TUNABLES'] = ':'.join(
+      filter(None, [os.environ.get('GLIBC_TUNABLES'), xla_setup.HUGE_PAGES_TUNABLE]))
 
 import pytest  # noqa: E402
 

@@ -1,11 +1,13 @@
 """cnn_jax.models.layers.BatchNorm: the same variables, values, gradients and running statistics
-as flax.linen.BatchNorm, through its hand-written backward."""
+as flax.linen.BatchNorm, through its hand-written backward, with XLA's ops and with the CPU
+kernel (CNN_JAX_CPU_KERNELS; tests/test_kernels.py checks the kernel itself)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cnn_jax.kernels import ops
 from cnn_jax.models import layers
 
 KW = dict(momentum=0.9, epsilon=1e-5)
@@ -30,20 +32,26 @@ def test_same_variables_as_flax():
   np.testing.assert_array_equal(ours['batch_stats']['var'], 1.0)
 
 
+@pytest.mark.parametrize('kernels', ['0', '1'])
+@pytest.mark.parametrize('relu', [False, True])
 @pytest.mark.parametrize('train', [True, False])
-def test_values_gradients_and_statistics_match_flax(train):
+def test_values_gradients_and_statistics_match_flax(train, relu, kernels, monkeypatch):
+  monkeypatch.setenv('CNN_JAX_CPU_KERNELS', kernels)
   x, params, stats, weights = _inputs()
 
-  def loss(module, params, x):
+  def loss(module, post, params, x):
     y, updates = module.apply({'params': params, 'batch_stats': stats}, x,
                               mutable=['batch_stats'])
+    y = post(y)
     return jnp.sum(jnp.sin(y) * weights), (y, updates)
 
   results = []
-  for module in (layers.BatchNorm(use_running_average=not train, **KW),
-                 nn.BatchNorm(use_running_average=not train, **KW)):
-    grad_fn = jax.value_and_grad(lambda p, x, m=module: loss(m, p, x), argnums=(0, 1),
-                                 has_aux=True)
+  for module, post in ((layers.BatchNorm(use_running_average=not train, relu=relu, **KW),
+                        lambda y: y),
+                       (nn.BatchNorm(use_running_average=not train, **KW),
+                        nn.relu if relu else lambda y: y)):
+    grad_fn = jax.value_and_grad(lambda p, x, m=module, f=post: loss(m, f, p, x),
+                                 argnums=(0, 1), has_aux=True)
     results.append(jax.jit(grad_fn)(params, x))
   (ours, theirs) = results
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5), ours, theirs)
@@ -51,8 +59,10 @@ def test_values_gradients_and_statistics_match_flax(train):
     assert not np.allclose(ours[0][1][1]['batch_stats']['mean'], stats['mean'])
 
 
-def test_gradient_through_the_returned_statistics():
+@pytest.mark.parametrize('kernels', ['0', '1'])
+def test_gradient_through_the_returned_statistics(kernels, monkeypatch):
   """The statistics' own cotangents (zero in a training step) are handled exactly too."""
+  monkeypatch.setenv('CNN_JAX_CPU_KERNELS', kernels)
   x, params, _, weights = _inputs()
 
   def f(fn, x, scale, bias):
@@ -64,7 +74,7 @@ def test_gradient_through_the_returned_statistics():
     var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
     return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias, mean, var
 
-  ours = jax.grad(lambda *a: f(lambda *b: layers._batch_norm_train(*b, 1e-5), *a),  # pylint: disable=protected-access
+  ours = jax.grad(lambda *a: f(lambda *b: ops.batch_norm_train(*b, 1e-5), *a),
                   argnums=(0, 1, 2))(x, params['scale'], params['bias'])
   theirs = jax.grad(lambda *a: f(reference, *a), argnums=(0, 1, 2))(x, params['scale'],
                                                                     params['bias'])

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.config_base import ConfigError, did_you_mean
+from cnn_jax.models.conv import Conv
 from cnn_jax.models.layers import adaptive_avg_pool, max_pool_ceil
 from cnn_jax.models.pooling import max_pool
 
@@ -88,7 +89,7 @@ class AlexNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(self._layer, nn.Conv)
+    conv = functools.partial(self._layer, Conv)
     dense = functools.partial(self._layer, nn.Dense)
     if self.ceil_pool:
       pool = functools.partial(max_pool_ceil, window=3, stride=2)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from cnn_jax import config_base
 from cnn_jax.models import layers
+from cnn_jax.models.conv import Conv
 from cnn_jax.models.pooling import max_pool
 
 WIDTHS = ((32, 32), (64, 64), (128,))  # convolutions per stage; 2x2 max pooling between stages
@@ -40,11 +41,12 @@ class CifarCNN(nn.Module):
       if s:
         x = max_pool(x, (2, 2), strides=(2, 2))
       for i, width in enumerate(widths):
-        x = nn.Conv(width, (3, 3), padding=1, use_bias=norm is None,
+        x = Conv(width, (3, 3), padding=1, use_bias=norm is None,
                     kernel_init=layers.conv_kernel_init, dtype=self.dtype,
                     name=f'conv{s + 1}_{i + 1}')(x)
-        if norm is not None:
-          x = norm(name=f'norm{s + 1}_{i + 1}')(x)
-        x = nn.relu(x)
+        if norm is None:
+          x = nn.relu(x)
+        else:
+          x = layers.norm_act(norm, nn.relu, f'norm{s + 1}_{i + 1}')(x)
       self.sow('intermediates', f'stage{s + 1}', x)
     return layers.classifier_head(self, x, self.num_classes, self.dtype)

@@ -29,7 +29,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.config_base import ConfigError, did_you_mean
-from cnn_jax.models.layers import Identity, batch_norm, classifier_head, kernel_init, torch_pad
+from cnn_jax.models.conv import Conv
+from cnn_jax.models.layers import (Identity, batch_norm, classifier_head, kernel_init, norm_act,
+                                   torch_pad)
 from cnn_jax.models.resnet import BasicBlock, check_depth, residual_stages
 
 NORMS = ('batch', 'none')
@@ -64,13 +66,13 @@ class CifarResNet(nn.Module):
       raise ConfigError(f'norm must be one of {NORMS}, got {self.norm!r} '
                         f'(config.model_kwargs.norm).{did_you_mean(self.norm, NORMS)}')
     n = CIFAR_DEPTHS[self.depth]
-    conv = partial(nn.Conv, use_bias=self.norm == 'none', dtype=self.dtype,
+    conv = partial(Conv, use_bias=self.norm == 'none', dtype=self.dtype,
                    kernel_init=kernel_init(self.kernel_init))
     norm = batch_norm(train, self.dtype) if self.norm == 'batch' else Identity
 
     x = x.astype(self.dtype)
     x = conv(self.widths[0], (3, 3), padding=torch_pad(3), name='stem_conv')(x)
-    x = self.act(norm(name='stem_bn')(x))
+    x = norm_act(norm, self.act, 'stem_bn')(x)
     self.sow('intermediates', 'stem', x)
     x = residual_stages(self, x, BasicBlock, self.widths, [n] * len(self.widths), conv=conv,
                         norm=norm, act=self.act, shortcut=self.shortcut, residual=self.residual,

@@ -30,8 +30,9 @@ from functools import partial
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models import alexnet, conv, googlenet, resnet, vgg
-from cnn_jax.models.layers import batch_norm, classifier_head, conv_kernel_init, torch_pad
+from cnn_jax.models import alexnet, googlenet, resnet, vgg
+from cnn_jax.models.conv import Conv
+from cnn_jax.models.layers import batch_norm, classifier_head, conv_kernel_init, norm_act, torch_pad
 from cnn_jax.models.pooling import max_pool
 
 
@@ -43,17 +44,14 @@ class CifarVGG(vgg.VGG):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
-                                kernel_init=vgg.conv_init, dtype=self.dtype,
-                                conv_general_dilated=conv.conv_general_dilated)
+    conv3x3 = functools.partial(Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+                                kernel_init=vgg.conv_init, dtype=self.dtype)
     norm = batch_norm(train, self.dtype) if self.batch_norm else None
     x = x.astype(self.dtype)
     for i, (features, n) in enumerate(zip(vgg.VGG_WIDTHS, vgg.VGG_DEPTHS[self.depth]), start=1):
       for j in range(1, n + 1):
         x = conv3x3(features, name=f'stage{i}_conv{j}')(x)
-        if norm is not None:
-          x = norm(name=f'stage{i}_bn{j}')(x)
-        x = nn.relu(x)
+        x = norm_act(norm, nn.relu, f'stage{i}_bn{j}')(x) if norm is not None else nn.relu(x)
       x = max_pool(x, (2, 2), strides=(2, 2))
       self.sow('intermediates', f'stage{i}', x)
     x = jnp.mean(x, axis=(1, 2))
@@ -72,11 +70,11 @@ class CifarStemResNet(resnet.ResNet):
   def __call__(self, x, train: bool = False):
     resnet.check_depth(self.depth, resnet.RESNET_DEPTHS, 'ResNet')
     block, stage_sizes = resnet.RESNET_DEPTHS[self.depth]
-    conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
+    conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
     norm = batch_norm(train, self.dtype)
     x = x.astype(self.dtype)
     x = conv(self.width, (3, 3), padding=torch_pad(3), name='stem_conv')(x)
-    x = self.act(norm(name='stem_bn')(x))
+    x = norm_act(norm, self.act, 'stem_bn')(x)
     self.sow('intermediates', 'stem', x)
     x = resnet.residual_stages(self, x, block, [self.width * 2**i for i in range(len(stage_sizes))],
                                stage_sizes, conv=conv, norm=norm, act=self.act,
@@ -90,7 +88,7 @@ class CifarGoogLeNet(googlenet.GoogLeNet):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(nn.Conv, kernel_init=googlenet.init, dtype=self.dtype)
+    conv = functools.partial(Conv, kernel_init=googlenet.init, dtype=self.dtype)
     norm = batch_norm(train, self.dtype, epsilon=1e-3)
     dense = functools.partial(nn.Dense, kernel_init=googlenet.init, dtype=self.dtype)
     block = functools.partial(googlenet.BasicConv, conv=conv, norm=norm)

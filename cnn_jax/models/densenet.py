@@ -23,7 +23,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import batch_norm, classifier_head, torch_pad
+from cnn_jax.models.conv import Conv
+from cnn_jax.models.layers import batch_norm, classifier_head, norm_act, torch_pad
 from cnn_jax.models.pooling import max_pool
 
 ModuleDef = Any
@@ -56,9 +57,9 @@ class DenseLayer(nn.Module):
   def __call__(self, x):
     y = x
     if self.bn_size:
-      y = self.act(self.norm(name='bn1')(y))
+      y = norm_act(self.norm, self.act, 'bn1')(y)
       y = self.conv(self.bn_size * self.growth_rate, (1, 1), name='conv1')(y)
-    y = self.act(self.norm(name='bn2')(y))
+    y = norm_act(self.norm, self.act, 'bn2')(y)
     y = self.conv(self.growth_rate, (3, 3), padding=torch_pad(3), name='conv2')(y)
     if self.dropout is not None:
       y = self.dropout()(y)
@@ -74,7 +75,7 @@ class Transition(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = self.act(self.norm(name='bn')(x))
+    x = norm_act(self.norm, self.act, 'bn')(x)
     x = self.conv(self.features, (1, 1), name='conv')(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
@@ -121,7 +122,7 @@ class DenseNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     blocks = self.block_config()
-    conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
+    conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
     norm = batch_norm(train, self.dtype)
     dropout = (partial(nn.Dropout, rate=self.drop_rate, deterministic=not train)
                if self.drop_rate > 0 else None)
@@ -132,7 +133,7 @@ class DenseNet(nn.Module):
     x = x.astype(self.dtype)
     if self.stem == 'imagenet':
       x = conv(features, (7, 7), strides=2, padding=torch_pad(7), name='stem_conv')(x)
-      x = self.act(norm(name='stem_bn')(x))
+      x = norm_act(norm, self.act, 'stem_bn')(x)
       x = max_pool(x, (3, 3), strides=(2, 2), padding=torch_pad(3))
     else:
       x = conv(features, (3, 3), padding=torch_pad(3), name='stem_conv')(x)
@@ -145,7 +146,7 @@ class DenseNet(nn.Module):
       if i < len(blocks) - 1:
         x = Transition(int(math.floor(x.shape[-1] * self.compression)), conv=conv, norm=norm,
                        act=self.act, name=f'transition{i + 1}')(x)
-    x = self.act(norm(name='final_bn')(x))
+    x = norm_act(norm, self.act, 'final_bn')(x)
     return classifier_head(self, x, self.num_classes, self.dtype)
 
 

@@ -15,7 +15,9 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import BatchNorm, adaptive_avg_pool, batch_norm, max_pool_ceil
+from cnn_jax.models.conv import Conv
+from cnn_jax.models.layers import (BatchNorm, adaptive_avg_pool, batch_norm, max_pool_ceil,
+                                   norm_act)
 
 # torchvision: trunc_normal_(std=0.01, a=-2, b=2) for convs and linears; the bounds are +-200 std,
 # i.e. a plain normal. Linear biases start at zero (torch: U(+-1/sqrt(fan_in))).
@@ -40,7 +42,7 @@ class BasicConv(nn.Module):
   features: int
   kernel: int
   stride: int = 1
-  conv: Callable[..., nn.Module] = nn.Conv
+  conv: Callable[..., nn.Module] = Conv
   norm: Callable[..., nn.Module] = BatchNorm
 
   @nn.compact
@@ -48,7 +50,7 @@ class BasicConv(nn.Module):
     p = self.kernel // 2
     x = self.conv(self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride),
                   padding=((p, p), (p, p)), use_bias=False, name='conv')(x)
-    return nn.relu(self.norm(name='bn')(x))
+    return norm_act(self.norm, nn.relu, 'bn')(x)
 
 
 class Inception(nn.Module):
@@ -100,7 +102,7 @@ class GoogLeNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(nn.Conv, kernel_init=init, dtype=self.dtype)
+    conv = functools.partial(Conv, kernel_init=init, dtype=self.dtype)
     norm = batch_norm(train, self.dtype, epsilon=1e-3)
     dense = functools.partial(nn.Dense, kernel_init=init, dtype=self.dtype)
     block = functools.partial(BasicConv, conv=conv, norm=norm)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax.config_base import ConfigError, did_you_mean
+from cnn_jax.kernels import ops
 from cnn_jax.models.pooling import max_pool
 
 ModuleDef = Any
@@ -58,14 +59,13 @@ def batch_norm(train: bool, dtype: Any, epsilon: float = 1e-5) -> ModuleDef:
 
 class BatchNorm(nn.Module):
   """`flax.linen.BatchNorm` over the last axis, with the same variables ('scale', 'bias';
-  batch_stats 'mean', 'var') and results, computed the fast way.
+  batch_stats 'mean', 'var') and results, computed the fast way, optionally followed by a ReLU
+  (`relu=True`, what `norm_act` asks for) that costs no pass of its own.
 
-  Training: the batch statistics in one pass (E[x], E[x^2]; in float32), the output as one
-  multiply-add per element, y = x * a + b with per-channel a = scale / sqrt(var + eps) and
-  b = bias - mean * a, and a hand-written backward: two per-channel sums (of dy and of
-  dy * (x - mean)) and one elementwise pass, where autodiff of the textbook formula makes XLA
-  reduce and broadcast several times. Evaluation: the running statistics folded the same way.
-  Under data parallelism the sums run over the global batch (jit inserts the all-reduce).
+  Training: `cnn_jax.kernels.ops.batch_norm_train`: the batch statistics in one pass, the output
+  as one multiply-add per element and a hand-written backward (XLA's ops; a C++ kernel on a CPU,
+  the ReLU fused in both). Evaluation: the running statistics folded into one multiply-add.
+  Under data parallelism the statistics are over the global batch (jit inserts the all-reduce).
   """
   use_running_average: bool | None = None
   momentum: float = 0.99  # as flax: running = momentum * running + (1 - momentum) * batch
@@ -73,6 +73,7 @@ class BatchNorm(nn.Module):
   dtype: Any = None  # output dtype; statistics are always float32
   scale_init: Any = nn.initializers.ones
   bias_init: Any = nn.initializers.zeros
+  relu: bool = False  # max(0, .) of the output
 
   @nn.compact
   def __call__(self, x, use_running_average: bool | None = None):
@@ -86,58 +87,22 @@ class BatchNorm(nn.Module):
     dtype = self.dtype or x.dtype
     if use_running_average:
       a = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
-      return (x.astype(jnp.float32) * a + (bias - ra_mean.value * a)).astype(dtype)
-    y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon)
+      y = x.astype(jnp.float32) * a + (bias - ra_mean.value * a)
+      return (jax.nn.relu(y) if self.relu else y).astype(dtype)
+    y, mean, var = ops.batch_norm_train(x, scale, bias, self.epsilon, self.relu)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return y.astype(dtype)
 
 
-def _batch_stats(x):
-  axes = tuple(range(x.ndim - 1))
-  xf = x.astype(jnp.float32)
-  mean = jnp.mean(xf, axes)
-  var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
-  return mean, var
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _batch_norm_train(x, scale, bias, epsilon):
-  """(y, batch mean, batch variance); y in float32."""
-  return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
-
-
-def _batch_norm_train_fwd(x, scale, bias, epsilon):
-  mean, var = _batch_stats(x)
-  inv = jax.lax.rsqrt(var + epsilon)
-  a = scale * inv
-  y = x.astype(jnp.float32) * a + (bias - mean * a)
-  return (y, mean, var), (x, mean, inv, scale)
-
-
-def _batch_norm_train_bwd(epsilon, residuals, cotangents):
-  """With xc = x - mean, xhat = xc * inv, n elements per channel:
-  dbias = sum(dy), dscale = sum(dy * xhat),
-  dx = scale * inv * (dy - dbias / n - xhat * dscale / n) + dmean / n + 2 * dvar * xc / n,
-  where dmean, dvar are the cotangents of the returned statistics (zero in a training step)."""
-  del epsilon
-  x, mean, inv, scale = residuals
-  dy, dmean, dvar = cotangents
-  axes = tuple(range(x.ndim - 1))
-  n = np.prod([x.shape[i] for i in axes]).astype(np.float32)
-  dy = dy.astype(jnp.float32)
-  xc = x.astype(jnp.float32) - mean
-  dbias = jnp.sum(dy, axes)
-  dscale = jnp.sum(dy * xc, axes) * inv
-  k1 = scale * inv
-  k2 = (2 * dvar - k1 * inv * dscale) / n
-  k3 = (dmean - k1 * dbias) / n
-  dx = (k1 * dy + k2 * xc + k3).astype(x.dtype)
-  return dx, dscale, dbias
-
-
-_batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+def norm_act(norm: ModuleDef, act: Callable, name: str, **kwargs) -> Callable:
+  """`lambda x: act(norm(name=name, **kwargs)(x))`; a BatchNorm followed by ReLU becomes one
+  BatchNorm(relu=True), the same function and variables in fewer passes over the activations."""
+  if act is jax.nn.relu and getattr(norm, 'func', norm) is BatchNorm:
+    return norm(name=name, relu=True, **kwargs)
+  module = norm(name=name, **kwargs)
+  return lambda x: act(module(x))
 
 
 NORMS = ('none', 'batch', 'layer', 'instance', 'group')

@@ -36,9 +36,8 @@ class LeNet5(nn.Module):
     return x.astype(jnp.float32)
 
   def _conv(self, features: int, name: str) -> nn.Conv:
-    # C5 (5x5 map, 5x5 kernel) runs as the dense layer it is; C1 and C3 go to lax unchanged.
-    return nn.Conv(features, (5, 5), padding='VALID', dtype=self.dtype, name=name,
-                   conv_general_dilated=conv.conv_general_dilated)
+    # C5 (5x5 map, 5x5 kernel) runs as the dense layer it is (cnn_jax.models.conv).
+    return conv.Conv(features, (5, 5), padding='VALID', dtype=self.dtype, name=name)
 
 
 class LeNet5Classic(LeNet5):

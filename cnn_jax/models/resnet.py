@@ -27,8 +27,9 @@ import jax.numpy as jnp
 
 from cnn_jax.config_base import ConfigError, did_you_mean
 # Re-exported: these lived here before models/layers.py held them.
+from cnn_jax.models.conv import Conv
 from cnn_jax.models.layers import (ModuleDef, batch_norm, classifier_head,  # noqa: F401
-                                   conv_kernel_init, torch_pad)
+                                   conv_kernel_init, norm_act, torch_pad)
 from cnn_jax.models.pooling import max_pool
 
 SHORTCUTS = ('A', 'B')
@@ -73,7 +74,7 @@ class BasicBlock(nn.Module):
   def __call__(self, x):
     y = self.conv(self.features, (3, 3), strides=self.strides, padding=torch_pad(3),
                   name='conv1')(x)
-    y = self.act(self.norm(name='bn1')(y))
+    y = norm_act(self.norm, self.act, 'bn1')(y)
     y = self.conv(self.features, (3, 3), padding=torch_pad(3), name='conv2')(y)
     y = self.norm(name='bn2', scale_init=_last_scale_init(self.zero_init_last))(y)
     if not self.residual:
@@ -96,10 +97,10 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x):
     y = self.conv(self.features, (1, 1), name='conv1')(x)
-    y = self.act(self.norm(name='bn1')(y))
+    y = norm_act(self.norm, self.act, 'bn1')(y)
     y = self.conv(self.features, (3, 3), strides=self.strides, padding=torch_pad(3),
                   name='conv2')(y)
-    y = self.act(self.norm(name='bn2')(y))
+    y = norm_act(self.norm, self.act, 'bn2')(y)
     y = self.conv(self.features * self.expansion, (1, 1), name='conv3')(y)
     y = self.norm(name='bn3', scale_init=_last_scale_init(self.zero_init_last))(y)
     if not self.residual:
@@ -177,12 +178,12 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     check_depth(self.depth, RESNET_DEPTHS, 'ResNet')
     block, stage_sizes = RESNET_DEPTHS[self.depth]
-    conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
+    conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
     norm = batch_norm(train, self.dtype)
 
     x = x.astype(self.dtype)
     x = conv(self.width, (7, 7), strides=2, padding=torch_pad(7), name='stem_conv')(x)
-    x = self.act(norm(name='stem_bn')(x))
+    x = norm_act(norm, self.act, 'stem_bn')(x)
     x = max_pool(x, (3, 3), strides=(2, 2), padding=torch_pad(3))
     self.sow('intermediates', 'stem', x)
     x = residual_stages(self, x, block, [self.width * 2**i for i in range(len(stage_sizes))],

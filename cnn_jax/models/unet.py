@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.config_base import ConfigError
+from cnn_jax.models.conv import Conv
 from cnn_jax.models.pooling import max_pool
 
 # The paper's init: Gaussian with std sqrt(2/N), N = k*k*C_in incoming nodes (He et al.).
@@ -89,7 +90,7 @@ class UNet(nn.Module):
             'every map before a pooling must have even sides. Nearest valid sides: '
             f'{" or ".join(map(str, valid_sides(side, self.depth, self.padding)))} (pad with '
             '--config.data.image_size, or change model_kwargs.depth).')
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=self.padding,
+    conv = functools.partial(Conv, kernel_size=(3, 3), padding=self.padding,
                              kernel_init=init, dtype=self.dtype)
     x = x.astype(self.dtype)
     skips = []
@@ -108,7 +109,7 @@ class UNet(nn.Module):
       x = DoubleConv(features, conv, name=f'up{i}_convs')(jnp.concatenate([skip, x], axis=-1))
       self.sow('intermediates', f'up{i}', x)
     self.sow('intermediates', 'pre_logits', x)
-    x = nn.Conv(self.num_classes, (1, 1), kernel_init=init, dtype=self.dtype, name='head')(x)
+    x = Conv(self.num_classes, (1, 1), kernel_init=init, dtype=self.dtype, name='head')(x)
     return x.astype(jnp.float32)
 
 

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.models import conv
-from cnn_jax.models.layers import adaptive_avg_pool, batch_norm
+from cnn_jax.models.layers import adaptive_avg_pool, batch_norm, norm_act
 from cnn_jax.models.pooling import max_pool
 
 # convs per stage; the stage widths are (64, 128, 256, 512, 512) for every depth.
@@ -46,9 +46,8 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
-                                kernel_init=conv_init, dtype=self.dtype,
-                                conv_general_dilated=conv.conv_general_dilated)
+    conv3x3 = functools.partial(conv.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+                                kernel_init=conv_init, dtype=self.dtype)
     norm = batch_norm(train, self.dtype) if self.batch_norm else None
     dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=self.dtype)
 
@@ -56,9 +55,7 @@ class VGG(nn.Module):
     for i, (features, n) in enumerate(zip(VGG_WIDTHS, VGG_DEPTHS[self.depth]), start=1):
       for j in range(1, n + 1):  # n x (conv3x3 p1 -> [BN] -> ReLU), then max 2x2/2
         x = conv3x3(features, name=f'stage{i}_conv{j}')(x)
-        if norm is not None:
-          x = norm(name=f'stage{i}_bn{j}')(x)
-        x = nn.relu(x)
+        x = norm_act(norm, nn.relu, f'stage{i}_bn{j}')(x) if norm is not None else nn.relu(x)
       x = max_pool(x, (2, 2), strides=(2, 2))
       self.sow('intermediates', f'stage{i}', x)
     x = adaptive_avg_pool(x, 7).reshape((x.shape[0], -1))

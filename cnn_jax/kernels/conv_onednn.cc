@@ -1,0 +1,335 @@
+// 2-D convolution (forward, input gradient, kernel gradient) through oneDNN, the library PyTorch
+// runs convolutions with on CPUs, as XLA FFI handlers: the CPU path of
+// cnn_jax.kernels.ops.conv2d.
+//
+// Layouts are flax's: activations NHWC, kernels HWIO, both row-major; oneDNN reads and writes the
+// activations in place (format nhwc) and gets the kernel reordered into its blocked layout once
+// per call. The batch is split into pieces that run on XLA's intra-op pool with one oneDNN
+// thread each (parallel_for.h), so oneDNN's OpenMP threads never compete with XLA's; the kernel
+// gradient sums the pieces' partial gradients in piece order, so results do not depend on the
+// threads. Primitives are created once per geometry and cached.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "parallel_for.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using Tag = dnnl::memory::format_tag;
+using Dt = dnnl::memory::data_type;
+
+namespace {
+
+enum class Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
+// Partial kernel gradients of the pieces are held at once: at most this many bytes of them.
+constexpr int64_t kMaxPartialBytes = int64_t{256} << 20;
+
+dnnl::engine& Engine() {
+  static dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *engine;
+}
+
+// oneDNN's logical dims: src/dst {N, C, H, W}, weights {O, I, KH, KW}; dilation is d - 1.
+struct Geometry {
+  memory::dims src, weights, dst, strides, dilates, pad_l, pad_r;
+
+  Geometry WithBatch(int64_t n) const {
+    Geometry g = *this;
+    g.src[0] = g.dst[0] = n;
+    return g;
+  }
+  std::string Key(Kind kind) const {
+    std::string key = std::to_string(static_cast<int>(kind));
+    for (const memory::dims* v : {&src, &weights, &dst, &strides, &dilates, &pad_l, &pad_r}) {
+      key += '|';
+      for (int64_t d : *v) key += std::to_string(d) + ',';
+    }
+    return key;
+  }
+};
+
+memory::desc Activations(const memory::dims& d) { return memory::desc(d, Dt::f32, Tag::nhwc); }
+memory::desc UserWeights(const memory::dims& d) { return memory::desc(d, Dt::f32, Tag::hwio); }
+
+struct Primitive {
+  dnnl::primitive primitive;
+  memory::desc weights;  // the layout the primitive reads (or, kernel gradient, writes) weights in
+  bool reorder = false;  // weights differs from the user's HWIO
+  dnnl::reorder to_primitive, to_user;
+  size_t scratchpad_bytes = 0;
+};
+
+std::shared_ptr<const Primitive> Create(Kind kind, const Geometry& g) {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  memory::desc any_weights(g.weights, Dt::f32, Tag::any);
+  auto forward = dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      Activations(g.src), any_weights, Activations(g.dst), g.strides, g.dilates, g.pad_l,
+      g.pad_r, attr);
+  auto p = std::make_shared<Primitive>();
+  if (kind == Kind::kForward) {
+    p->primitive = dnnl::convolution_forward(forward);
+    p->weights = forward.weights_desc();
+    p->scratchpad_bytes = forward.scratchpad_desc().get_size();
+  } else if (kind == Kind::kBackwardData) {
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, Activations(g.src), any_weights,
+        Activations(g.dst), g.strides, g.dilates, g.pad_l, g.pad_r, forward, attr);
+    p->primitive = dnnl::convolution_backward_data(pd);
+    p->weights = pd.weights_desc();
+    p->scratchpad_bytes = pd.scratchpad_desc().get_size();
+  } else {
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, Activations(g.src), any_weights,
+        Activations(g.dst), g.strides, g.dilates, g.pad_l, g.pad_r, forward, attr);
+    p->primitive = dnnl::convolution_backward_weights(pd);
+    p->weights = pd.diff_weights_desc();
+    p->scratchpad_bytes = pd.scratchpad_desc().get_size();
+  }
+  memory::desc user = UserWeights(g.weights);
+  p->reorder = p->weights != user;
+  if (p->reorder) {
+    p->to_primitive = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user, Engine(), p->weights));
+    p->to_user = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), p->weights, Engine(), user));
+  }
+  return p;
+}
+
+std::shared_ptr<const Primitive> Get(Kind kind, const Geometry& g) {
+  static std::mutex* mu = new std::mutex;
+  static auto* cache = new std::unordered_map<std::string, std::shared_ptr<const Primitive>>;
+  std::string key = g.Key(kind);
+  {
+    std::lock_guard<std::mutex> lock(*mu);
+    auto it = cache->find(key);
+    if (it != cache->end()) return it->second;
+  }
+  auto p = Create(kind, g);  // outside the lock: oneDNN generates code here
+  std::lock_guard<std::mutex> lock(*mu);
+  if (cache->size() > 4096) cache->clear();  // a bound for programs that see endless shapes
+  return cache->emplace(key, p).first->second;
+}
+
+// A scratch buffer per thread, grown as needed (pieces on one thread run one after another).
+void* Scratch(size_t bytes) {
+  thread_local std::vector<char> buffer;
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  return buffer.data();
+}
+
+memory ScratchMemory(const Primitive& p) {
+  return memory(memory::desc({static_cast<int64_t>(std::max<size_t>(p.scratchpad_bytes, 1))},
+                             Dt::u8, Tag::a),
+                Engine(), Scratch(p.scratchpad_bytes));
+}
+
+// Each piece runs in oneDNN with the calling thread alone (OpenMP team of one).
+void OneThread() {
+  if (omp_get_max_threads() != 1) omp_set_num_threads(1);
+}
+
+ffi::Error CheckRank(const ffi::Span<const int64_t>& dims, const char* what) {
+  if (dims.size() != 4) return ffi::Error::InvalidArgument(std::string("conv2d: ") + what + " must be 4-D");
+  return ffi::Error::Success();
+}
+
+// x: NHWC, w: HWIO, y: NHWC (their dims as given), attributes as lax.conv_general_dilated's.
+ffi::Error MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                        ffi::Span<const int64_t> y, ffi::Span<const int64_t> strides,
+                        ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
+                        ffi::Span<const int64_t> pad_hi, Geometry* g) {
+  for (auto [dims, what] : {std::pair{x, "input"}, std::pair{w, "kernel"}, std::pair{y, "output"}}) {
+    if (auto e = CheckRank(dims, what); e.failure()) return e;
+  }
+  if (strides.size() != 2 || dilation.size() != 2 || pad_lo.size() != 2 || pad_hi.size() != 2)
+    return ffi::Error::InvalidArgument("conv2d: strides, dilation and padding need 2 values");
+  if (w[2] != x[3] || w[3] != y[3] || x[0] != y[0])
+    return ffi::Error::InvalidArgument("conv2d: input, kernel and output shapes disagree");
+  for (int i = 0; i < 2; ++i) {
+    int64_t span = dilation[i] * (w[i] - 1) + 1;
+    if ((x[1 + i] + pad_lo[i] + pad_hi[i] - span) / strides[i] + 1 != y[1 + i])
+      return ffi::Error::InvalidArgument("conv2d: output size does not match the geometry");
+  }
+  g->src = {x[0], x[3], x[1], x[2]};
+  g->weights = {w[3], w[2], w[0], w[1]};
+  g->dst = {y[0], y[3], y[1], y[2]};
+  g->strides = {strides[0], strides[1]};
+  g->dilates = {dilation[0] - 1, dilation[1] - 1};
+  g->pad_l = {pad_lo[0], pad_lo[1]};
+  g->pad_r = {pad_hi[0], pad_hi[1]};
+  return ffi::Error::Success();
+}
+
+// Splits the batch of n into pieces of `per` images (the last may be smaller).
+struct Pieces {
+  int64_t per, count;
+  Pieces(int64_t n, int64_t workers) {
+    workers = std::max<int64_t>(1, std::min<int64_t>(workers, n));
+    per = (n + workers - 1) / workers;
+    count = (n + per - 1) / per;
+  }
+  int64_t Size(int64_t i, int64_t n) const { return std::min(per, n - i * per); }
+};
+
+int64_t Workers(ffi::ThreadPool& pool) { return std::max<int64_t>(1, pool.num_threads()); }
+
+// Forward (y = conv(x, w)) or input gradient (x = conv_transpose(y, w)): batch-parallel.
+ffi::Error RunActivations(Kind kind, ffi::ThreadPool& pool, const Geometry& g, float* x,
+                          const float* w, float* y) {
+  OneThread();
+  const int64_t n = g.src[0];
+  Pieces pieces(n, Workers(pool));
+  auto first = Get(kind, g.WithBatch(pieces.per));
+  memory::desc user = UserWeights(g.weights);
+  std::vector<char> reordered;
+  memory weights(user, Engine(), const_cast<float*>(w));
+  if (first->reorder) {
+    reordered.resize(first->weights.get_size());
+    memory blocked(first->weights, Engine(), reordered.data());
+    dnnl::stream stream(Engine());
+    first->to_primitive.execute(stream, weights, blocked);
+    stream.wait();
+    weights = blocked;
+  }
+  const int64_t x_image = g.src[1] * g.src[2] * g.src[3];
+  const int64_t y_image = g.dst[1] * g.dst[2] * g.dst[3];
+  cnn_jax::ParallelFor(pool, pieces.count, pieces.count, [&](int64_t i) {
+    OneThread();
+    const int64_t size = pieces.Size(i, n);
+    const Geometry gi = g.WithBatch(size);
+    auto p = size == pieces.per ? first : Get(kind, gi);
+    memory xm(Activations(gi.src), Engine(), x + i * pieces.per * x_image);
+    memory ym(Activations(gi.dst), Engine(), y + i * pieces.per * y_image);
+    dnnl::stream stream(Engine());
+    if (kind == Kind::kForward) {
+      p->primitive.execute(stream, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, weights},
+                                    {DNNL_ARG_DST, ym}, {DNNL_ARG_SCRATCHPAD, ScratchMemory(*p)}});
+    } else {
+      p->primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, xm}, {DNNL_ARG_WEIGHTS, weights},
+                                    {DNNL_ARG_DIFF_DST, ym},
+                                    {DNNL_ARG_SCRATCHPAD, ScratchMemory(*p)}});
+    }
+    stream.wait();
+  });
+  return ffi::Error::Success();
+}
+
+// Kernel gradient: per-piece partial gradients in oneDNN's layout, summed, reordered to HWIO.
+ffi::Error RunWeights(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy,
+                      float* dw) {
+  OneThread();
+  const int64_t n = g.src[0];
+  auto whole = Get(Kind::kBackwardWeights, g);
+  const int64_t bytes = static_cast<int64_t>(whole->weights.get_size());
+  const int64_t cap = std::max<int64_t>(1, kMaxPartialBytes / std::max<int64_t>(bytes, 1));
+  Pieces pieces(n, std::min(Workers(pool), cap));
+  auto first = Get(Kind::kBackwardWeights, g.WithBatch(pieces.per));
+  const int64_t floats = bytes / sizeof(float);
+  std::vector<float> partial(pieces.count * floats);
+  const int64_t x_image = g.src[1] * g.src[2] * g.src[3];
+  const int64_t y_image = g.dst[1] * g.dst[2] * g.dst[3];
+  cnn_jax::ParallelFor(pool, pieces.count, pieces.count, [&](int64_t i) {
+    OneThread();
+    const int64_t size = pieces.Size(i, n);
+    const Geometry gi = g.WithBatch(size);
+    auto p = size == pieces.per ? first : Get(Kind::kBackwardWeights, gi);
+    if (p->weights != first->weights) throw std::runtime_error("pieces disagree on the layout");
+    memory xm(Activations(gi.src), Engine(), const_cast<float*>(x) + i * pieces.per * x_image);
+    memory ym(Activations(gi.dst), Engine(), const_cast<float*>(dy) + i * pieces.per * y_image);
+    memory wm(p->weights, Engine(), partial.data() + i * floats);
+    dnnl::stream stream(Engine());
+    p->primitive.execute(stream, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, ym},
+                                  {DNNL_ARG_DIFF_WEIGHTS, wm},
+                                  {DNNL_ARG_SCRATCHPAD, ScratchMemory(*p)}});
+    stream.wait();
+  });
+  float* sum = partial.data();
+  for (int64_t i = 1; i < pieces.count; ++i) {
+    const float* part = partial.data() + i * floats;
+    for (int64_t j = 0; j < floats; ++j) sum[j] += part[j];
+  }
+  memory::desc user = UserWeights(g.weights);
+  if (first->reorder) {
+    memory blocked(first->weights, Engine(), sum);
+    memory out(user, Engine(), dw);
+    dnnl::stream stream(Engine());
+    first->to_user.execute(stream, blocked, out);
+    stream.wait();
+  } else {
+    std::memcpy(dw, sum, user.get_size());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                   ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
+                   ffi::Span<const int64_t> pad_hi) {
+  try {
+    Geometry g;
+    if (auto e = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, dilation,
+                              pad_lo, pad_hi, &g); e.failure()) return e;
+    return RunActivations(Kind::kForward, pool, g, x.typed_data(), w.typed_data(), y->typed_data());
+  } catch (const std::exception& e) {
+    return cnn_jax::Internal("conv2d_forward", e.what());
+  }
+}
+
+ffi::Error BackwardData(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                        ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> strides,
+                        ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
+                        ffi::Span<const int64_t> pad_hi) {
+  try {
+    Geometry g;
+    if (auto e = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, dilation,
+                              pad_lo, pad_hi, &g); e.failure()) return e;
+    return RunActivations(Kind::kBackwardData, pool, g, dx->typed_data(), w.typed_data(),
+                          dy.typed_data());
+  } catch (const std::exception& e) {
+    return cnn_jax::Internal("conv2d_backward_data", e.what());
+  }
+}
+
+ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                           ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+                           ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
+                           ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi) {
+  try {
+    Geometry g;
+    if (auto e = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, dilation,
+                              pad_lo, pad_hi, &g); e.failure()) return e;
+    return RunWeights(pool, g, x.typed_data(), dy.typed_data(), dw->typed_data());
+  } catch (const std::exception& e) {
+    return cnn_jax::Internal("conv2d_backward_weights", e.what());
+  }
+}
+
+}  // namespace
+
+#define CNN_JAX_CONV_BINDING(first_arg, second_arg)                 \
+  ffi::Ffi::Bind()                                                  \
+      .Ctx<ffi::ThreadPool>()                                       \
+      .Arg<ffi::Buffer<ffi::F32>>() /* first_arg */                 \
+      .Arg<ffi::Buffer<ffi::F32>>() /* second_arg */                \
+      .Ret<ffi::Buffer<ffi::F32>>()                                 \
+      .Attr<ffi::Span<const int64_t>>("window_strides")             \
+      .Attr<ffi::Span<const int64_t>>("rhs_dilation")               \
+      .Attr<ffi::Span<const int64_t>>("padding_lo")                 \
+      .Attr<ffi::Span<const int64_t>>("padding_hi")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv2dForward, Forward, CNN_JAX_CONV_BINDING(x, w));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv2dBackwardData, BackwardData, CNN_JAX_CONV_BINDING(dy, w));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv2dBackwardWeights, BackwardWeights,
+                              CNN_JAX_CONV_BINDING(x, dy));

@@ -1,0 +1,210 @@
+"""The two layers that dominate a CNN's training step, each with two implementations.
+
+* `conv2d`: a 2-D convolution, NHWC activations and HWIO kernels (flax's layout);
+* `batch_norm_train`: BatchNorm's training-mode normalisation over the last axis, optionally
+  followed by a ReLU, returning the output and the batch statistics.
+
+Everywhere, they are XLA's ops (`lax.conv_general_dilated`; BatchNorm written in jnp with a
+one-pass custom backward). On a CPU they run the C++ kernels of this package instead (oneDNN's
+convolutions; BatchNorm+ReLU in two passes each way), each with its own backward pass (a
+custom VJP over the kernels' backward entry points). The choice is made in two places:
+
+* when the function is traced: the kernel must be wanted (`CNN_JAX_CPU_KERNELS`), built and
+  loaded (library.py), the default backend a CPU, the program on one device (the kernels are
+  opaque to XLA's SPMD partitioner, so data-parallel programs over several devices keep XLA's
+  ops), and the arguments of a kind it handles (float32; no lhs dilation or feature groups);
+* when it is lowered: `lax.platform_dependent` keeps the kernel for the CPU and XLA's op for
+  every other platform, so an executable for a GPU or TPU never contains a CPU kernel.
+
+The kernels support reverse-mode differentiation (what training uses) and `vmap` (one call per
+mapped element); forward-mode (`jax.jvp`) needs `CNN_JAX_CPU_KERNELS=0`.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from cnn_jax.kernels import library
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def use_kernel(name: str) -> bool:
+  """Whether the program being traced can run kernel `name` (see the module docstring)."""
+  return (name in library.requested() and jax.default_backend() == 'cpu'
+          and jax.device_count() == 1 and library.load(name))
+
+
+# ----------------------------------------------------------------------------- convolution
+
+def conv2d(x: jax.Array, w: jax.Array, window_strides: Sequence[int] = (1, 1),
+           padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0)),
+           rhs_dilation: Sequence[int] = (1, 1)) -> jax.Array:
+  """`lax.conv_general_dilated(x, w, window_strides, padding, rhs_dilation=rhs_dilation,
+  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`, on a CPU through oneDNN where it applies."""
+  strides = tuple(int(s) for s in window_strides)
+  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  dilation = tuple(int(d) for d in rhs_dilation)
+  xla = functools.partial(_conv2d_xla, strides=strides, padding=pads, dilation=dilation)
+  if not (conv2d_kernel_applies(x, w, strides, pads, dilation) and use_kernel('conv2d')):
+    return xla(x, w)
+  cpu = functools.partial(_conv2d_cpu, geometry=(strides, pads, dilation))
+  return lax.platform_dependent(x, w, cpu=cpu, default=xla)
+
+
+def conv2d_kernel_applies(x, w, strides, padding, dilation) -> bool:
+  """The geometries and dtypes the oneDNN kernel takes (4-D float32, no negative padding)."""
+  return (x.ndim == 4 and w.ndim == 4 and x.dtype == jnp.float32 and w.dtype == jnp.float32
+          and x.shape[-1] == w.shape[2] and min(x.shape) > 0
+          and all(s >= 1 for s in strides) and all(d >= 1 for d in dilation)
+          and all(lo >= 0 and hi >= 0 for lo, hi in padding)
+          and all(n + lo + hi >= d * (k - 1) + 1 for n, (lo, hi), k, d in
+                  zip(x.shape[1:3], padding, w.shape[:2], dilation)))
+
+
+def _conv2d_xla(x, w, *, strides, padding, dilation):
+  return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
+                                  dimension_numbers=NHWC)
+
+
+def _conv_attrs(geometry) -> dict:
+  strides, padding, dilation = geometry
+  return dict(window_strides=np.asarray(strides, np.int64),
+              rhs_dilation=np.asarray(dilation, np.int64),
+              padding_lo=np.asarray([lo for lo, _ in padding], np.int64),
+              padding_hi=np.asarray([hi for _, hi in padding], np.int64))
+
+
+def _ffi(target: str, *outputs: jax.ShapeDtypeStruct):
+  return jax.ffi.ffi_call(target, outputs if len(outputs) > 1 else outputs[0],
+                          vmap_method='sequential')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv2d_cpu(x, w, geometry):
+  return _conv2d_cpu_fwd(x, w, geometry)[0]
+
+
+def _conv2d_cpu_fwd(x, w, geometry):
+  strides, padding, dilation = geometry
+  out = jax.eval_shape(functools.partial(_conv2d_xla, strides=strides, padding=padding,
+                                         dilation=dilation), x, w)
+  y = _ffi('CnnJaxConv2dForward', out)(x, w, **_conv_attrs(geometry))
+  return y, (x, w)
+
+
+def _conv2d_cpu_bwd(geometry, residuals, dy):
+  x, w = residuals
+  attrs = _conv_attrs(geometry)
+  dx = _ffi('CnnJaxConv2dBackwardData', jax.ShapeDtypeStruct(x.shape, x.dtype))(dy, w, **attrs)
+  dw = _ffi('CnnJaxConv2dBackwardWeights', jax.ShapeDtypeStruct(w.shape, w.dtype))(x, dy,
+                                                                                    **attrs)
+  return dx, dw
+
+
+_conv2d_cpu.defvjp(_conv2d_cpu_fwd, _conv2d_cpu_bwd)
+
+
+# ------------------------------------------------------------------------------- BatchNorm
+
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
+                     relu: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(y, batch mean, batch variance) of BatchNorm over the last axis in training mode, with
+  y = max(0, .) when `relu`; y in float32, statistics in float32 (biased variance)."""
+  xla = functools.partial(_batch_norm_xla, epsilon=epsilon, relu=relu)
+  if not (x.dtype == jnp.float32 and x.size > 0 and use_kernel('batch_norm')):
+    return xla(x, scale, bias)
+  cpu = functools.partial(_batch_norm_cpu, epsilon=float(epsilon), relu=bool(relu))
+  return lax.platform_dependent(x, scale.astype(jnp.float32), bias.astype(jnp.float32),
+                                cpu=cpu, default=xla)
+
+
+def _batch_norm_xla(x, scale, bias, *, epsilon, relu):
+  y, mean, var = batch_norm_train_xla(x, scale, bias, epsilon)
+  return (jax.nn.relu(y) if relu else y), mean, var
+
+
+def _batch_stats(x):
+  """Per-channel mean and (biased) variance in one pass over d = x - k, k the channel's first
+  value: E[d^2] - E[d]^2 stays accurate where E[x^2] - E[x]^2 cancels (a mean far from zero)."""
+  axes = tuple(range(x.ndim - 1))
+  xf = x.astype(jnp.float32)
+  shift = lax.stop_gradient(xf.reshape(-1, x.shape[-1])[0])
+  d = xf - shift
+  mean_d = jnp.mean(d, axes)
+  var = jnp.maximum(jnp.mean(jnp.square(d), axes) - jnp.square(mean_d), 0.0)
+  return shift + mean_d, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train_xla(x, scale, bias, epsilon):
+  """XLA's implementation, for every backend: the batch statistics in one pass (shifted sums,
+  in float32; _batch_stats), the output as one multiply-add per element, y = x * a + b with per-channel
+  a = scale / sqrt(var + eps) and b = bias - mean * a, and a hand-written backward: two
+  per-channel sums (of dy and of dy * (x - mean)) and one elementwise pass, where autodiff of
+  the textbook formula makes XLA reduce and broadcast several times."""
+  return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+  mean, var = _batch_stats(x)
+  inv = lax.rsqrt(var + epsilon)
+  a = scale * inv
+  y = x.astype(jnp.float32) * a + (bias - mean * a)
+  return (y, mean, var), (x, mean, inv, scale)
+
+
+def _batch_norm_train_bwd(epsilon, residuals, cotangents):
+  """With xc = x - mean, xhat = xc * inv, n elements per channel:
+  dbias = sum(dy), dscale = sum(dy * xhat),
+  dx = scale * inv * (dy - dbias / n - xhat * dscale / n) + dmean / n + 2 * dvar * xc / n,
+  where dmean, dvar are the cotangents of the returned statistics (zero in a training step)."""
+  del epsilon
+  x, mean, inv, scale = residuals
+  dy, dmean, dvar = cotangents
+  axes = tuple(range(x.ndim - 1))
+  n = np.prod([x.shape[i] for i in axes]).astype(np.float32)
+  dy = dy.astype(jnp.float32)
+  xc = x.astype(jnp.float32) - mean
+  dbias = jnp.sum(dy, axes)
+  dscale = jnp.sum(dy * xc, axes) * inv
+  k1 = scale * inv
+  k2 = (2 * dvar - k1 * inv * dscale) / n
+  k3 = (dmean - k1 * dbias) / n
+  dx = (k1 * dy + k2 * xc + k3).astype(x.dtype)
+  return dx, dscale, dbias
+
+
+batch_norm_train_xla.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _batch_norm_cpu(x, scale, bias, epsilon, relu):
+  return _batch_norm_cpu_fwd(x, scale, bias, epsilon, relu)[0]
+
+
+def _stats_shapes(x):
+  c = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
+  return jax.ShapeDtypeStruct(x.shape, jnp.float32), c, c
+
+
+def _batch_norm_cpu_fwd(x, scale, bias, epsilon, relu):
+  y, mean, var = _ffi('CnnJaxBatchNormForward', *_stats_shapes(x))(
+      x, scale, bias, epsilon=np.float32(epsilon), relu=relu)
+  return (y, mean, var), (x, mean, var, scale, bias)
+
+
+def _batch_norm_cpu_bwd(epsilon, relu, residuals, cotangents):
+  x, mean, var, scale, bias = residuals
+  dy, dmean, dvar = cotangents
+  return _ffi('CnnJaxBatchNormBackward', *_stats_shapes(x))(
+      x, dy.astype(jnp.float32), mean, var, scale, bias, dmean, dvar,
+      epsilon=np.float32(epsilon), relu=relu)
+
+
+_batch_norm_cpu.defvjp(_batch_norm_cpu_fwd, _batch_norm_cpu_bwd)
