@@ -45,13 +45,23 @@ def parse_hlo(text: str) -> dict[str, dict]:
         continue
       called = re.findall(r'calls=%([\w.\-]+)', line)
       body = [l for c in called for l in computations.get(c, [])]
+      target = re.search(r'custom_call_target="(\w+)"', line)
       info[m.group(1)] = {
           'opcode': m.group(2),
+          'target': target.group(1) if target else None,
           'op_names': re.findall(r'op_name="([^"]*)"', line + ' '.join(body)),
           'fuses': {re.match(r'\s*(?:ROOT )?%[\w.\-]+ = \S+ ([\w\-]+)\(', l).group(1)
                     for l in body if re.match(r'\s*(?:ROOT )?%[\w.\-]+ = \S+ ([\w\-]+)\(', l)},
       }
   return info
+
+
+KERNEL_CATEGORIES = {
+    'CnnJaxConv2dForward': 'conv forward', 'CnnJaxConv2dBackwardData': 'conv input gradient',
+    'CnnJaxConv2dBackwardWeights': 'conv kernel gradient',
+    'CnnJaxBatchNormForward': 'BatchNorm forward', 'CnnJaxBatchNormAddReluForward':
+    'BatchNorm forward', 'CnnJaxBatchNormBackward': 'BatchNorm backward',
+    'CnnJaxBatchNormAddReluBackward': 'BatchNorm backward'}
 
 
 def classify(name: str, op: dict | None) -> str:
@@ -60,6 +70,8 @@ def classify(name: str, op: dict | None) -> str:
   names = ' '.join(op['op_names'])
   ops = op['fuses'] | {op['opcode']}
   backward = 'transpose(' in names
+  if op.get('target') in KERNEL_CATEGORIES:  # cnn_jax.kernels' custom calls
+    return KERNEL_CATEGORIES[op['target']]
   if 'convolution' in ops:
     if not op['op_names']:  # XLA emits the kernel gradient (batch contracted) without metadata
       return 'conv kernel gradient'
@@ -88,6 +100,7 @@ def profile(model_name: str, steps: int) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from cnn_jax import config_base, input_pipeline, models, optim, parallel, train  # pylint: disable=g-import-not-at-top
   from benchmarks.train_step import BATCH, _shape  # pylint: disable=g-import-not-at-top
+  from cnn_jax import kernels  # pylint: disable=g-import-not-at-top
 
   batch, shape = BATCH.get(model_name, 64), _shape(model_name)
   config = config_base.base_config()
@@ -133,7 +146,9 @@ def profile(model_name: str, steps: int) -> dict:
     per_cat[classify(name, hlo[name])] += ms
   return {'model': model_name, 'batch': batch, 'wall_ms': wall_ms, 'per_op': per_op,
           'per_cat': per_cat, 'threads': len(threads), 'hlo': hlo,
-          'xla_flags': __import__('os').environ.get('XLA_FLAGS', '')}
+          'xla_flags': __import__('os').environ.get('XLA_FLAGS', ''),
+          'glibc_tunables': __import__('os').environ.get('GLIBC_TUNABLES', ''),
+          'kernels': ', '.join(f'{k} {v}' for k, v in kernels.status().items())}
 
 
 def render(p: dict) -> str:
@@ -145,7 +160,8 @@ def render(p: dict) -> str:
        for c in CATEGORIES if p['per_cat'].get(c)])
   top = report.markdown_table(
       ['op', 'ms / step', 'category', 'source (first op_name)'],
-      [[name, f'{ms:.1f}', classify(name, p['hlo'][name]),
+      [[name + (f" ({p['hlo'][name]['target']})" if p['hlo'][name].get('target') else ''),
+        f'{ms:.1f}', classify(name, p['hlo'][name]),
         f"`{(p['hlo'][name]['op_names'] or [''])[0][:80]}`"]
        for name, ms in p['per_op'].most_common(15)])
   env = report.environment()
@@ -160,8 +176,10 @@ trace and classified from the compiled HLO's metadata.
   {p['threads']} threads, i.e. the threads are busy {100 * total / (p['wall_ms'] * max(p['threads'], 1)):.0f}%
   of the step (the rest: waiting between dependent ops, dispatch, and work that the trace does
   not attribute to an XLA op, such as YNNPACK's own thread pool: read the shares below as shares of
-  the traced op time, not of the wall time).
-- XLA_FLAGS: `{p['xla_flags'] or '(none)'}`
+  the traced op time, not of the wall time). A CPU kernel's time (cnn_jax/kernels, named by
+  its custom-call target below) is its call's wall time, the pool threads it ran on included.
+- XLA_FLAGS: `{p['xla_flags'] or '(none)'}`; CPU kernels: {p['kernels']};
+  GLIBC_TUNABLES: `{p['glibc_tunables'] or '(none)'}`
 - Host: {env['host_cpu']}; jax {env['jax']}; {env['date']}; commit {env['git_commit']}.
 
 ## Share of op time by category

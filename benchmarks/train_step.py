@@ -45,10 +45,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 BATCH = {'lenet5': 64, 'resnet20': 128, 'resnet56': 128, 'plain20': 128, 'plain56': 128,
          'resnet50': 256}
 SHAPE = {'lenet5': (32, 32, 1), 'resnet50': (224, 224, 3)}
 SHAPE_DEFAULT = (32, 32, 3)
+MIN_SECONDS = 5.0  # each timing window at least this long (--min_seconds)
 VARIANTS = {'defaults': {}, 'xla': {'CNN_JAX_CPU_KERNELS': '0'},
             'none': {'CNN_JAX_XLA_DEFAULTS': '0', 'CNN_JAX_CPU_KERNELS': '0'}}
 # The user's own XLA_FLAGS, before `import cnn_jax` in this process adds the project's: each child
@@ -96,10 +99,16 @@ def bench_config(name: str, batch: int, dtype: str = 'float32'):
   return config
 
 
+def _timed_steps(steps: int, block_seconds: float) -> int:
+  """Steps to time: at least `steps`, and enough for MIN_SECONDS at one calibration block's
+  pace (a LeNet-5 step takes ~10 ms: 20 steps would be a 0.2 s window, all noise)."""
+  return max(steps, int(np.ceil(steps * MIN_SECONDS / max(block_seconds, 1e-6))))
+
+
 def jax_child(name: str, steps: int, batch: int, dtype: str = 'float32') -> dict:
   """Times the loop's own train_step, built by the loop's own `setup`, alone (bare) and inside
-  `train_loop` (log points, stop checks, epoch permutations); returns images/s, compile time and
-  memory."""
+  `train_loop` (log points, stop checks, epoch permutations), each over at least MIN_SECONDS;
+  returns images/s, compile time, memory and per-step page faults and CPU time."""
   import tempfile  # pylint: disable=g-import-not-at-top
   import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (XLA settings first)
   import jax  # pylint: disable=g-import-not-at-top
@@ -108,8 +117,7 @@ def jax_child(name: str, steps: int, batch: int, dtype: str = 'float32') -> dict
   jax.config.update('jax_enable_compilation_cache', False)  # time a real compile
   config = bench_config(name, batch, dtype)
   warmup = 2
-  config.num_steps = 3 * steps  # bare: warm-up + steps; loop: the rest (see below)
-  config.log_every_steps = steps
+  config.num_steps = 10**7  # cut to what is timed once the pace is known (below)
   with tempfile.TemporaryDirectory() as workdir:
     run, state = train.setup(config, pathlib.Path(workdir))
     try:
@@ -123,14 +131,21 @@ def jax_child(name: str, steps: int, batch: int, dtype: str = 'float32') -> dict
       for i in range(1, warmup):
         state, totals = run.p_train_step(state, totals, *args(i))
       jax.block_until_ready(totals)
-      usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-      for i in range(warmup, warmup + steps):
+      start = time.perf_counter()  # calibration block, also more warm-up
+      for i in range(steps):
         state, totals = run.p_train_step(state, totals, *args(i))
       jax.block_until_ready(totals)
-      bare = steps * batch / (time.perf_counter() - start)
-      os_costs = _os_costs_per_step(usage, steps)
-      # The loop from step warmup + steps to 3 * steps: its first log interval (to 2 * steps) is
-      # not timed by the loop, the second (`steps` steps) is: the loop's own images/s figure.
+      n = _timed_steps(steps, time.perf_counter() - start)
+      usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+      for i in range(n):
+        state, totals = run.p_train_step(state, totals, *args(i % run.steps_per_epoch))
+      jax.block_until_ready(totals)
+      bare = n * batch / (time.perf_counter() - start)
+      os_costs = _os_costs_per_step(usage, n)
+      # The loop for two log intervals of n steps: the first is not timed by the loop (it may
+      # hold a compilation), the second is: the loop's own images/s figure.
+      run.config.log_every_steps = n
+      run.total_steps = int(state.step) + 2 * n
       state, _ = train.train_loop(run, state, should_stop=lambda step: False)
       loop = run.book.timed_images / run.book.train_seconds
     finally:
@@ -180,6 +195,11 @@ def torch_child(name: str, steps: int, batch: int, mode: str = 'eager',
   for _ in range(2):
     one_step()
   one_step().item()
+  start = time.perf_counter()  # calibration block, also more warm-up
+  for _ in range(steps):
+    loss = one_step()
+  loss.item()
+  steps = _timed_steps(steps, time.perf_counter() - start)
   usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
   for _ in range(steps):
     loss = one_step()
@@ -236,7 +256,8 @@ def _run_child(kind: str, name: str, steps: int, batch: int, env_extra: dict,
                 if t and not t.startswith('glibc.malloc.hugetlb')]
     env['GLIBC_TUNABLES'] = ':'.join(tunables)
   out = subprocess.run([sys.executable, '-m', 'benchmarks.train_step', f'--child={kind}:{name}',
-                        f'--steps={steps}', f'--batch={batch}', *extra_args], env=env,
+                        f'--steps={steps}', f'--batch={batch}', f'--min_seconds={MIN_SECONDS}',
+                        *extra_args], env=env,
                        capture_output=True,
                        text=True, check=False)
   if out.returncode:
@@ -314,6 +335,8 @@ def main():
   parser.add_argument('--variants', default='defaults,xla,none',
                       help='defaults: project settings; xla: without the CPU kernels; '
                            'none: XLA defaults (before)')
+  parser.add_argument('--min_seconds', type=float, default=5.0,
+                      help='each timing window at least this long')
   parser.add_argument('--repeats', type=int, default=3,
                       help='rounds of every variant and PyTorch; figures are medians')
   parser.add_argument('--no_torch', action='store_true')
@@ -327,6 +350,8 @@ def main():
                       help='peak FLOP/s (TFLOP/s) for the MFU column where the device is not in '
                            'PEAK_BF16_FLOPS (e.g. a CPU)')
   args = parser.parse_args()
+  global MIN_SECONDS  # pylint: disable=global-statement
+  MIN_SECONDS = args.min_seconds
   if args.child:
     kind, name = args.child.split(':')
     batch = args.batch or BATCH[name]

@@ -140,10 +140,10 @@ def count(params, names) -> int:
 # ------------------------------------------------------------------- frozen BatchNorm layers
 
 
-def _bn_inference(module: nn.Module, x):
+def _bn_inference(module: nn.Module, x, residual=None):
   """A BatchNorm (cnn_jax.models.layers.BatchNorm or flax's, over the last axis) in inference
   mode: the running statistics folded into one multiply-add, as layers.BatchNorm evaluates,
-  with the ReLU of a `BatchNorm(relu=True)`."""
+  with the residual and the ReLU of a `BatchNorm(relu=True)`."""
   mean = module.get_variable('batch_stats', 'mean')
   var = module.get_variable('batch_stats', 'var')
   scale = (module.get_variable('params', 'scale') if module.has_variable('params', 'scale')
@@ -151,6 +151,8 @@ def _bn_inference(module: nn.Module, x):
   bias = module.get_variable('params', 'bias') if module.has_variable('params', 'bias') else 0.0
   a = scale * jax.lax.rsqrt(var + module.epsilon)
   y = x.astype(jnp.float32) * a + (bias - mean * a)
+  if residual is not None:
+    y = y + residual.astype(jnp.float32)
   if getattr(module, 'relu', False):
     y = jax.nn.relu(y)
   return y.astype(module.dtype or x.dtype)
@@ -162,7 +164,7 @@ def _frozen_bn_interceptor(frozen: frozenset, next_fun, args, kwargs, context):
       and m.path and m.path[0] in frozen and not m.is_initializing()):
     if isinstance(m, nn.BatchNorm) and m.axis != -1:
       raise NotImplementedError(f'Frozen BatchNorm over axis {m.axis} at {m.path}.')
-    return _bn_inference(m, args[0])
+    return _bn_inference(m, args[0], kwargs.get('residual'))
   return next_fun(*args, **kwargs)
 
 

@@ -129,6 +129,30 @@ def test_batch_norm_matches_xla_values_and_gradients(shape, relu):
   assert 'CnnJaxBatchNormBackward' in _targets(got, x, scale, bias)
 
 
+@pytest.mark.parametrize('shape', [(6, 5, 7, 12), (700, 3)])
+def test_batch_norm_add_relu_matches_xla_values_and_gradients(shape):
+  """The end of a ResNet block, max(0, bn(x) + shortcut): gradients of x, scale, bias and the
+  shortcut."""
+  keys = jax.random.split(jax.random.key(0), 5)
+  x = jax.random.normal(keys[0], shape) * 2 + 1
+  scale, bias = jax.random.normal(keys[1], shape[-1:]), jax.random.normal(keys[2], shape[-1:])
+  residual = jax.random.normal(keys[3], shape)
+  weights = jax.random.normal(keys[4], shape)
+
+  def loss(f, *args):
+    y, mean, var = f(*args)
+    return jnp.sum(jnp.sin(y) * weights) + jnp.sum(mean ** 2) + jnp.sum(jnp.sqrt(var)), y
+
+  kernel = lambda x, s, b, r: ops.batch_norm_train(x, s, b, 1e-5, True, residual=r)
+  xla = lambda x, s, b, r: ops._batch_norm_add_relu_xla(x, s, b, r, epsilon=1e-5)  # pylint: disable=protected-access
+  got = jax.jit(jax.value_and_grad(lambda *a: loss(kernel, *a), (0, 1, 2, 3), has_aux=True))
+  want = jax.jit(jax.value_and_grad(lambda *a: loss(xla, *a), (0, 1, 2, 3), has_aux=True))
+  _close(got(x, scale, bias, residual), want(x, scale, bias, residual), rtol=1e-4, atol=1e-4)
+  assert 'CnnJaxBatchNormAddReluBackward' in _targets(got, x, scale, bias, residual)
+  with pytest.raises(ValueError, match='relu=True'):
+    ops.batch_norm_train(x, scale, bias, 1e-5, False, residual=residual)
+
+
 @pytest.mark.parametrize('kernel', [True, False])
 def test_batch_norm_statistics_are_accurate_far_from_zero(kernel):
   """Shifted sums: the variance of data far from zero, which E[x^2] - E[x]^2 in float32 loses

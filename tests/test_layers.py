@@ -60,6 +60,30 @@ def test_values_gradients_and_statistics_match_flax(train, relu, kernels, monkey
 
 
 @pytest.mark.parametrize('kernels', ['0', '1'])
+@pytest.mark.parametrize('train', [True, False])
+def test_residual_and_relu_match_flax_then_add_then_relu(train, kernels, monkeypatch):
+  monkeypatch.setenv('CNN_JAX_CPU_KERNELS', kernels)
+  x, params, stats, weights = _inputs()
+  residual = jax.random.normal(jax.random.key(7), x.shape)
+
+  def loss(apply, params, x, residual):
+    y, _ = apply({'params': params, 'batch_stats': stats}, x, residual)
+    return jnp.sum(jnp.sin(y) * weights)
+
+  ours = layers.BatchNorm(use_running_average=not train, relu=True, **KW)
+  theirs = nn.BatchNorm(use_running_average=not train, **KW)
+  ours_apply = lambda v, x, r: ours.apply(v, x, residual=r, mutable=['batch_stats'])
+  theirs_apply = lambda v, x, r: (lambda y: (nn.relu(y[0] + r), y[1]))(
+      theirs.apply(v, x, mutable=['batch_stats']))
+  got = jax.jit(jax.value_and_grad(lambda *a: loss(ours_apply, *a), (0, 1, 2)))(params, x, residual)
+  want = jax.grad(lambda *a: loss(theirs_apply, *a), (0, 1, 2))(params, x, residual)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5), got[1], want)
+  with pytest.raises(ValueError, match='takes no residual'):
+    layers.BatchNorm(use_running_average=not train, **KW).apply(
+        {'params': params, 'batch_stats': stats}, x, residual=residual, mutable=['batch_stats'])
+
+
+@pytest.mark.parametrize('kernels', ['0', '1'])
 def test_gradient_through_the_returned_statistics(kernels, monkeypatch):
   """The statistics' own cotangents (zero in a training step) are handled exactly too."""
   monkeypatch.setenv('CNN_JAX_CPU_KERNELS', kernels)

@@ -45,3 +45,38 @@ def test_the_users_settings_win_and_the_defaults_can_be_turned_off(tmp_path):
   off = _probe(tmp_path, CNN_JAX_XLA_DEFAULTS='0')
   assert off['xla_flags'] == '' and off['cache_dir'] in (None, '')
   assert off['min_compile_secs'] == 1.0  # JAX's own default
+
+
+RESTART = """
+import os, sys
+print('start', os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:], flush=True)
+from cnn_jax import xla_setup
+xla_setup.restart_with_huge_pages()
+print('running', os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc tunables are Linux')
+@pytest.mark.parametrize('env_extra,restarts', [
+    ({}, True), ({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, True),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}, False), ({'CNN_JAX_HUGE_PAGES': '0'}, False),
+    ({'CNN_JAX_XLA_DEFAULTS': '0'}, False)])
+def test_entry_points_restart_once_on_huge_pages(tmp_path, env_extra, restarts):
+  from cnn_jax import xla_setup
+  if not xla_setup._glibc_at_least(2, 35):
+    pytest.skip('glibc older than 2.35 has no glibc.malloc.hugetlb')
+  script = tmp_path / 'entry.py'
+  script.write_text(RESTART)
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('GLIBC_TUNABLES', 'CNN_JAX_HUGE_PAGES', 'CNN_JAX_XLA_DEFAULTS')}
+  env.update(PYTHONPATH=ROOT, **env_extra)
+  out = subprocess.run([sys.executable, str(script), '--flag', 'a b'], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120, check=True)
+  lines = out.stdout.splitlines()
+  before = env_extra.get('GLIBC_TUNABLES', '')
+  if restarts:  # the program ran again from the start, same arguments, tunable added once
+    want = ':'.join(filter(None, [before, xla_setup.HUGE_PAGES_TUNABLE]))
+    assert lines == [f"start {before} ['--flag', 'a b']", f"start {want} ['--flag', 'a b']",
+                     f"running {want} ['--flag', 'a b']"]
+  else:
+    assert lines == [f"start {before} ['--flag', 'a b']", f"running {before} ['--flag', 'a b']"]

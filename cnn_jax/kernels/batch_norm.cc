@@ -1,16 +1,20 @@
 // BatchNorm over the last axis (channels-last activations seen as rows x C), training mode,
-// with an optional ReLU in the same passes: the forward and backward of
-// cnn_jax.models.layers.BatchNorm as XLA FFI handlers for the CPU.
+// with the ReLU after it, or the residual addition and ReLU that end a ResNet block, in the same
+// passes: the forward and backward of cnn_jax.models.layers.BatchNorm as XLA FFI handlers for
+// the CPU.
 //
 // Forward, two passes over x: per-channel sums of d = x - k and d^2, where k is the channel's
 // value in the first row (a shift that keeps E[d^2] - E[d]^2 accurate when the mean is far from
-// zero; float partials over 64 rows, accumulated in double), then y = x * a + b
-// (a = scale / sqrt(var + eps), b = bias - mean * a), max(y, 0) if fused. Backward, two passes: with g = dy (masked by x * a + b > 0 if fused),
-// sum(g) and sum(g * (x - mean)), then
+// zero; float partials over 64 rows, accumulated in double), then
+//   y = x * a + b,  max(0, x * a + b)  or  max(0, x * a + b + residual),
+// with a = scale / sqrt(var + eps), b = bias - mean * a.
+// Backward, two passes: with g = dy (masked by the ReLU: x * a + b > 0, recomputed from x, or
+// y > 0 with a residual, whose gradient is that masked g), sum(g) and sum(g * (x - mean)), then
 //   dx = k1 * g + k2 * (x - mean) + k3,  k1 = scale * inv, inv = 1 / sqrt(var + eps),
 //   k2 = (2 dvar - k1 * inv * dscale) / n,  k3 = (dmean - k1 * dbias) / n,
 // where dmean, dvar are the cotangents of the returned statistics (zero in a training step).
-// The ReLU mask is recomputed from x, so nothing but x is kept for the backward pass.
+// Rows are split into pieces on XLA's thread pool (parallel_for.h); partial sums are reduced in
+// piece order, so the results do not depend on the threads.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -24,225 +28,258 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int64_t kRowsPerPiece = 512;  // rows of C channels per parallel piece
-constexpr int64_t kFlushRows = 64;      // float partial sums are moved to double this often
+constexpr int64_t kFlushRows = 64;      // float partial sums move to double this often
 
-int64_t Channels(const ffi::Buffer<ffi::F32>& x) {
-  auto dims = x.dimensions();
-  return dims.size() == 0 ? 1 : dims[dims.size() - 1];
-}
+enum class Act { kNone, kRelu, kAddRelu };
 
-// Per-piece sums over rows [r0, r1): out[0:C] += sum u(r, c), out[C:2C] += sum v(r, c), where
-// (u, v) = term(x_rc, g_rc, c) for the rows of `x` (and `g`, may be null).
+struct Shape {
+  int64_t rows, channels, pieces;
+  explicit Shape(const ffi::Buffer<ffi::F32>& x) {
+    auto dims = x.dimensions();
+    channels = dims.size() == 0 ? 1 : dims[dims.size() - 1];
+    rows = channels ? x.element_count() / channels : 0;
+    pieces = (rows + kRowsPerPiece - 1) / kRowsPerPiece;
+  }
+  int64_t Begin(int64_t p) const { return p * kRowsPerPiece; }
+  int64_t End(int64_t p) const { return std::min(rows, (p + 1) * kRowsPerPiece); }
+};
+
+// Per-channel sums of u and v over every row, u, v = term(row, c): float partials of 64 rows,
+// accumulated per piece in double, pieces reduced in order.
 template <typename Term>
-void RowSums(const float* __restrict__ x, const float* __restrict__ g, int64_t c_dim, int64_t r0,
-             int64_t r1, double* __restrict__ out, Term term) {
-  std::vector<float> su(c_dim, 0.f), sv(c_dim, 0.f);
-  for (int64_t r = r0; r < r1; ++r) {
-    const float* __restrict__ xr = x + r * c_dim;
-    const float* __restrict__ gr = g ? g + r * c_dim : nullptr;
-    float* __restrict__ pu = su.data();
-    float* __restrict__ pv = sv.data();
-    for (int64_t c = 0; c < c_dim; ++c) {
-      float u, v;
-      term(xr[c], gr ? gr[c] : 0.f, c, u, v);
-      pu[c] += u;
-      pv[c] += v;
-    }
-    if ((r - r0) % kFlushRows == kFlushRows - 1 || r + 1 == r1) {
-      for (int64_t c = 0; c < c_dim; ++c) {
-        out[c] += su[c];
-        out[c_dim + c] += sv[c];
-        su[c] = sv[c] = 0.f;
-      }
-    }
-  }
-}
-
-// Sums the per-piece partials (in piece order: the result does not depend on the threads).
-void Reduce(const std::vector<double>& partial, int64_t pieces, int64_t c_dim, double* u,
-            double* v) {
-  for (int64_t c = 0; c < c_dim; ++c) {
-    double su = 0, sv = 0;
-    for (int64_t p = 0; p < pieces; ++p) {
-      su += partial[p * 2 * c_dim + c];
-      sv += partial[p * 2 * c_dim + c_dim + c];
-    }
-    u[c] = su;
-    v[c] = sv;
-  }
-}
-
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
-                   ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
-                   ffi::ResultBuffer<ffi::F32> mean_out, ffi::ResultBuffer<ffi::F32> var_out,
-                   float eps, bool relu) {
-  try {
-    const int64_t c_dim = Channels(x);
-    const int64_t rows = c_dim ? x.element_count() / c_dim : 0;
-    if (rows == 0) return ffi::Error::InvalidArgument("batch_norm: empty input");
-    const int64_t pieces = (rows + kRowsPerPiece - 1) / kRowsPerPiece;
-    const float* xd = x.typed_data();
-    std::vector<double> partial(pieces * 2 * c_dim, 0.0);
-    const float* shift = xd;  // the first row
-    cnn_jax::ParallelFor(pool, pieces, pieces, [&](int64_t p) {
-      int64_t r0 = p * kRowsPerPiece, r1 = std::min(rows, r0 + kRowsPerPiece);
-      RowSums(xd, nullptr, c_dim, r0, r1, partial.data() + p * 2 * c_dim,
-              [shift](float xv, float, int64_t c, float& u, float& v) {
-                u = xv - shift[c];
-                v = u * u;
-              });
-    });
-    std::vector<double> sum(c_dim), sum_sq(c_dim);
-    Reduce(partial, pieces, c_dim, sum.data(), sum_sq.data());
-    std::vector<float> a(c_dim), b(c_dim);
-    const float* s = scale.typed_data();
-    const float* bi = bias.typed_data();
-    float* mean = mean_out->typed_data();
-    float* var = var_out->typed_data();
-    for (int64_t c = 0; c < c_dim; ++c) {
-      double d = sum[c] / rows;  // E[x - k]
-      double m = shift[c] + d;
-      double v = std::max(sum_sq[c] / rows - d * d, 0.0);
-      mean[c] = static_cast<float>(m);
-      var[c] = static_cast<float>(v);
-      float inv = 1.0f / std::sqrt(var[c] + eps);
-      a[c] = s[c] * inv;
-      b[c] = bi[c] - mean[c] * a[c];
-    }
-    float* yd = y->typed_data();
-    cnn_jax::ParallelFor(pool, pieces, pieces, [&](int64_t p) {
-      int64_t r0 = p * kRowsPerPiece, r1 = std::min(rows, r0 + kRowsPerPiece);
-      const float* __restrict__ pa = a.data();
-      const float* __restrict__ pb = b.data();
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* __restrict__ xr = xd + r * c_dim;
-        float* __restrict__ yr = yd + r * c_dim;
-        if (relu) {
-          for (int64_t c = 0; c < c_dim; ++c) yr[c] = std::max(xr[c] * pa[c] + pb[c], 0.f);
-        } else {
-          for (int64_t c = 0; c < c_dim; ++c) yr[c] = xr[c] * pa[c] + pb[c];
+void ChannelSums(ffi::ThreadPool& pool, const Shape& shape, Term term, std::vector<double>& u,
+                 std::vector<double>& v) {
+  const int64_t c_dim = shape.channels;
+  std::vector<double> partial(shape.pieces * 2 * c_dim, 0.0);
+  cnn_jax::ParallelFor(pool, shape.pieces, shape.pieces, [&](int64_t p) {
+    std::vector<float> su(c_dim, 0.f), sv(c_dim, 0.f);
+    double* out = partial.data() + p * 2 * c_dim;
+    for (int64_t r = shape.Begin(p), r1 = shape.End(p), n = 0; r < r1; ++r, ++n) {
+      float* __restrict__ pu = su.data();
+      float* __restrict__ pv = sv.data();
+      term(r, pu, pv);
+      if (n % kFlushRows == kFlushRows - 1 || r + 1 == r1) {
+        for (int64_t c = 0; c < c_dim; ++c) {
+          out[c] += su[c];
+          out[c_dim + c] += sv[c];
+          su[c] = sv[c] = 0.f;
         }
       }
-    });
+    }
+  });
+  u.assign(c_dim, 0.0);
+  v.assign(c_dim, 0.0);
+  for (int64_t p = 0; p < shape.pieces; ++p) {
+    for (int64_t c = 0; c < c_dim; ++c) {
+      u[c] += partial[p * 2 * c_dim + c];
+      v[c] += partial[p * 2 * c_dim + c_dim + c];
+    }
+  }
+}
+
+template <Act kAct>
+ffi::Error Forward(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
+                   const ffi::Buffer<ffi::F32>& scale, const ffi::Buffer<ffi::F32>& bias,
+                   const float* residual, float* y, float* mean, float* var, float eps) {
+  const Shape shape(x);
+  const int64_t c_dim = shape.channels;
+  if (shape.rows == 0) return ffi::Error::InvalidArgument("batch_norm: empty input");
+  const float* xd = x.typed_data();
+  const float* shift = xd;  // the first row
+  std::vector<double> sum, sum_sq;
+  ChannelSums(pool, shape, [&](int64_t r, float* __restrict__ u, float* __restrict__ v) {
+    const float* __restrict__ xr = xd + r * c_dim;
+    for (int64_t c = 0; c < c_dim; ++c) {
+      float d = xr[c] - shift[c];
+      u[c] += d;
+      v[c] += d * d;
+    }
+  }, sum, sum_sq);
+  std::vector<float> a(c_dim), b(c_dim);
+  for (int64_t c = 0; c < c_dim; ++c) {
+    double d = sum[c] / shape.rows;  // E[x - k]
+    mean[c] = static_cast<float>(shift[c] + d);
+    var[c] = static_cast<float>(std::max(sum_sq[c] / shape.rows - d * d, 0.0));
+    float inv = 1.0f / std::sqrt(var[c] + eps);
+    a[c] = scale.typed_data()[c] * inv;
+    b[c] = bias.typed_data()[c] - mean[c] * a[c];
+  }
+  cnn_jax::ParallelFor(pool, shape.pieces, shape.pieces, [&](int64_t p) {
+    const float* __restrict__ pa = a.data();
+    const float* __restrict__ pb = b.data();
+    for (int64_t r = shape.Begin(p), r1 = shape.End(p); r < r1; ++r) {
+      const float* __restrict__ xr = xd + r * c_dim;
+      float* __restrict__ yr = y + r * c_dim;
+      if constexpr (kAct == Act::kNone) {
+        for (int64_t c = 0; c < c_dim; ++c) yr[c] = xr[c] * pa[c] + pb[c];
+      } else if constexpr (kAct == Act::kRelu) {
+        for (int64_t c = 0; c < c_dim; ++c) yr[c] = std::max(xr[c] * pa[c] + pb[c], 0.f);
+      } else {
+        const float* __restrict__ rr = residual + r * c_dim;
+        for (int64_t c = 0; c < c_dim; ++c) yr[c] = std::max(xr[c] * pa[c] + pb[c] + rr[c], 0.f);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// `y` is the forward output (kAddRelu: its mask), `dres` the residual's gradient (kAddRelu).
+template <Act kAct>
+ffi::Error Backward(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x, const float* y,
+                    const float* dy, const float* mean, const float* var, const float* scale,
+                    const float* bias, const float* dmean, const float* dvar, float* dx,
+                    float* dscale, float* dbias, float* dres, float eps) {
+  const Shape shape(x);
+  const int64_t c_dim = shape.channels;
+  if (shape.rows == 0) return ffi::Error::InvalidArgument("batch_norm: empty input");
+  const float* xd = x.typed_data();
+  std::vector<float> inv(c_dim), a(c_dim), b(c_dim);
+  for (int64_t c = 0; c < c_dim; ++c) {
+    inv[c] = 1.0f / std::sqrt(var[c] + eps);
+    a[c] = scale[c] * inv[c];
+    b[c] = bias[c] - mean[c] * a[c];
+  }
+  const float* pa = a.data();
+  const float* pb = b.data();
+  std::vector<double> sum_g, sum_gx;
+  ChannelSums(pool, shape, [&](int64_t r, float* __restrict__ u, float* __restrict__ v) {
+    const float* __restrict__ xr = xd + r * c_dim;
+    const float* __restrict__ gr = dy + r * c_dim;
+    if constexpr (kAct == Act::kNone) {
+      for (int64_t c = 0; c < c_dim; ++c) {
+        u[c] += gr[c];
+        v[c] += gr[c] * (xr[c] - mean[c]);
+      }
+    } else if constexpr (kAct == Act::kRelu) {
+      for (int64_t c = 0; c < c_dim; ++c) {
+        float g = xr[c] * pa[c] + pb[c] > 0.f ? gr[c] : 0.f;
+        u[c] += g;
+        v[c] += g * (xr[c] - mean[c]);
+      }
+    } else {
+      const float* __restrict__ yr = y + r * c_dim;
+      float* __restrict__ out = dres + r * c_dim;
+      for (int64_t c = 0; c < c_dim; ++c) {
+        float g = yr[c] > 0.f ? gr[c] : 0.f;
+        out[c] = g;
+        u[c] += g;
+        v[c] += g * (xr[c] - mean[c]);
+      }
+    }
+  }, sum_g, sum_gx);
+  std::vector<float> k1(c_dim), k2(c_dim), k3(c_dim);
+  for (int64_t c = 0; c < c_dim; ++c) {
+    dbias[c] = static_cast<float>(sum_g[c]);
+    dscale[c] = static_cast<float>(sum_gx[c]) * inv[c];
+    k1[c] = scale[c] * inv[c];
+    k2[c] = (2 * dvar[c] - k1[c] * inv[c] * dscale[c]) / shape.rows;
+    k3[c] = (dmean[c] - k1[c] * dbias[c]) / shape.rows;
+  }
+  const float* g_in = kAct == Act::kAddRelu ? dres : dy;  // already masked with a residual
+  cnn_jax::ParallelFor(pool, shape.pieces, shape.pieces, [&](int64_t p) {
+    const float* __restrict__ q1 = k1.data();
+    const float* __restrict__ q2 = k2.data();
+    const float* __restrict__ q3 = k3.data();
+    for (int64_t r = shape.Begin(p), r1 = shape.End(p); r < r1; ++r) {
+      const float* __restrict__ xr = xd + r * c_dim;
+      const float* __restrict__ gr = g_in + r * c_dim;
+      float* __restrict__ out = dx + r * c_dim;
+      if constexpr (kAct == Act::kRelu) {
+        for (int64_t c = 0; c < c_dim; ++c) {
+          float g = xr[c] * pa[c] + pb[c] > 0.f ? gr[c] : 0.f;
+          out[c] = q1[c] * g + q2[c] * (xr[c] - mean[c]) + q3[c];
+        }
+      } else {
+        for (int64_t c = 0; c < c_dim; ++c)
+          out[c] = q1[c] * gr[c] + q2[c] * (xr[c] - mean[c]) + q3[c];
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+using F32 = ffi::Buffer<ffi::F32>;
+using Out = ffi::ResultBuffer<ffi::F32>;
+
+ffi::Error ForwardHandler(ffi::ThreadPool pool, F32 x, F32 scale, F32 bias, Out y, Out mean,
+                          Out var, float eps, bool relu) {
+  try {
+    auto f = relu ? Forward<Act::kRelu> : Forward<Act::kNone>;
+    return f(pool, x, scale, bias, nullptr, y->typed_data(), mean->typed_data(),
+             var->typed_data(), eps);
   } catch (const std::exception& e) {
     return cnn_jax::Internal("batch_norm_forward", e.what());
   }
-  return ffi::Error::Success();
 }
 
-ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                    ffi::Buffer<ffi::F32> mean_in, ffi::Buffer<ffi::F32> var_in,
-                    ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
-                    ffi::Buffer<ffi::F32> dmean, ffi::Buffer<ffi::F32> dvar,
-                    ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dscale_out,
-                    ffi::ResultBuffer<ffi::F32> dbias_out, float eps, bool relu) {
+ffi::Error AddReluForwardHandler(ffi::ThreadPool pool, F32 x, F32 scale, F32 bias, F32 residual,
+                                 Out y, Out mean, Out var, float eps) {
   try {
-    const int64_t c_dim = Channels(x);
-    const int64_t rows = c_dim ? x.element_count() / c_dim : 0;
-    if (rows == 0) return ffi::Error::InvalidArgument("batch_norm: empty input");
-    const int64_t pieces = (rows + kRowsPerPiece - 1) / kRowsPerPiece;
-    const float* xd = x.typed_data();
-    const float* gd = dy.typed_data();
-    const float* mean = mean_in.typed_data();
-    const float* var = var_in.typed_data();
-    const float* s = scale.typed_data();
-    const float* bi = bias.typed_data();
-    std::vector<float> inv(c_dim), a(c_dim), b(c_dim);
-    for (int64_t c = 0; c < c_dim; ++c) {
-      inv[c] = 1.0f / std::sqrt(var[c] + eps);
-      a[c] = s[c] * inv[c];
-      b[c] = bi[c] - mean[c] * a[c];
-    }
-    std::vector<double> partial(pieces * 2 * c_dim, 0.0);
-    const float* pa = a.data();
-    const float* pb = b.data();
-    cnn_jax::ParallelFor(pool, pieces, pieces, [&](int64_t p) {
-      int64_t r0 = p * kRowsPerPiece, r1 = std::min(rows, r0 + kRowsPerPiece);
-      if (relu) {
-        RowSums(xd, gd, c_dim, r0, r1, partial.data() + p * 2 * c_dim,
-                [=](float xv, float g, int64_t c, float& u, float& v) {
-                  g = xv * pa[c] + pb[c] > 0.f ? g : 0.f;
-                  u = g;
-                  v = g * (xv - mean[c]);
-                });
-      } else {
-        RowSums(xd, gd, c_dim, r0, r1, partial.data() + p * 2 * c_dim,
-                [=](float xv, float g, int64_t c, float& u, float& v) {
-                  u = g;
-                  v = g * (xv - mean[c]);
-                });
-      }
-    });
-    std::vector<double> sum_g(c_dim), sum_gx(c_dim);
-    Reduce(partial, pieces, c_dim, sum_g.data(), sum_gx.data());
-    std::vector<float> k1(c_dim), k2(c_dim), k3(c_dim);
-    const float* dm = dmean.typed_data();
-    const float* dv = dvar.typed_data();
-    float* dscale = dscale_out->typed_data();
-    float* dbias = dbias_out->typed_data();
-    for (int64_t c = 0; c < c_dim; ++c) {
-      float db = static_cast<float>(sum_g[c]);
-      float ds = static_cast<float>(sum_gx[c]) * inv[c];
-      dbias[c] = db;
-      dscale[c] = ds;
-      k1[c] = s[c] * inv[c];
-      k2[c] = (2 * dv[c] - k1[c] * inv[c] * ds) / rows;
-      k3[c] = (dm[c] - k1[c] * db) / rows;
-    }
-    float* dxd = dx->typed_data();
-    cnn_jax::ParallelFor(pool, pieces, pieces, [&](int64_t p) {
-      int64_t r0 = p * kRowsPerPiece, r1 = std::min(rows, r0 + kRowsPerPiece);
-      const float* __restrict__ q1 = k1.data();
-      const float* __restrict__ q2 = k2.data();
-      const float* __restrict__ q3 = k3.data();
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* __restrict__ xr = xd + r * c_dim;
-        const float* __restrict__ gr = gd + r * c_dim;
-        float* __restrict__ out = dxd + r * c_dim;
-        if (relu) {
-          for (int64_t c = 0; c < c_dim; ++c) {
-            float g = xr[c] * pa[c] + pb[c] > 0.f ? gr[c] : 0.f;
-            out[c] = q1[c] * g + q2[c] * (xr[c] - mean[c]) + q3[c];
-          }
-        } else {
-          for (int64_t c = 0; c < c_dim; ++c)
-            out[c] = q1[c] * gr[c] + q2[c] * (xr[c] - mean[c]) + q3[c];
-        }
-      }
-    });
+    return Forward<Act::kAddRelu>(pool, x, scale, bias, residual.typed_data(), y->typed_data(),
+                                  mean->typed_data(), var->typed_data(), eps);
+  } catch (const std::exception& e) {
+    return cnn_jax::Internal("batch_norm_add_relu_forward", e.what());
+  }
+}
+
+ffi::Error BackwardHandler(ffi::ThreadPool pool, F32 x, F32 dy, F32 mean, F32 var, F32 scale,
+                           F32 bias, F32 dmean, F32 dvar, Out dx, Out dscale, Out dbias,
+                           float eps, bool relu) {
+  try {
+    auto f = relu ? Backward<Act::kRelu> : Backward<Act::kNone>;
+    return f(pool, x, nullptr, dy.typed_data(), mean.typed_data(), var.typed_data(),
+             scale.typed_data(), bias.typed_data(), dmean.typed_data(), dvar.typed_data(),
+             dx->typed_data(), dscale->typed_data(), dbias->typed_data(), nullptr, eps);
   } catch (const std::exception& e) {
     return cnn_jax::Internal("batch_norm_backward", e.what());
   }
-  return ffi::Error::Success();
+}
+
+ffi::Error AddReluBackwardHandler(ffi::ThreadPool pool, F32 x, F32 y, F32 dy, F32 mean, F32 var,
+                                  F32 scale, F32 bias, F32 dmean, F32 dvar, Out dx, Out dscale,
+                                  Out dbias, Out dresidual, float eps) {
+  try {
+    return Backward<Act::kAddRelu>(
+        pool, x, y.typed_data(), dy.typed_data(), mean.typed_data(), var.typed_data(),
+        scale.typed_data(), bias.typed_data(), dmean.typed_data(), dvar.typed_data(),
+        dx->typed_data(), dscale->typed_data(), dbias->typed_data(), dresidual->typed_data(),
+        eps);
+  } catch (const std::exception& e) {
+    return cnn_jax::Internal("batch_norm_add_relu_backward", e.what());
+  }
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxBatchNormForward, Forward,
+// Forward: (x, scale, bias) -> (y, batch mean, biased batch variance).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxBatchNormForward, ForwardHandler,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // scale
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // batch mean
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // batch variance (biased)
+                                  .Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Ret<F32>().Ret<F32>()
                                   .Attr<float>("epsilon")
                                   .Attr<bool>("relu"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxBatchNormBackward, Backward,
+// (x, scale, bias, residual) -> (max(0, bn(x) + residual), batch mean, batch variance).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxBatchNormAddReluForward, AddReluForwardHandler,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // batch mean
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // batch variance
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // scale
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // cotangent of the mean
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // cotangent of the variance
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dx
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dscale
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dbias
+                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Attr<float>("epsilon"));
+// (x, dy, mean, var, scale, bias, dmean, dvar) -> (dx, dscale, dbias).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxBatchNormBackward, BackwardHandler,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Ret<F32>().Ret<F32>()
                                   .Attr<float>("epsilon")
                                   .Attr<bool>("relu"));
+// (x, y, dy, mean, var, scale, bias, dmean, dvar) -> (dx, dscale, dbias, dresidual).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxBatchNormAddReluBackward, AddReluBackwardHandler,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Attr<float>("epsilon"));

@@ -45,8 +45,9 @@ class Kernel:
 KERNELS = {
     'conv2d': Kernel(('conv_onednn.cc',), ('CnnJaxConv2dForward', 'CnnJaxConv2dBackwardData',
                                            'CnnJaxConv2dBackwardWeights'), onednn=True),
-    'batch_norm': Kernel(('batch_norm.cc',), ('CnnJaxBatchNormForward',
-                                              'CnnJaxBatchNormBackward')),
+    'batch_norm': Kernel(('batch_norm.cc',), ('CnnJaxBatchNormForward', 'CnnJaxBatchNormBackward',
+                                              'CnnJaxBatchNormAddReluForward',
+                                              'CnnJaxBatchNormAddReluBackward')),
 }
 HEADERS = ('parallel_for.h',)
 

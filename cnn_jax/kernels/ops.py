@@ -2,7 +2,8 @@
 
 * `conv2d`: a 2-D convolution, NHWC activations and HWIO kernels (flax's layout);
 * `batch_norm_train`: BatchNorm's training-mode normalisation over the last axis, optionally
-  followed by a ReLU, returning the output and the batch statistics.
+  followed by a ReLU, or by a residual addition and a ReLU (the end of a ResNet block),
+  returning the output and the batch statistics.
 
 Everywhere, they are XLA's ops (`lax.conv_general_dilated`; BatchNorm written in jnp with a
 one-pass custom backward). On a CPU they run the C++ kernels of this package instead (oneDNN's
@@ -113,20 +114,35 @@ _conv2d_cpu.defvjp(_conv2d_cpu_fwd, _conv2d_cpu_bwd)
 # ------------------------------------------------------------------------------- BatchNorm
 
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
-                     relu: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(y, batch mean, batch variance) of BatchNorm over the last axis in training mode, with
-  y = max(0, .) when `relu`; y in float32, statistics in float32 (biased variance)."""
-  xla = functools.partial(_batch_norm_xla, epsilon=epsilon, relu=relu)
-  if not (x.dtype == jnp.float32 and x.size > 0 and use_kernel('batch_norm')):
-    return xla(x, scale, bias)
-  cpu = functools.partial(_batch_norm_cpu, epsilon=float(epsilon), relu=bool(relu))
-  return lax.platform_dependent(x, scale.astype(jnp.float32), bias.astype(jnp.float32),
-                                cpu=cpu, default=xla)
+                     relu: bool = False, residual: jax.Array | None = None,
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(y, batch mean, batch variance) of BatchNorm over the last axis in training mode:
+  y = bn(x), max(0, bn(x)) when `relu`, max(0, bn(x) + residual) with a residual (`relu` must
+  be set); y in float32, statistics in float32 (biased variance)."""
+  if residual is not None and not relu:
+    raise ValueError('batch_norm_train: a residual is added before the ReLU; set relu=True.')
+  if residual is not None:
+    xla = functools.partial(_batch_norm_add_relu_xla, epsilon=epsilon)
+    cpu = functools.partial(_batch_norm_add_relu_cpu, epsilon=float(epsilon))
+    args = (x, scale, bias, residual)
+  else:
+    xla = functools.partial(_batch_norm_xla, epsilon=epsilon, relu=relu)
+    cpu = functools.partial(_batch_norm_cpu, epsilon=float(epsilon), relu=bool(relu))
+    args = (x, scale, bias)
+  if not (x.size > 0 and all(a.dtype == jnp.float32 for a in args) and
+          (residual is None or residual.shape == x.shape) and use_kernel('batch_norm')):
+    return xla(*args)
+  return lax.platform_dependent(*args, cpu=cpu, default=xla)
 
 
 def _batch_norm_xla(x, scale, bias, *, epsilon, relu):
   y, mean, var = batch_norm_train_xla(x, scale, bias, epsilon)
   return (jax.nn.relu(y) if relu else y), mean, var
+
+
+def _batch_norm_add_relu_xla(x, scale, bias, residual, *, epsilon):
+  y, mean, var = batch_norm_train_xla(x, scale, bias, epsilon)
+  return jax.nn.relu(y + residual.astype(jnp.float32)), mean, var
 
 
 def _batch_stats(x):
@@ -208,3 +224,26 @@ def _batch_norm_cpu_bwd(epsilon, relu, residuals, cotangents):
 
 
 _batch_norm_cpu.defvjp(_batch_norm_cpu_fwd, _batch_norm_cpu_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _batch_norm_add_relu_cpu(x, scale, bias, residual, epsilon):
+  return _batch_norm_add_relu_cpu_fwd(x, scale, bias, residual, epsilon)[0]
+
+
+def _batch_norm_add_relu_cpu_fwd(x, scale, bias, residual, epsilon):
+  y, mean, var = _ffi('CnnJaxBatchNormAddReluForward', *_stats_shapes(x))(
+      x, scale, bias, residual, epsilon=np.float32(epsilon))
+  return (y, mean, var), (x, y, mean, var, scale, bias)
+
+
+def _batch_norm_add_relu_cpu_bwd(epsilon, residuals, cotangents):
+  x, y, mean, var, scale, bias = residuals
+  dy, dmean, dvar = cotangents
+  shapes = _stats_shapes(x)
+  return _ffi('CnnJaxBatchNormAddReluBackward', *shapes, shapes[0])(
+      x, y, dy.astype(jnp.float32), mean, var, scale, bias, dmean, dvar,
+      epsilon=np.float32(epsilon))
+
+
+_batch_norm_add_relu_cpu.defvjp(_batch_norm_add_relu_cpu_fwd, _batch_norm_add_relu_cpu_bwd)

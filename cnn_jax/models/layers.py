@@ -60,7 +60,8 @@ def batch_norm(train: bool, dtype: Any, epsilon: float = 1e-5) -> ModuleDef:
 class BatchNorm(nn.Module):
   """`flax.linen.BatchNorm` over the last axis, with the same variables ('scale', 'bias';
   batch_stats 'mean', 'var') and results, computed the fast way, optionally followed by a ReLU
-  (`relu=True`, what `norm_act` asks for) that costs no pass of its own.
+  (`relu=True`, what `norm_act` asks for), or by `residual +` and a ReLU (a ResNet block's end,
+  `bn(x, residual=shortcut)`), that cost no pass of their own.
 
   Training: `cnn_jax.kernels.ops.batch_norm_train`: the batch statistics in one pass, the output
   as one multiply-add per element and a hand-written backward (XLA's ops; a C++ kernel on a CPU,
@@ -76,7 +77,7 @@ class BatchNorm(nn.Module):
   relu: bool = False  # max(0, .) of the output
 
   @nn.compact
-  def __call__(self, x, use_running_average: bool | None = None):
+  def __call__(self, x, use_running_average: bool | None = None, residual=None):
     use_running_average = nn.merge_param('use_running_average', self.use_running_average,
                                          use_running_average)
     features = (x.shape[-1],)
@@ -85,11 +86,15 @@ class BatchNorm(nn.Module):
     scale = self.param('scale', self.scale_init, features, jnp.float32)
     bias = self.param('bias', self.bias_init, features, jnp.float32)
     dtype = self.dtype or x.dtype
+    if residual is not None and not self.relu:
+      raise ValueError('BatchNorm(relu=False) takes no residual: add it after the layer.')
     if use_running_average:
       a = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
       y = x.astype(jnp.float32) * a + (bias - ra_mean.value * a)
+      if residual is not None:
+        y = y + residual.astype(jnp.float32)
       return (jax.nn.relu(y) if self.relu else y).astype(dtype)
-    y, mean, var = ops.batch_norm_train(x, scale, bias, self.epsilon, self.relu)
+    y, mean, var = ops.batch_norm_train(x, scale, bias, self.epsilon, self.relu, residual)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
@@ -97,12 +102,13 @@ class BatchNorm(nn.Module):
 
 
 def norm_act(norm: ModuleDef, act: Callable, name: str, **kwargs) -> Callable:
-  """`lambda x: act(norm(name=name, **kwargs)(x))`; a BatchNorm followed by ReLU becomes one
-  BatchNorm(relu=True), the same function and variables in fewer passes over the activations."""
+  """`f(x, residual=None) = act(norm(name=name, **kwargs)(x) [+ residual])`; a BatchNorm followed
+  by ReLU becomes one BatchNorm(relu=True), the same function and variables in fewer passes over
+  the activations."""
   if act is jax.nn.relu and getattr(norm, 'func', norm) is BatchNorm:
     return norm(name=name, relu=True, **kwargs)
   module = norm(name=name, **kwargs)
-  return lambda x: act(module(x))
+  return lambda x, residual=None: act(module(x) if residual is None else module(x) + residual)
 
 
 NORMS = ('none', 'batch', 'layer', 'instance', 'group')

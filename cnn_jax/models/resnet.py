@@ -76,10 +76,9 @@ class BasicBlock(nn.Module):
                   name='conv1')(x)
     y = norm_act(self.norm, self.act, 'bn1')(y)
     y = self.conv(self.features, (3, 3), padding=torch_pad(3), name='conv2')(y)
-    y = self.norm(name='bn2', scale_init=_last_scale_init(self.zero_init_last))(y)
-    if not self.residual:
-      return self.act(y)
-    return self.act(y + _shortcut(self, x, self.features * self.expansion))
+    shortcut = _shortcut(self, x, self.features * self.expansion) if self.residual else None
+    return norm_act(self.norm, self.act, 'bn2',
+                    scale_init=_last_scale_init(self.zero_init_last))(y, residual=shortcut)
 
 
 class Bottleneck(nn.Module):
@@ -102,10 +101,9 @@ class Bottleneck(nn.Module):
                   name='conv2')(y)
     y = norm_act(self.norm, self.act, 'bn2')(y)
     y = self.conv(self.features * self.expansion, (1, 1), name='conv3')(y)
-    y = self.norm(name='bn3', scale_init=_last_scale_init(self.zero_init_last))(y)
-    if not self.residual:
-      return self.act(y)
-    return self.act(y + _shortcut(self, x, self.features * self.expansion))
+    shortcut = _shortcut(self, x, self.features * self.expansion) if self.residual else None
+    return norm_act(self.norm, self.act, 'bn3',
+                    scale_init=_last_scale_init(self.zero_init_last))(y, residual=shortcut)
 
 
 def _last_scale_init(zero: bool):
