@@ -27,13 +27,12 @@ for archive in carry/*.tar; do
   "$PY" -m scripts.carry_runs unpack --archive="$archive" --workdir="workdirs/$name"
 done
 
-# Done and committed: degradation_cpu, init_variance, lenet5_mnist seeds, cnn_vs_fc, gd_variants,
-# visualize_filters, unet_segmentation (reports/). What is left:
-# C24, C16-C19, C22.
-step experiments.transfer --preset=quick --report_dir=reports/transfer
-step experiments.cifar_zoo --preset=cpu --report_dir=reports/cifar_zoo \
-  --models=alexnet,vgg11_bn,vgg16_bn,zfnet,resnet18,densenet_bc_100_12,googlenet
-# Issue 7: ResNet-20 to 85% CIFAR-10 test accuracy (about an hour on 2 AVX-512 cores).
-# step benchmarks.time_to_accuracy --task=resnet20_cifar10  # needs the machine alone (2026-12-03: 84.78% in 68 min, AVX2)
+# Done and committed: every protocol's report (reports/), and ResNet-20's time to accuracy
+# (benchmarks/results/time_to_accuracy_resnet20.json). Rerunning one from scratch:
+# step experiments.transfer --preset=quick --report_dir=reports/transfer
+# step experiments.cifar_zoo --preset=cpu --report_dir=reports/cifar_zoo \
+#   --models=alexnet,vgg11_bn,vgg16_bn,zfnet,resnet18,densenet_bc_100_12,googlenet
+# step benchmarks.time_to_accuracy --task=resnet20_cifar10 --frameworks=jax \
+#   --workdir=workdirs/tta_resnet20 --out=benchmarks/results/time_to_accuracy_resnet20.json
 step experiments.readme_tables
 echo "=== $(date -u +%FT%TZ) queue done"

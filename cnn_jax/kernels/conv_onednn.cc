@@ -70,6 +70,14 @@ struct Primitive {
   size_t scratchpad_bytes = 0;
 };
 
+// The primitive of `Prim` for primitive descriptor `pd`, whose (diff) weights are `weights`.
+template <typename Prim, typename Desc>
+void Fill(Primitive& p, const Desc& pd, const memory::desc& weights) {
+  p.primitive = Prim(pd);
+  p.weights = weights;
+  p.scratchpad_bytes = pd.scratchpad_desc().get_size();
+}
+
 std::shared_ptr<const Primitive> Create(Kind kind, const Geometry& g) {
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -78,25 +86,21 @@ std::shared_ptr<const Primitive> Create(Kind kind, const Geometry& g) {
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
       Activations(g.src), any_weights, Activations(g.dst), g.strides, g.dilates, g.pad_l,
       g.pad_r, attr);
+  // The backward descriptors take the same arguments, the forward one as a hint.
+  auto backward = [&](auto tag) {
+    using Desc = typename decltype(tag)::primitive_desc;
+    return Desc(Engine(), dnnl::algorithm::convolution_direct, Activations(g.src), any_weights,
+                Activations(g.dst), g.strides, g.dilates, g.pad_l, g.pad_r, forward, attr);
+  };
   auto p = std::make_shared<Primitive>();
   if (kind == Kind::kForward) {
-    p->primitive = dnnl::convolution_forward(forward);
-    p->weights = forward.weights_desc();
-    p->scratchpad_bytes = forward.scratchpad_desc().get_size();
+    Fill<dnnl::convolution_forward>(*p, forward, forward.weights_desc());
   } else if (kind == Kind::kBackwardData) {
-    auto pd = dnnl::convolution_backward_data::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, Activations(g.src), any_weights,
-        Activations(g.dst), g.strides, g.dilates, g.pad_l, g.pad_r, forward, attr);
-    p->primitive = dnnl::convolution_backward_data(pd);
-    p->weights = pd.weights_desc();
-    p->scratchpad_bytes = pd.scratchpad_desc().get_size();
+    auto pd = backward(dnnl::convolution_backward_data());
+    Fill<dnnl::convolution_backward_data>(*p, pd, pd.weights_desc());
   } else {
-    auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, Activations(g.src), any_weights,
-        Activations(g.dst), g.strides, g.dilates, g.pad_l, g.pad_r, forward, attr);
-    p->primitive = dnnl::convolution_backward_weights(pd);
-    p->weights = pd.diff_weights_desc();
-    p->scratchpad_bytes = pd.scratchpad_desc().get_size();
+    auto pd = backward(dnnl::convolution_backward_weights());
+    Fill<dnnl::convolution_backward_weights>(*p, pd, pd.diff_weights_desc());
   }
   memory::desc user = UserWeights(g.weights);
   p->reorder = p->weights != user;
