@@ -324,10 +324,12 @@ def scan_child(model: str, steps: int, chunk: int) -> dict[str, float]:
 KERNEL_LAYERS = ((32, 3, 16, 1, 1), (32, 16, 16, 1, 6), (32, 16, 32, 2, 1), (16, 32, 32, 1, 5),
                  (16, 32, 64, 2, 1), (8, 64, 64, 1, 5))
 KERNEL_STEP_MODELS = ('lenet5', 'resnet20', 'resnet56')
-# (label, kernels, huge pages) of section 8's training steps.
-KERNEL_STEP_VARIANTS = (('XLA ops, 4 KiB pages', '0', '0'), ('XLA ops, huge pages', '0', '1'),
-                        ('CPU kernels, 4 KiB pages', '1', '0'),
-                        ('CPU kernels, huge pages (project default)', '1', '1'))
+# (label, kernels, allocator: xla_setup.MALLOC_CHOICES) of section 8's training steps.
+KERNEL_STEP_VARIANTS = (('XLA ops, glibc', '0', 'system'),
+                        ('XLA ops, glibc on huge pages', '0', 'glibc'),
+                        ('CPU kernels, glibc', '1', 'system'),
+                        ('CPU kernels, glibc on huge pages', '1', 'glibc'),
+                        ('CPU kernels, jemalloc (project default)', '1', 'jemalloc'))
 
 
 def kernels_child(rounds: int = 3) -> dict:
@@ -380,19 +382,18 @@ def kernels_child(rounds: int = 3) -> dict:
 
 
 def kernel_steps(steps: int, rounds: int = 3) -> dict:
-  """Per model and variant of KERNEL_STEP_VARIANTS: every round's train_step child result."""
+  """Per model and variant of KERNEL_STEP_VARIANTS: every round's train_step child result (the
+  jemalloc variant only where libjemalloc.so.2 is installed)."""
+  from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
+  variants = [v for v in KERNEL_STEP_VARIANTS if v[2] != 'jemalloc' or xla_setup.find_jemalloc()]
   out = {}
   for model in KERNEL_STEP_MODELS:
-    out[model] = {label: [] for label, _, _ in KERNEL_STEP_VARIANTS}
+    out[model] = {label: [] for label, _, _ in variants}
     for _ in range(rounds):
-      for label, kernels, huge in KERNEL_STEP_VARIANTS:
-        env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+      for label, kernels, malloc in variants:
+        env = xla_setup.with_malloc(malloc, {k: v for k, v in os.environ.items()
+                                             if k != 'XLA_FLAGS'})
         env['CNN_JAX_CPU_KERNELS'] = kernels
-        env['CNN_JAX_HUGE_PAGES'] = huge
-        tunables = [t for t in env.get('GLIBC_TUNABLES', '').split(':')
-                    if t and not t.startswith('glibc.malloc.hugetlb')]
-        env['GLIBC_TUNABLES'] = ':'.join(tunables + (['glibc.malloc.hugetlb=1'] if huge == '1'
-                                                     else []))
         result = subprocess.run([sys.executable, '-m', 'benchmarks.train_step',
                                  f'--child=jax:{model}', f'--steps={steps}', '--batch=0'],
                                 env=env, capture_output=True, text=True, check=True)
@@ -424,7 +425,7 @@ def _kernel_sections(layers: dict, steps: dict, rounds: int) -> str:
                         f'{ips:,.0f}', f'{ips / base:.2f}x',
                         f"{med('page_faults_per_step'):,.0f}",
                         f"{1e3 * med('user_s_per_step'):,.0f} / {1e3 * med('sys_s_per_step'):,.0f}"])
-  return f"""## 8. CPU kernels (oneDNN convolutions, BatchNorm+ReLU) and huge pages
+  return f"""## 8. CPU kernels (oneDNN convolutions, BatchNorm+ReLU) and the host allocator
 
 Per layer (batch 128, ResNet-20's shapes), milliseconds, XLA's op / the CPU kernel, medians of
 {rounds} alternating rounds in one process:
@@ -438,10 +439,12 @@ Training steps, images/s (batch 64 for LeNet-5, 128 otherwise), each variant a f
                         'page faults / step', 'user / system CPU ms / step'], step_rows)}
 
 Kept, both on by default: the kernels on CPUs (cnn_jax/kernels; `CNN_JAX_CPU_KERNELS=0` turns
-them off) and huge pages in the project's programs (cnn_jax/xla_setup.py;
-`CNN_JAX_HUGE_PAGES=0`). XLA's CPU runtime allocates every step's buffers afresh; on 4 KiB pages
-the kernel zeroes and maps each page on first touch, which is the page-fault and system-time
-column above.
+them off) and the allocator in the project's programs (cnn_jax/xla_setup.py; `CNN_JAX_MALLOC`):
+jemalloc where it is installed, else glibc on huge pages. XLA's CPU runtime allocates every
+step's buffers afresh and glibc hands large blocks back to the kernel when they are freed, so
+each step maps and zeroes them again: the page-fault and system-time columns. Huge pages make
+the faults ~100x fewer but each still zeroes 2 MiB; jemalloc with page decay off keeps the freed
+pages for the next step (at a higher resident peak).
 """
 
 
@@ -664,5 +667,5 @@ LeNet-5, whose C5 has a 1x1 output; the parameters and the layer's values are un
 
 if __name__ == '__main__':
   from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
-  xla_setup.restart_with_huge_pages()  # first: it restarts the program
+  xla_setup.restart_with_fast_malloc()  # first: it restarts the program
   main()

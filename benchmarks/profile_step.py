@@ -100,7 +100,7 @@ def profile(model_name: str, steps: int) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from cnn_jax import config_base, input_pipeline, models, optim, parallel, train  # pylint: disable=g-import-not-at-top
   from benchmarks.train_step import BATCH, _shape  # pylint: disable=g-import-not-at-top
-  from cnn_jax import kernels  # pylint: disable=g-import-not-at-top
+  from cnn_jax import kernels, xla_setup  # pylint: disable=g-import-not-at-top
 
   batch, shape = BATCH.get(model_name, 64), _shape(model_name)
   config = config_base.base_config()
@@ -147,7 +147,7 @@ def profile(model_name: str, steps: int) -> dict:
   return {'model': model_name, 'batch': batch, 'wall_ms': wall_ms, 'per_op': per_op,
           'per_cat': per_cat, 'threads': len(threads), 'hlo': hlo,
           'xla_flags': __import__('os').environ.get('XLA_FLAGS', ''),
-          'glibc_tunables': __import__('os').environ.get('GLIBC_TUNABLES', ''),
+          'malloc': xla_setup.current_malloc(),
           'kernels': ', '.join(f'{k} {v}' for k, v in kernels.status().items())}
 
 
@@ -179,7 +179,7 @@ trace and classified from the compiled HLO's metadata.
   the traced op time, not of the wall time). A CPU kernel's time (cnn_jax/kernels, named by
   its custom-call target below) is its call's wall time, the pool threads it ran on included.
 - XLA_FLAGS: `{p['xla_flags'] or '(none)'}`; CPU kernels: {p['kernels']};
-  GLIBC_TUNABLES: `{p['glibc_tunables'] or '(none)'}`
+  allocator: {p['malloc']}
 - Host: {env['host_cpu']}; jax {env['jax']}; {env['date']}; commit {env['git_commit']}.
 
 ## Share of op time by category
@@ -210,5 +210,5 @@ def main():
 
 if __name__ == '__main__':
   from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
-  xla_setup.restart_with_huge_pages()  # first: it restarts the program
+  xla_setup.restart_with_fast_malloc()  # first: it restarts the program
   main()

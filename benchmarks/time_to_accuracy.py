@@ -148,5 +148,5 @@ def main():
 
 if __name__ == '__main__':
   from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
-  xla_setup.restart_with_huge_pages()  # first: it restarts the program
+  xla_setup.restart_with_fast_malloc()  # first: it restarts the program
   main()

@@ -152,10 +152,11 @@ def jax_child(name: str, steps: int, batch: int, dtype: str = 'float32') -> dict
       train._close(run, quiet=True)  # pylint: disable=protected-access
   stats = jax.devices()[0].memory_stats() or {}  # an accelerator's own memory; None on CPU
   peak = stats['peak_bytes_in_use'] / 2**20 if 'peak_bytes_in_use' in stats else _peak_rss_mb()
-  from cnn_jax import kernels  # pylint: disable=g-import-not-at-top
+  from cnn_jax import kernels, xla_setup  # pylint: disable=g-import-not-at-top
   return {'images_per_s': bare, 'loop_images_per_s': loop, 'compile_s': compile_s,
           'peak_rss_mb': peak, **os_costs, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-          'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''), 'kernels': kernels.status(),
+          'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
+          'malloc': xla_setup.current_malloc(), 'kernels': kernels.status(),
           'jax_version': jax.__version__, 'device_kind': jax.devices()[0].device_kind,
           'dtype': dtype}
 
@@ -251,10 +252,9 @@ def _run_child(kind: str, name: str, steps: int, batch: int, env_extra: dict,
   env.pop('XLA_FLAGS', None)
   if USER_XLA_FLAGS is not None:
     env['XLA_FLAGS'] = USER_XLA_FLAGS
-  if env.get('CNN_JAX_XLA_DEFAULTS') == '0':  # none of the project's settings: no huge pages
-    tunables = [t for t in env.get('GLIBC_TUNABLES', '').split(':')
-                if t and not t.startswith('glibc.malloc.hugetlb')]
-    env['GLIBC_TUNABLES'] = ':'.join(tunables)
+  if env.get('CNN_JAX_XLA_DEFAULTS') == '0':  # none of the project's settings: system malloc
+    from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
+    env = xla_setup.with_malloc('system', env)
   out = subprocess.run([sys.executable, '-m', 'benchmarks.train_step', f'--child={kind}:{name}',
                         f'--steps={steps}', f'--batch={batch}', f'--min_seconds={MIN_SECONDS}',
                         *extra_args], env=env,
@@ -274,7 +274,8 @@ def machine() -> dict:
     flags = ' '.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f' {f}' in text)
   except OSError:
     pass
-  return {'host_cpu': report.host_cpu(), 'isa': flags,
+  from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
+  return {'host_cpu': report.host_cpu(), 'isa': flags, 'malloc': xla_setup.current_malloc(),
           'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d')}
 
 
@@ -402,5 +403,5 @@ def main():
 
 if __name__ == '__main__':
   from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
-  xla_setup.restart_with_huge_pages()  # first: it restarts the program
+  xla_setup.restart_with_fast_malloc()  # first: it restarts the program
   main()

@@ -15,12 +15,20 @@
   by default); the project lowers that to 0.1 s, so the many sub-second compilations of small
   models and of the tests are kept too (benchmarks/results/suite_compile_cache.md). The folder
   only holds derived files: delete it at any time.
-* Host memory: `restart_with_huge_pages()`, called first by the command-line entry points,
-  restarts the program once with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, so glibc backs large
-  allocations with transparent huge pages. XLA's CPU runtime allocates a step's buffers afresh
-  at every execution (hundreds of MB for ResNet-20 at batch 128); on 4 KiB pages each step
-  faulted ~59,000 of them in, ~20% of the CPU time (benchmarks/results/levers.md, section 8).
-  `CNN_JAX_HUGE_PAGES=0` (or `CNN_JAX_XLA_DEFAULTS=0`) keeps the program as started.
+* Host memory: `restart_with_fast_malloc()`, called first by the command-line entry points,
+  restarts the program once on an allocator that keeps the memory a step frees. XLA's CPU
+  runtime allocates a step's buffers afresh at every execution (hundreds of MB for ResNet-20 at
+  batch 128, 1.6 GB for ResNet-56); glibc returns such blocks to the kernel at once, so every
+  step faults them in again (~59,000 4 KiB pages per ResNet-20 step, ~20% of its CPU time). The
+  first choice is jemalloc with page decay off (`MALLOC_CONF=dirty_decay_ms:-1,...`: freed
+  pages stay with the process, so a step reuses the last one's): ResNet-56's step 1.4x faster
+  than on glibc with huge pages, at ~1.6x the peak resident memory. Where there is no
+  libjemalloc.so.2 (Debian/Ubuntu: `apt-get install libjemalloc2`), glibc >= 2.35 with
+  `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`: transparent huge pages, ~100x fewer faults
+  (benchmarks/results/levers.md, section 8). `CNN_JAX_MALLOC` chooses: `auto` (default),
+  `jemalloc` (required), `glibc` (huge pages only) or `system` (the program as started, as with
+  `CNN_JAX_XLA_DEFAULTS=0`). A program started with jemalloc or tcmalloc already preloaded is
+  left as it is.
 """
 from __future__ import annotations
 
@@ -35,6 +43,10 @@ CPU_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce',)
 MIN_JAXLIB = (0, 10)
 CACHE_MIN_COMPILE_SECS = '0.1'
 HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1'  # glibc >= 2.35: madvise(MADV_HUGEPAGE) in malloc
+JEMALLOC_CONF = 'dirty_decay_ms:-1,muzzy_decay_ms:-1'  # freed pages stay with the process
+JEMALLOC_DIRS = ('/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64',
+                 '/usr/lib', '/usr/local/lib')
+MALLOC_CHOICES = ('auto', 'jemalloc', 'glibc', 'system')
 
 
 def cache_dir() -> pathlib.Path:
@@ -68,23 +80,87 @@ def _jaxlib_version() -> tuple[int, ...]:
   return tuple(int(p) for p in version.split('.')[:2] if p.isdigit())
 
 
-def restart_with_huge_pages() -> None:
-  """Re-executes this program (same interpreter and arguments) with glibc's malloc on
-  transparent huge pages, unless that is set already, turned off, or not glibc >= 2.35 on Linux.
+def malloc_choice() -> str:
+  """`CNN_JAX_MALLOC`, checked: one of MALLOC_CHOICES ('system' under CNN_JAX_XLA_DEFAULTS=0)."""
+  if os.environ.get('CNN_JAX_XLA_DEFAULTS', '1') == '0':
+    return 'system'
+  choice = os.environ.get('CNN_JAX_MALLOC', 'auto').strip().lower() or 'auto'
+  if choice not in MALLOC_CHOICES:
+    raise ValueError(f'CNN_JAX_MALLOC={choice!r} is not one of {", ".join(MALLOC_CHOICES)}; '
+                     'unset it for the default (auto: jemalloc where installed, else glibc on '
+                     'huge pages).')
+  return choice
 
-  glibc reads its tunables only at start-up, hence the restart; call this first thing in a
-  program's entry point (nothing the program did before it is undone, and it runs again).
-  """
-  if (os.environ.get('CNN_JAX_HUGE_PAGES', '1') == '0'
-      or os.environ.get('CNN_JAX_XLA_DEFAULTS', '1') == '0'):
-    return
-  tunables = os.environ.get('GLIBC_TUNABLES', '')
+
+def find_jemalloc() -> str | None:
+  """The path of libjemalloc.so.2 in the usual library folders, or None."""
+  for folder in JEMALLOC_DIRS:
+    path = os.path.join(folder, 'libjemalloc.so.2')
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+def malloc_env(choice: str, environ: dict[str, str]) -> dict[str, str] | None:
+  """The variables to restart with for `choice`, or None to keep the environment as it is."""
+  preload = environ.get('LD_PRELOAD', '')
+  tunables = environ.get('GLIBC_TUNABLES', '')
+  if choice == 'system' or 'jemalloc' in preload or 'tcmalloc' in preload:
+    return None
+  if choice in ('auto', 'jemalloc'):
+    path = find_jemalloc()
+    if path:
+      return {'LD_PRELOAD': ':'.join(filter(None, [path, preload])),
+              'MALLOC_CONF': environ.get('MALLOC_CONF', JEMALLOC_CONF)}
+    if choice == 'jemalloc':
+      raise RuntimeError('CNN_JAX_MALLOC=jemalloc, but no libjemalloc.so.2 in '
+                         f'{", ".join(JEMALLOC_DIRS)}: install it (Debian/Ubuntu: apt-get install '
+                         'libjemalloc2) or set CNN_JAX_MALLOC=auto.')
   if 'glibc.malloc.hugetlb' in tunables or not _glibc_at_least(2, 35):
-    return
+    return None
+  return {'GLIBC_TUNABLES': ':'.join(filter(None, [tunables, HUGE_PAGES_TUNABLE]))}
+
+
+def with_malloc(choice: str, environ: dict[str, str]) -> dict[str, str]:
+  """A copy of `environ` for a child process that runs on allocator `choice` from its start
+  (benchmarks compare them): the project's own allocator settings dropped, then `choice`'s."""
+  env = dict(environ)
+  preload = [p for p in env.pop('LD_PRELOAD', '').split(':') if p and 'jemalloc' not in p]
+  tunables = [t for t in env.pop('GLIBC_TUNABLES', '').split(':')
+              if t and not t.startswith('glibc.malloc.hugetlb')]
+  env.update({k: ':'.join(v) for k, v in (('LD_PRELOAD', preload), ('GLIBC_TUNABLES', tunables))
+              if v})
+  if env.get('MALLOC_CONF') == JEMALLOC_CONF:
+    del env['MALLOC_CONF']
+  env['CNN_JAX_MALLOC'] = choice
+  env.update(malloc_env(choice, env) or {})
+  return env
+
+
+def current_malloc() -> str:
+  """This process's allocator, in words, for benchmark records."""
+  if 'jemalloc' in os.environ.get('LD_PRELOAD', ''):
+    return f"jemalloc ({os.environ.get('MALLOC_CONF', 'its defaults')})"
+  if 'tcmalloc' in os.environ.get('LD_PRELOAD', ''):
+    return 'tcmalloc'
+  if 'glibc.malloc.hugetlb=1' in os.environ.get('GLIBC_TUNABLES', ''):
+    return 'glibc, huge pages'
+  return 'system'
+
+
+def restart_with_fast_malloc() -> None:
+  """Re-executes this program (same interpreter and arguments) on jemalloc, or on glibc's malloc
+  with transparent huge pages (module docstring), unless it runs so already or is told not to.
+
+  The dynamic loader and glibc read these variables only at start-up, hence the restart; call
+  this first thing in a program's entry point (nothing the program did before it is undone, and
+  it runs again).
+  """
+  update = malloc_env(malloc_choice(), dict(os.environ))
   argv = getattr(sys, 'orig_argv', None)
-  if not argv or not sys.executable:
+  if update is None or not argv or not sys.executable:
     return
-  os.environ['GLIBC_TUNABLES'] = ':'.join(filter(None, [tunables, HUGE_PAGES_TUNABLE]))
+  os.environ.update(update)
   sys.stdout.flush()
   sys.stderr.flush()
   os.execv(sys.executable, argv)

@@ -377,7 +377,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  xla_setup.restart_with_huge_pages()
+  xla_setup.restart_with_fast_malloc()
   common.define_flags('init_variance', '20 layers of width 256; plain-20 8 steps on 256 images.',
                       seeds_of='initialisation')
   flags.DEFINE_bool('train', True, 'Also train the CIFAR-10 plain-20 under each initialisation.')

@@ -117,10 +117,11 @@ def benchmark_table() -> str:
   for data in sorted(runs, key=lambda d: d['machine']['date'], reverse=True):
     m, torch = data['machine'], data.get('torch', {})
     if data.get('repeats'):  # since the CPU kernels: three variants, medians of rounds
-      legend = ('"jax (defaults)" is the project\'s settings (XLA flags, CPU kernels, huge pages), '
-                '"jax (xla)" the same without the CPU kernels, "jax (none)" XLA\'s defaults; each '
-                f"figure is the median of {data['repeats']} rounds, the ratio the median of the "
-                "rounds' ratios")
+      legend = ('"jax (defaults)" is the project\'s settings (XLA flags, CPU kernels, allocator: '
+                f"{m.get('malloc', 'glibc, huge pages')}; PyTorch runs on the same allocator), "
+                '"jax (xla)" the same without the CPU kernels, "jax (none)" XLA\'s defaults on the '
+                f"system allocator; each figure is the median of {data['repeats']} rounds, the "
+                "ratio the median of the rounds' ratios")
     else:
       legend = '"jax (none)" is XLA\'s defaults (the project\'s XLA settings off)'
     parts.append(f"Measured on {m['host_cpu']} [{m['isa']}], {m['date']}, with no other job "

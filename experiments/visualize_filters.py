@@ -414,6 +414,6 @@ C1 responses (after ReLU) to the first test digit of classes 0, 1, 4 and 7.
 
 
 if __name__ == '__main__':
-  xla_setup.restart_with_huge_pages()
+  xla_setup.restart_with_fast_malloc()
   define_flags()
   app.run(main)

@@ -10,7 +10,9 @@ import cnn_jax  # noqa: E402,F401  (XLA settings before any test imports jax)
 from cnn_jax import xla_setup  # noqa: E402
 
 # The programs the tests start get glibc's huge pages from the start, as `make test` gives this
-# process, rather than restarting themselves for them (xla_setup.restart_with_huge_pages).
+# process, rather than restarting themselves on another allocator
+# (xla_setup.restart_with_fast_malloc): each restart costs a second interpreter start.
+os.environ.setdefault('CNN_JAX_MALLOC', 'glibc')
 if 'glibc.malloc.hugetlb' not in os.environ.get('GLIBC_TUNABLES', ''):
   os.environ['GLIBC_TUNABLES'] = ':'.join(
       filter(None, [os.environ.get('GLIBC_TUNABLES'), xla_setup.HUGE_PAGES_TUNABLE]))

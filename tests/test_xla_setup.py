@@ -49,34 +49,85 @@ def test_the_users_settings_win_and_the_defaults_can_be_turned_off(tmp_path):
 
 RESTART = """
 import os, sys
-print('start', os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:], flush=True)
+show = lambda: ' '.join(os.environ.get(k, '-') for k in ('GLIBC_TUNABLES', 'LD_PRELOAD'))
+print('start', show(), sys.argv[1:], flush=True)
 from cnn_jax import xla_setup
-xla_setup.restart_with_huge_pages()
-print('running', os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:])
+xla_setup.restart_with_fast_malloc()
+print('running', show(), sys.argv[1:])
 """
+MALLOC_KEYS = ('GLIBC_TUNABLES', 'LD_PRELOAD', 'MALLOC_CONF', 'CNN_JAX_MALLOC',
+               'CNN_JAX_XLA_DEFAULTS')
+
+
+def _restart(tmp_path, env_extra):
+  script = tmp_path / 'entry.py'
+  script.write_text(RESTART)
+  env = {k: v for k, v in os.environ.items() if k not in MALLOC_KEYS}
+  env.update(PYTHONPATH=ROOT, **env_extra)
+  return subprocess.run([sys.executable, str(script), '--flag', 'a b'], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc tunables are Linux')
 @pytest.mark.parametrize('env_extra,restarts', [
-    ({}, True), ({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, True),
-    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}, False), ({'CNN_JAX_HUGE_PAGES': '0'}, False),
-    ({'CNN_JAX_XLA_DEFAULTS': '0'}, False)])
-def test_entry_points_restart_once_on_huge_pages(tmp_path, env_extra, restarts):
+    ({'CNN_JAX_MALLOC': 'glibc'}, 'glibc'),
+    ({'CNN_JAX_MALLOC': 'glibc', 'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, 'glibc'),
+    ({'CNN_JAX_MALLOC': 'glibc', 'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}, None),
+    ({}, 'auto'), ({'CNN_JAX_MALLOC': 'jemalloc'}, 'jemalloc'),
+    ({'LD_PRELOAD': '/opt/libtcmalloc.so'}, None),
+    ({'CNN_JAX_MALLOC': 'system'}, None), ({'CNN_JAX_XLA_DEFAULTS': '0'}, None)])
+def test_entry_points_restart_once_on_the_fast_allocator(tmp_path, env_extra, restarts):
   from cnn_jax import xla_setup
-  if not xla_setup._glibc_at_least(2, 35):
+  jemalloc = xla_setup.find_jemalloc()
+  if restarts == 'jemalloc' and not jemalloc:
+    pytest.skip('no libjemalloc.so.2 here')
+  if restarts == 'auto':
+    restarts = 'jemalloc' if jemalloc else 'glibc'
+  if restarts == 'glibc' and not xla_setup._glibc_at_least(2, 35):
     pytest.skip('glibc older than 2.35 has no glibc.malloc.hugetlb')
-  script = tmp_path / 'entry.py'
-  script.write_text(RESTART)
-  env = {k: v for k, v in os.environ.items()
-         if k not in ('GLIBC_TUNABLES', 'CNN_JAX_HUGE_PAGES', 'CNN_JAX_XLA_DEFAULTS')}
-  env.update(PYTHONPATH=ROOT, **env_extra)
-  out = subprocess.run([sys.executable, str(script), '--flag', 'a b'], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120, check=True)
+  out = _restart(tmp_path, env_extra)
+  assert out.returncode == 0, out.stderr
   lines = out.stdout.splitlines()
-  before = env_extra.get('GLIBC_TUNABLES', '')
-  if restarts:  # the program ran again from the start, same arguments, tunable added once
-    want = ':'.join(filter(None, [before, xla_setup.HUGE_PAGES_TUNABLE]))
-    assert lines == [f"start {before} ['--flag', 'a b']", f"start {want} ['--flag', 'a b']",
-                     f"running {want} ['--flag', 'a b']"]
-  else:
+  tunables = env_extra.get('GLIBC_TUNABLES', '')
+  before = f"{tunables or '-'} {env_extra.get('LD_PRELOAD', '-')}"
+  if restarts is None:
     assert lines == [f"start {before} ['--flag', 'a b']", f"running {before} ['--flag', 'a b']"]
+    return
+  if restarts == 'glibc':  # the program ran again from the start, same arguments, tunable added
+    want = ':'.join(filter(None, [tunables, xla_setup.HUGE_PAGES_TUNABLE])) + ' -'
+  else:
+    want = f'{tunables or "-"} {jemalloc}'
+  assert lines == [f"start {before} ['--flag', 'a b']", f"start {want} ['--flag', 'a b']",
+                   f"running {want} ['--flag', 'a b']"]
+
+
+def test_malloc_choice_errors_name_the_fix(tmp_path, monkeypatch):
+  from cnn_jax import xla_setup
+  monkeypatch.setenv('CNN_JAX_MALLOC', 'mimalloc')
+  with pytest.raises(ValueError, match='CNN_JAX_MALLOC=.mimalloc. is not one of auto, jemalloc'):
+    xla_setup.malloc_choice()
+  monkeypatch.setattr(xla_setup, 'JEMALLOC_DIRS', (str(tmp_path),))
+  with pytest.raises(RuntimeError, match='apt-get install libjemalloc2'):
+    xla_setup.malloc_env('jemalloc', {})
+  assert xla_setup.malloc_env('auto', {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}) is None
+  (tmp_path / 'libjemalloc.so.2').write_bytes(b'')
+  assert xla_setup.malloc_env('auto', {}) == {'LD_PRELOAD': str(tmp_path / 'libjemalloc.so.2'),
+                                              'MALLOC_CONF': xla_setup.JEMALLOC_CONF}
+
+
+def test_with_malloc_swaps_the_allocator_of_a_child(tmp_path, monkeypatch):
+  from cnn_jax import xla_setup
+  monkeypatch.setattr(xla_setup, 'JEMALLOC_DIRS', (str(tmp_path),))
+  (tmp_path / 'libjemalloc.so.2').write_bytes(b'')
+  jemalloc = xla_setup.with_malloc('jemalloc', {'GLIBC_TUNABLES': 'a=1:glibc.malloc.hugetlb=1',
+                                                'LD_PRELOAD': '/x/libfoo.so', 'PATH': '/bin'})
+  assert jemalloc == {'GLIBC_TUNABLES': 'a=1', 'PATH': '/bin', 'CNN_JAX_MALLOC': 'jemalloc',
+                      'LD_PRELOAD': f'{tmp_path}/libjemalloc.so.2:/x/libfoo.so',
+                      'MALLOC_CONF': xla_setup.JEMALLOC_CONF}
+  system = xla_setup.with_malloc('system', jemalloc)
+  assert system == {'GLIBC_TUNABLES': 'a=1', 'PATH': '/bin', 'CNN_JAX_MALLOC': 'system',
+                    'LD_PRELOAD': '/x/libfoo.so'}
+  for env, want in ((jemalloc, f'jemalloc ({xla_setup.JEMALLOC_CONF})'), (system, 'system'),
+                    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}, 'glibc, huge pages')):
+    monkeypatch.setattr(os, 'environ', env)
+    assert xla_setup.current_malloc() == want
