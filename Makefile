@@ -1,8 +1,8 @@
 # cnn_jax: every target sets up .venv itself (pinned, idempotent) before running.
 PY := .venv/bin/python
 SETUP := scripts/setup_env.sh
-# glibc's malloc on transparent huge pages (cnn_jax/xla_setup.py says why); the entry points
-# restart themselves with it, the test runner gets it here.
+# glibc's malloc on transparent huge pages for the test runner (cnn_jax/xla_setup.py says why);
+# the entry points restart themselves on jemalloc where installed, else on this.
 HUGE_PAGES := GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1
 
 .PHONY: setup degradation-toy degradation-cpu lenet5-mnist lenet5-mnist-quick test test-all param-table readme bench bench-gpu clean

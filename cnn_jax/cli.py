@@ -30,7 +30,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   `--config.model_kwargs.FIELD=VALUE` sets a module field of the chosen model (e.g.
   `shortcut=B`, `aux_logits=True`); the field name is checked against the model's fields.
   When a `--config` flag is defined, the parsed config is validated here, before anything runs.
-  First of all, the program restarts itself on huge pages (xla_setup.restart_with_fast_malloc).
+  First of all, the program restarts itself on a faster allocator
+  (xla_setup.restart_with_fast_malloc).
   """
   xla_setup.restart_with_fast_malloc()
   is_model_kwarg = lambda arg: arg.startswith(MODEL_KWARGS_PREFIX) and '=' in arg
