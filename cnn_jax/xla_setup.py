@@ -21,8 +21,9 @@
   batch 128, 1.6 GB for ResNet-56); glibc returns such blocks to the kernel at once, so every
   step faults them in again (~59,000 4 KiB pages per ResNet-20 step, ~20% of its CPU time). The
   first choice is jemalloc with page decay off (`MALLOC_CONF=dirty_decay_ms:-1,...`: freed
-  pages stay with the process, so a step reuses the last one's): ResNet-56's step 1.4x faster
-  than on glibc with huge pages, at ~1.6x the peak resident memory. Where there is no
+  pages stay with the process, so a step reuses the last one's): ResNet-56's step 1.1-1.4x
+  faster than on glibc with huge pages (system CPU time 137 -> 14 ms per step), at ~1.6x the
+  peak resident memory. Where there is no
   libjemalloc.so.2 (Debian/Ubuntu: `apt-get install libjemalloc2`), glibc >= 2.35 with
   `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`: transparent huge pages, ~100x fewer faults
   (benchmarks/results/levers.md, section 8). `CNN_JAX_MALLOC` chooses: `auto` (default),
