@@ -157,7 +157,10 @@ def restart_with_fast_malloc() -> None:
   this first thing in a program's entry point (nothing the program did before it is undone, and
   it runs again).
   """
-  update = malloc_env(malloc_choice(), dict(os.environ))
+  try:
+    update = malloc_env(malloc_choice(), dict(os.environ))
+  except (ValueError, RuntimeError) as err:  # a bad CNN_JAX_MALLOC: say so, start nothing
+    sys.exit(f'error: {err}')
   argv = getattr(sys, 'orig_argv', None)
   if update is None or not argv or not sys.executable:
     return

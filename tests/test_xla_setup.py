@@ -131,3 +131,10 @@ def test_with_malloc_swaps_the_allocator_of_a_child(tmp_path, monkeypatch):
                     ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}, 'glibc, huge pages')):
     monkeypatch.setattr(os, 'environ', env)
     assert xla_setup.current_malloc() == want
+
+
+def test_a_bad_malloc_choice_stops_the_program_with_the_fix(tmp_path):
+  out = _restart(tmp_path, {'CNN_JAX_MALLOC': 'bogus'})
+  assert out.returncode == 1
+  assert "error: CNN_JAX_MALLOC='bogus' is not one of auto, jemalloc, glibc, system" in out.stderr
+  assert 'running' not in out.stdout and 'Traceback' not in out.stderr
