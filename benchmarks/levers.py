@@ -24,6 +24,11 @@
 8. The CPU kernels (cnn_jax/kernels: oneDNN convolutions, BatchNorm+ReLU) against XLA's ops, per
    layer (ResNet-20's shapes, alternating in one process), and with glibc's huge pages in the
    training steps (fresh processes, rounds alternating), with page faults and system time.
+9. YNN fusion types with the CPU kernels on: which ops XLA hands to YNNPACK now that the
+   convolutions and BatchNorm run in cnn_jax's kernels, per model (fresh processes, rounds
+   alternating).
+10. The order of LeNet-5's activation and max pooling (the same function either way), alternating
+   in one process.
 The project keeps a lever only where it pays (cnn_jax/xla_setup.py says which are on).
 """
 from __future__ import annotations
@@ -38,23 +43,22 @@ import time
 
 XLA_VARIANTS = {
     'XLA defaults': {'CNN_JAX_XLA_DEFAULTS': '0'},
-    'YNN dot,eltwise,reduce (project default)': {},
+    'YNN dot,reduce (project default since 2026-12-06)': {},
+    'YNN dot,eltwise,reduce': {
+        'XLA_FLAGS': '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce'},
     'YNN dot,eltwise,reduce,individual_convolution': {
-        'CNN_JAX_XLA_DEFAULTS': '0',
         'XLA_FLAGS': '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce,individual_convolution'},
     'XNN dot,eltwise,reduce,individual_convolution': {
-        'CNN_JAX_XLA_DEFAULTS': '0',
         'XLA_FLAGS': '--xla_cpu_experimental_xnn_fusion_type=dot,eltwise,reduce,individual_convolution'},
     'oneDNN dot,individual_convolution': {
-        'CNN_JAX_XLA_DEFAULTS': '0',
         'XLA_FLAGS': '--xla_cpu_experimental_onednn_fusion_type=dot,individual_convolution'},
 }
 # The project default plus one more option of this jaxlib's XLA CPU flags (2026-12-03 on an AVX2
-# EPYC, 8 steps: each within 3% of the default or slower; not kept).
-_YNN = '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce'
+# EPYC, 8 steps, with the default of then, dot,eltwise,reduce: each within 3% of it or slower;
+# not kept).
+_YNN = '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
 XLA_VARIANTS.update({
-    f'YNN + {extra[2:]}': {'CNN_JAX_XLA_DEFAULTS': '0',
-                          'XLA_FLAGS': f'{_YNN} {extra}'}
+    f'YNN + {extra[2:]}': {'XLA_FLAGS': f'{_YNN} {extra}'}
     for extra in ('--xla_cpu_experimental_onednn_fusion_type=individual_convolution',
                   '--xla_cpu_experimental_xnn_fusion_type=individual_convolution',
                   '--xla_cpu_enable_concurrency_optimized_scheduler=true',
@@ -332,6 +336,103 @@ KERNEL_STEP_VARIANTS = (('XLA ops, glibc', '0', 'system'),
                         ('CPU kernels, jemalloc (project default)', '1', 'jemalloc'))
 
 
+# (label, YNN fusion types) of section 9's training steps; the first is the reference.
+# (label, model, environment) of section 9's rows: the benchmark models, and ResNet-20 without
+# the kernels (what a data-parallel CPU program over several devices runs).
+FUSION_STEP_MODELS = (('lenet5', 'lenet5', {}), ('resnet20', 'resnet20', {}),
+                      ('resnet56', 'resnet56', {}), ('plain56', 'plain56', {}),
+                      ('resnet20, CPU kernels off', 'resnet20', {'CNN_JAX_CPU_KERNELS': '0'}))
+FUSION_STEP_VARIANTS = (('dot,eltwise,reduce (default until 2026-12-06)', 'dot,eltwise,reduce'),
+                        ('dot,reduce', 'dot,reduce'))
+
+
+def fusion_steps(steps: int, rounds: int = 3) -> dict:
+  """Per row of FUSION_STEP_MODELS: each variant's images/s windows, the variants running side by
+  side and taking turns (benchmarks.train_step.interleaved)."""
+  from benchmarks import train_step as ts  # pylint: disable=g-import-not-at-top
+  ts.MIN_SECONDS = ts.WINDOW_S
+  out = {}
+  for row, model, env_extra in FUSION_STEP_MODELS:
+    children = {label: ('jax', model, steps, ts.BATCH[model],
+                        {**env_extra, 'XLA_FLAGS': f'--xla_cpu_experimental_ynn_fusion_type={types}'})
+                for label, types in FUSION_STEP_VARIANTS}
+    out[row] = ts.interleaved(children, rounds)[1]
+  return out
+
+
+def _fusion_section(steps: dict, rounds: int) -> str:
+  import statistics  # pylint: disable=g-import-not-at-top
+  from benchmarks import train_step as ts  # pylint: disable=g-import-not-at-top
+  from cnn_jax import report, xla_setup  # pylint: disable=g-import-not-at-top
+  rows = []
+  for model, variants in steps.items():
+    first = next(iter(variants.values()))
+    for label, ips in variants.items():
+      rows.append([model, label, ' / '.join(f'{v:,.0f}' for v in ips),
+                   f'{statistics.median(ips):,.0f}', f'{ts.paired_ratio(ips, first):.2f}x'])
+  default = xla_setup.CPU_FLAGS[0].split('=')[1]
+  without = xla_setup.CPU_FLAGS_XLA_OPS[0].split('=')[1]
+  return f"""## 9. YNN fusion types with the CPU kernels on
+
+Training steps, images/s (batch 64 for LeNet-5, 128 otherwise), the CPU kernels and the project's
+allocator on, `--xla_cpu_experimental_ynn_fusion_type=` each variant. The variants run side by
+side, one process each, and take turns window by window (`benchmarks.train_step.interleaved`),
+{rounds} rounds; the last column is the median of the rounds' ratios to the first row:
+
+{report.markdown_table(['model', 'YNN fusion types', 'images/s, each window', 'median',
+                        'vs first row'], rows)}
+
+Kept: `{default}` where the CPU kernels run, `{without}` where they will not
+(`cnn_jax.xla_setup.cpu_flags`: kernels off, or several host devices). With the convolutions and
+BatchNorm in cnn_jax's kernels, what is left for YNN's elementwise fusions is small elementwise
+work on the model's own layouts (a bias add, a ReLU, the input's conversion and normalisation on
+maps with 1 to 16 channels), which YNNPACK runs slower than XLA's own loop fusions: one LeNet-5
+step spent 0.84 ms converting and normalising a 64x32x32x1 uint8 batch (XLA: ~0.05 ms).
+"""
+
+
+def act_pool_child(steps: int, rounds: int = 3) -> dict[str, list[float]]:
+  """LeNet-5's step images/s with max pooling after the ReLU (as written) and before it (the
+  model's default: same function), alternating `rounds` times in this process."""
+  import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from benchmarks import train_step as ts  # pylint: disable=g-import-not-at-top
+  from cnn_jax.models import lenet  # pylint: disable=g-import-not-at-top
+  default = lenet.NONDECREASING
+  variants = {'conv, ReLU, max pool (as written)': (),
+              'conv, max pool, ReLU (project default)': default}
+  results = {label: [] for label in variants}
+  try:
+    for _ in range(rounds):
+      for label, swap in variants.items():
+        lenet.NONDECREASING = swap
+        results[label].append(ts.jax_child('lenet5', steps, 64, loop_rounds=0)['images_per_s'])
+  finally:
+    lenet.NONDECREASING = default
+  return results
+
+
+def _act_pool_section(runs: dict[str, list[float]]) -> str:
+  import statistics  # pylint: disable=g-import-not-at-top
+  from cnn_jax import report  # pylint: disable=g-import-not-at-top
+  first = next(iter(runs.values()))
+  rows = [[label, ' / '.join(f'{v:,.0f}' for v in ips), f'{statistics.median(ips):,.0f}',
+           f'{statistics.median(a / b for a, b in zip(ips, first)):.2f}x']
+          for label, ips in runs.items()]
+  return f"""## 10. Activation and max pooling order: LeNet-5 training step (batch 64), images/s
+
+Max pooling commutes with a non-decreasing activation (values and gradients: tests/test_models_classic.py),
+so `cnn_jax.models.lenet.LeNet5` pools first and runs the ReLU and its gradient on a quarter of
+the elements. Alternating in one process, {len(first)} rounds; the last column is the median of
+the rounds' ratios to the first row:
+
+{report.markdown_table(['order', 'images/s, each round', 'median', 'vs first row'], rows)}
+
+Kept where it pays, in LeNet-5 (its C1 map, 28x28x6, is wide and shallow: the ReLU and the pooling
+gradient after it took ~1.1 of a 6 ms step, benchmarks.profile_step). In the other zoo models the activation before a pool is fused
+into BatchNorm's kernel or also feeds a skip connection (U-Net), so there is nothing to move.
+"""
+
+
 def kernels_child(rounds: int = 3) -> dict:
   """Milliseconds of each ResNet-20 layer (batch 128) and of its BatchNorm+ReLU, with the CPU
   kernels and with XLA's ops, alternating in this process (the switch is read at trace time)."""
@@ -498,7 +599,8 @@ def main():
   parser.add_argument('--pool_child', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--small_map_child', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--kernels_child', action='store_true', help=argparse.SUPPRESS)
-  parser.add_argument('--rounds', type=int, default=3, help='rounds of section 8')
+  parser.add_argument('--act_pool_child', action='store_true', help=argparse.SUPPRESS)
+  parser.add_argument('--rounds', type=int, default=3, help='rounds of sections 8 and 9')
   parser.add_argument('--sections', default='1,2,3,4,5,6,7,8', help='which levers to measure')
   args = parser.parse_args()
   if args.layers_child:
@@ -515,6 +617,9 @@ def main():
     return
   if args.kernels_child:
     print(json.dumps(kernels_child(args.rounds)))
+    return
+  if args.act_pool_child:
+    print(json.dumps(act_pool_child(args.steps, args.rounds)))
     return
   if args.scan_child:
     model, chunk = args.scan_child.split(':')
@@ -656,6 +761,11 @@ LeNet-5, whose C5 has a 1x1 output; the parameters and the layer's values are un
   if '8' in sections:
     parts.append(_kernel_sections(_child(['--kernels_child', f'--rounds={args.rounds}']),
                                   kernel_steps(args.steps, args.rounds), args.rounds))
+  if '9' in sections:
+    parts.append(_fusion_section(fusion_steps(args.steps, args.rounds), args.rounds))
+  if '10' in sections:
+    parts.append(_act_pool_section(_child(['--act_pool_child', f'--steps={args.steps}',
+                                           f'--rounds={args.rounds}'])))
   text = '\n'.join(parts)
   print(text)
   if args.out:

@@ -1,30 +1,34 @@
 """Training-step throughput: cnn_jax's own `train_step` beside a PyTorch twin, on one machine.
 
-    python -m benchmarks.train_step [--models=lenet5,resnet20,resnet56,plain56] [--steps=20]
-                                    [--repeats=3] [--variants=defaults,xla,none]
+    python -m benchmarks.train_step [--models=lenet5,resnet20,resnet56,plain56] [--steps=10]
+                                    [--repeats=8] [--variants=defaults,xla,none]
                                     [--json=benchmarks/results/cpu.json]
     # on a GPU: both frameworks in bfloat16, PyTorch compiled, with MFU
     python -m benchmarks.train_step --models=resnet50,resnet20 --variants=defaults \
         --dtype=bfloat16 --torch_mode=compile --json=benchmarks/results/gpu.json
 
-Per model it runs, each in a fresh process (so XLA flags and memory figures are its own):
+Per model it starts one process for each of these (so XLA flags and memory figures are its own):
 * `jax (defaults)`: the loop's jitted `cnn_jax.train.train_step` as built by the loop's own
   `train.setup` from the model's experiment config (configs/lenet5_mnist.py,
   configs/cifar_resnet.py): the real data on the device, batches gathered and augmented inside
   jit, donated state; with the project's settings: XLA flags (cnn_jax/xla_setup.py), the CPU
-  kernels (cnn_jax/kernels) and glibc's huge pages. Timed alone ("step") and then inside
-  `train.train_loop` ("loop": log points, stop checks, epoch permutations), by the loop's own
-  images/s bookkeeping;
+  kernels (cnn_jax/kernels) and the allocator. Timed alone ("step") and inside
+  `train.train_loop` ("loop": log points, stop checks, epoch permutations, checkpoints at epoch
+  ends), by the loop's own images/s bookkeeping;
 * `jax (xla)` (`--variants` includes `xla`): the same without the CPU kernels
   (CNN_JAX_CPU_KERNELS=0): every layer is XLA's own op;
-* `jax (none)`: every project setting off (CNN_JAX_XLA_DEFAULTS=0, no kernels, no huge pages,
-  the user's own XLA_FLAGS), i.e. XLA's defaults: the "before" column;
+* `jax (none)`: every project setting off (CNN_JAX_XLA_DEFAULTS=0, no kernels, the system
+  allocator, the user's own XLA_FLAGS), i.e. XLA's defaults: the "before" column;
 * `pytorch`: the same network in PyTorch, channels-last, SGD momentum, on the first CUDA device
-  if there is one, else on all CPU cores; eager (default) or `--torch_mode=compile`; in the
-  benchmark's own environment (huge pages included, as they are a process setting).
-The machines this runs on vary by 10-30% from minute to minute, so the whole sequence (every
-variant, then PyTorch) repeats `--repeats` times; each figure is the median run, and the ratio
-to PyTorch the median of the per-round ratios.
+  if there is one, else on all CPU cores; eager (default) or `--torch_mode=compile`; on the same
+  allocator as `jax (defaults)`.
+Each process compiles, warms up and calibrates its window (at least `--steps` steps and
+`--min_seconds`), one process at a time; then they take turns: every round times one window of
+each (and the loop's window right after the bare step's), in reverse order every other round,
+for `--repeats` rounds. The machines this runs on vary by 10-30% from minute to minute; taking
+turns puts a slow spell on every contender alike, where separate runs minutes apart (this
+benchmark until 2026-12-06) could not. Each figure is the median window, the ratio to PyTorch
+the median of the rounds' ratios, the loop / step ratio likewise.
 `--dtype=bfloat16` makes both compute in bfloat16 with float32 parameters (PyTorch by autocast).
 It prints and (with --json) writes images/s, the ratio to PyTorch, compile time (persistent
 cache off), peak memory (resident on a CPU, the device's own on an accelerator), achieved
@@ -51,7 +55,10 @@ BATCH = {'lenet5': 64, 'resnet20': 128, 'resnet56': 128, 'plain20': 128, 'plain5
          'resnet50': 256}
 SHAPE = {'lenet5': (32, 32, 1), 'resnet50': (224, 224, 3)}
 SHAPE_DEFAULT = (32, 32, 3)
-MIN_SECONDS = 5.0  # each timing window at least this long (--min_seconds)
+MIN_SECONDS = 5.0  # a lone child's timing window at least this long (--min_seconds)
+WINDOW_S = 2.0  # an interleaved window at least this long (the parent's --min_seconds)
+ROUNDS = 8  # rounds of interleaved windows (--repeats)
+GAP_S = 0.2  # idle between two windows, so that one child's spinning threads settle
 VARIANTS = {'defaults': {}, 'xla': {'CNN_JAX_CPU_KERNELS': '0'},
             'none': {'CNN_JAX_XLA_DEFAULTS': '0', 'CNN_JAX_CPU_KERNELS': '0'}}
 # The user's own XLA_FLAGS, before `import cnn_jax` in this process adds the project's: each child
@@ -105,114 +112,188 @@ def _timed_steps(steps: int, block_seconds: float) -> int:
   return max(steps, int(np.ceil(steps * MIN_SECONDS / max(block_seconds, 1e-6))))
 
 
-def jax_child(name: str, steps: int, batch: int, dtype: str = 'float32') -> dict:
-  """Times the loop's own train_step, built by the loop's own `setup`, alone (bare) and inside
-  `train_loop` (log points, stop checks, epoch permutations), each over at least MIN_SECONDS;
-  returns images/s, compile time, memory and per-step page faults and CPU time."""
-  import tempfile  # pylint: disable=g-import-not-at-top
-  import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (XLA settings first)
-  import jax  # pylint: disable=g-import-not-at-top
-  from cnn_jax import train  # pylint: disable=g-import-not-at-top
+class JaxBench:
+  """The loop's own train_step, built by the loop's own `setup`: compiled, warmed and calibrated
+  on construction; then timing windows of `self.n` steps, bare (`step`) or inside
+  `train.train_loop` (`loop`: log points, stop checks, epoch permutations)."""
 
-  jax.config.update('jax_enable_compilation_cache', False)  # time a real compile
-  config = bench_config(name, batch, dtype)
-  warmup = 2
-  config.num_steps = 10**7  # cut to what is timed once the pace is known (below)
-  with tempfile.TemporaryDirectory() as workdir:
-    run, state = train.setup(config, pathlib.Path(workdir))
-    try:
-      totals = train.zero_totals(run.replicated)
-      perm = run.p_permutation(run.data_rng, 0)
-      args = lambda i: (*run.train_arrays, perm, i, run.step_rng)
-      start = time.perf_counter()
-      state, totals = run.p_train_step(state, totals, *args(0))
-      jax.block_until_ready(totals)
-      compile_s = time.perf_counter() - start  # compile + one step
-      for i in range(1, warmup):
-        state, totals = run.p_train_step(state, totals, *args(i))
-      jax.block_until_ready(totals)
-      start = time.perf_counter()  # calibration block, also more warm-up
-      for i in range(steps):
-        state, totals = run.p_train_step(state, totals, *args(i))
-      jax.block_until_ready(totals)
-      n = _timed_steps(steps, time.perf_counter() - start)
-      usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-      for i in range(n):
-        state, totals = run.p_train_step(state, totals, *args(i % run.steps_per_epoch))
-      jax.block_until_ready(totals)
-      bare = n * batch / (time.perf_counter() - start)
-      os_costs = _os_costs_per_step(usage, n)
-      # The loop for two log intervals of n steps: the first is not timed by the loop (it may
-      # hold a compilation), the second is: the loop's own images/s figure.
-      run.config.log_every_steps = n
-      run.total_steps = int(state.step) + 2 * n
-      state, _ = train.train_loop(run, state, should_stop=lambda step: False)
-      loop = run.book.timed_images / run.book.train_seconds
-    finally:
-      train._close(run, quiet=True)  # pylint: disable=protected-access
-  stats = jax.devices()[0].memory_stats() or {}  # an accelerator's own memory; None on CPU
-  peak = stats['peak_bytes_in_use'] / 2**20 if 'peak_bytes_in_use' in stats else _peak_rss_mb()
-  from cnn_jax import kernels, xla_setup  # pylint: disable=g-import-not-at-top
-  return {'images_per_s': bare, 'loop_images_per_s': loop, 'compile_s': compile_s,
-          'peak_rss_mb': peak, **os_costs, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-          'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
-          'malloc': xla_setup.current_malloc(), 'kernels': kernels.status(),
-          'jax_version': jax.__version__, 'device_kind': jax.devices()[0].device_kind,
-          'dtype': dtype}
+  def __init__(self, name: str, steps: int, batch: int, dtype: str = 'float32'):
+    import tempfile  # pylint: disable=g-import-not-at-top
+    import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (XLA settings first)
+    import jax  # pylint: disable=g-import-not-at-top
+    from cnn_jax import train  # pylint: disable=g-import-not-at-top
+    self.jax, self.train, self.batch, self.dtype = jax, train, batch, dtype
+    jax.config.update('jax_enable_compilation_cache', False)  # time a real compile
+    config = bench_config(name, batch, dtype)
+    config.num_steps = 10**7  # cut to what is timed once the pace is known (below)
+    self._workdir = tempfile.TemporaryDirectory()
+    self.run, self.state = train.setup(config, pathlib.Path(self._workdir.name))
+    run = self.run
+    self.totals = train.zero_totals(run.replicated)
+    self.perm = run.p_permutation(run.data_rng, 0)
+    start = time.perf_counter()
+    self._steps(1)
+    self.compile_s = time.perf_counter() - start  # compile + one step
+    self._steps(1)  # warm-up
+    start = time.perf_counter()  # calibration block, also more warm-up
+    self._steps(steps)
+    self.n = _timed_steps(steps, time.perf_counter() - start)
+    run.config.log_every_steps = self.n
+    self.os_costs, self._loop_warm = None, False
+
+  def _steps(self, count: int) -> None:
+    run = self.run
+    for i in range(count):
+      self.state, self.totals = run.p_train_step(
+          self.state, self.totals, *run.train_arrays, self.perm, i % run.steps_per_epoch,
+          run.step_rng)
+    self.jax.block_until_ready(self.totals)
+
+  def step(self) -> float:
+    """images/s of about n bare steps, ending one step before a log point of the loop (so that a
+    `loop` window's untimed first interval is a single step)."""
+    count = self.n + (-(int(self.state.step) + self.n) - 1) % self.n
+    usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    self._steps(count)
+    seconds = time.perf_counter() - start
+    self.os_costs = self.os_costs or _os_costs_per_step(usage, count)
+    return count * self.batch / seconds
+
+  def _train_loop(self, steps: int) -> None:
+    self.run.total_steps = int(self.state.step) + steps
+    self.state, _ = self.train.train_loop(self.run, self.state, should_stop=lambda step: False)
+    self.run.ckpts.wait()  # its last step's checkpoint write: not in the next window
+
+  def loop(self) -> float:
+    """The loop's own images/s figure over n steps, after one untimed step (its first interval)."""
+    if not self._loop_warm:  # its first log point and epoch permutation
+      self._train_loop(2)
+      self._loop_warm = True
+    book = self.run.book
+    images, seconds = book.timed_images, book.train_seconds
+    self._train_loop(1 + self.n)
+    return (book.timed_images - images) / (book.train_seconds - seconds)
+
+  def summary(self) -> dict:
+    jax = self.jax
+    stats = jax.devices()[0].memory_stats() or {}  # an accelerator's own memory; None on CPU
+    peak = stats['peak_bytes_in_use'] / 2**20 if 'peak_bytes_in_use' in stats else _peak_rss_mb()
+    from cnn_jax import kernels, xla_setup  # pylint: disable=g-import-not-at-top
+    return {'compile_s': self.compile_s, 'peak_rss_mb': peak, **(self.os_costs or {}),
+            'xla_flags': os.environ.get('XLA_FLAGS', ''),
+            'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
+            'malloc': xla_setup.current_malloc(), 'kernels': kernels.status(),
+            'jax_version': jax.__version__, 'device_kind': jax.devices()[0].device_kind,
+            'dtype': self.dtype}
+
+  def close(self) -> None:
+    self.train._close(self.run, quiet=True)  # pylint: disable=protected-access
+    self._workdir.cleanup()
+
+
+def jax_child(name: str, steps: int, batch: int, dtype: str = 'float32',
+              loop_rounds: int = 0) -> dict:
+  """The bare step's images/s over one window; with `loop_rounds`, that many bare-step and loop
+  windows alternating, and the medians of each and of the rounds' loop / step ratios."""
+  bench = JaxBench(name, steps, batch, dtype)
+  try:
+    bares, loops = [], []
+    for _ in range(max(loop_rounds, 1)):
+      bares.append(bench.step())
+      if loop_rounds:
+        loops.append(bench.loop())
+  finally:
+    bench.close()
+  return {'images_per_s': statistics.median(bares),
+          'loop_images_per_s': statistics.median(loops) if loops else None,
+          'loop_over_step': statistics.median(l / b for l, b in zip(loops, bares)) if loops else None,
+          **bench.summary()}
+
+
+class TorchBench:
+  """PyTorch's training step of the twin network on the first CUDA device if there is one, else
+  on all CPU cores: channels-last, SGD momentum; `mode` eager or `compile` (torch.compile),
+  `dtype` float32 or bfloat16 (autocast: bfloat16 compute, float32 parameters)."""
+
+  def __init__(self, name: str, steps: int, batch: int, mode: str = 'eager',
+               dtype: str = 'float32'):
+    import contextlib  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+    from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
+    self.torch, self.batch, self.mode, self.dtype = torch, batch, mode, dtype
+    self.device = device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    torch.set_num_threads(os.cpu_count())
+    h, w, c = _shape(name)
+    self.model = model = torch_models.create(name).to(device, memory_format=torch.channels_last)
+    self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    self.x = torch.randn(batch, c, h, w, device=device).to(memory_format=torch.channels_last)
+    self.y = torch.randint(0, 10, (batch,), device=device)
+    self.loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    self.forward = torch.compile(model) if mode == 'compile' else model
+    self.autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if dtype == 'bfloat16' \
+        else contextlib.nullcontext
+    start = time.perf_counter()
+    self._steps(1)
+    self.compile_s = time.perf_counter() - start  # first step: torch.compile's compile, or warm-up
+    self._steps(3)
+    start = time.perf_counter()  # calibration block, also more warm-up
+    self._steps(steps)
+    self.n = _timed_steps(steps, time.perf_counter() - start)
+    self.os_costs = None
+
+  def _steps(self, count: int) -> None:
+    for _ in range(count):
+      self.opt.zero_grad(set_to_none=True)
+      with self.autocast():
+        loss = self.loss_fn(self.forward(self.x), self.y)
+      loss.backward()
+      self.opt.step()
+    loss.item()  # waits for the device
+
+  def step(self) -> float:
+    usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    self._steps(self.n)
+    seconds = time.perf_counter() - start
+    self.os_costs = self.os_costs or _os_costs_per_step(usage, self.n)
+    return self.n * self.batch / seconds
+
+  def summary(self) -> dict:
+    from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
+    torch = self.torch
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if self.device == 'cuda' else _peak_rss_mb())
+    return {'peak_rss_mb': peak, 'compile_s': self.compile_s, **(self.os_costs or {}),
+            'num_params': torch_models.num_params(self.model), 'torch_version': torch.__version__,
+            'device': torch.cuda.get_device_name() if self.device == 'cuda' else 'cpu',
+            'mode': self.mode, 'dtype': self.dtype}
+
+  def close(self) -> None:
+    pass
 
 
 def torch_child(name: str, steps: int, batch: int, mode: str = 'eager',
                 dtype: str = 'float32') -> dict:
-  """PyTorch's training step of the twin network on the first CUDA device if there is one, else
-  on all CPU cores: channels-last, SGD momentum; `mode` eager or `compile` (torch.compile),
-  `dtype` float32 or bfloat16 (autocast: bfloat16 compute, float32 parameters)."""
-  import contextlib  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
-  device = 'cuda' if torch.cuda.is_available() else 'cpu'
-  torch.set_num_threads(os.cpu_count())
-  h, w, c = _shape(name)
-  model = torch_models.create(name).to(device, memory_format=torch.channels_last)
-  opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-  x = torch.randn(batch, c, h, w, device=device).to(memory_format=torch.channels_last)
-  y = torch.randint(0, 10, (batch,), device=device)
-  loss_fn = torch.nn.CrossEntropyLoss()
-  model.train()
-  forward = torch.compile(model) if mode == 'compile' else model
-  autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if dtype == 'bfloat16' else (
-      contextlib.nullcontext)
+  bench = TorchBench(name, steps, batch, mode, dtype)
+  return {'images_per_s': bench.step(), **bench.summary()}
 
-  def one_step():
-    opt.zero_grad(set_to_none=True)
-    with autocast():
-      loss = loss_fn(forward(x), y)
-    loss.backward()
-    opt.step()
-    return loss
 
-  start = time.perf_counter()
-  one_step().item()
-  compile_s = time.perf_counter() - start  # first step: torch.compile's compile, or warm-up
-  for _ in range(2):
-    one_step()
-  one_step().item()
-  start = time.perf_counter()  # calibration block, also more warm-up
-  for _ in range(steps):
-    loss = one_step()
-  loss.item()
-  steps = _timed_steps(steps, time.perf_counter() - start)
-  usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-  for _ in range(steps):
-    loss = one_step()
-  loss.item()  # waits for the device
-  seconds = time.perf_counter() - start
-  os_costs = _os_costs_per_step(usage, steps)
-  peak = (torch.cuda.max_memory_allocated() / 2**20 if device == 'cuda' else _peak_rss_mb())
-  return {'images_per_s': steps * batch / seconds, 'peak_rss_mb': peak, 'compile_s': compile_s,
-          **os_costs,
-          'num_params': torch_models.num_params(model), 'torch_version': torch.__version__,
-          'device': torch.cuda.get_device_name() if device == 'cuda' else 'cpu',
-          'mode': mode, 'dtype': dtype}
+REPLY = '@@ '  # marks the served child's answers on its stdout (anything else there is ignored)
+
+
+def serve(bench) -> None:
+  """A child that times windows on request, so that the parent can interleave the windows of
+  several children (module docstring): reads `step`, `loop` or `done` lines from stdin and
+  answers each with one JSON line (images/s; for `done`, the summary) on stdout."""
+  print(REPLY + json.dumps({'ready': True, 'steps_per_window': bench.n}), flush=True)
+  try:
+    for line in sys.stdin:
+      command = line.strip()
+      if command == 'done':
+        break
+      print(REPLY + json.dumps({'images_per_s': getattr(bench, command)()}), flush=True)
+  finally:
+    bench.close()
+  print(REPLY + json.dumps(bench.summary()), flush=True)
 
 
 # Dense bfloat16 tensor-core peaks, FLOP/s (vendor data sheets, SXM parts), for MFU; keyed by a
@@ -246,24 +327,114 @@ def model_facts(name: str) -> dict:
   return {'num_params': params, 'macs': conv_arithmetic.count_flops(model, _shape(name)).macs}
 
 
-def _run_child(kind: str, name: str, steps: int, batch: int, env_extra: dict,
-               extra_args: tuple[str, ...] = ()) -> dict | None:
-  env = dict(os.environ, **env_extra)
+def _child_env(env_extra: dict) -> dict:
+  """A child's environment: this one, the user's own XLA_FLAGS (not the project's, which the
+  child adds itself unless `env_extra` turns them off or sets its own), `env_extra`."""
+  env = dict(os.environ)
   env.pop('XLA_FLAGS', None)
   if USER_XLA_FLAGS is not None:
     env['XLA_FLAGS'] = USER_XLA_FLAGS
+  env.update(env_extra)
   if env.get('CNN_JAX_XLA_DEFAULTS') == '0':  # none of the project's settings: system malloc
     from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
     env = xla_setup.with_malloc('system', env)
-  out = subprocess.run([sys.executable, '-m', 'benchmarks.train_step', f'--child={kind}:{name}',
-                        f'--steps={steps}', f'--batch={batch}', f'--min_seconds={MIN_SECONDS}',
-                        *extra_args], env=env,
-                       capture_output=True,
-                       text=True, check=False)
-  if out.returncode:
-    print(f'# {kind} {name}: failed: {out.stderr.strip().splitlines()[-3:]}', file=sys.stderr)
+  return env
+
+
+class ChildFailed(RuntimeError):
+  pass
+
+
+class ServedChild:
+  """A `--serve` child process (see `serve`): started, compiled and calibrated on construction;
+  `ask('step' | 'loop')` times one window, `finish()` returns its summary."""
+
+  def __init__(self, label: str, kind: str, name: str, steps: int, batch: int, env_extra: dict,
+               extra_args: tuple[str, ...] = ()):
+    import tempfile  # pylint: disable=g-import-not-at-top
+    self.label = label
+    self._log = tempfile.TemporaryFile(mode='w+')
+    self._proc = subprocess.Popen(
+        [sys.executable, '-m', 'benchmarks.train_step', f'--child={kind}:{name}', '--serve',
+         f'--steps={steps}', f'--batch={batch}', f'--min_seconds={MIN_SECONDS}', *extra_args],
+        env=_child_env(env_extra), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=self._log, text=True)
+    self.ready = self._read()
+
+  def _read(self) -> dict:
+    for line in self._proc.stdout:
+      if line.startswith(REPLY):
+        return json.loads(line[len(REPLY):])
+    self._proc.wait()
+    self._log.seek(0)
+    tail = self._log.read().strip().splitlines()[-3:]
+    raise ChildFailed(f'{self.label}: exited with {self._proc.returncode}: {tail}')
+
+  def ask(self, command: str) -> float:
+    self._proc.stdin.write(command + '\n')
+    self._proc.stdin.flush()
+    return self._read()['images_per_s']
+
+  def finish(self) -> dict:
+    self._proc.stdin.write('done\n')
+    self._proc.stdin.flush()
+    summary = self._read()
+    self._proc.wait()
+    return summary
+
+  def kill(self) -> None:
+    self._proc.kill()
+    self._proc.wait()
+
+
+def interleaved(children: dict[str, tuple], rounds: int, loop_of: str | None = None,
+                gap_s: float = GAP_S) -> dict[str, dict | None]:
+  """Starts every child (label -> ServedChild arguments), one after another, then times their
+  windows in turns: each round runs one window of every child (in reverse order every other
+  round), the `loop_of` child's loop window right after its step window. Returns per label the
+  median images/s, every window's figure ('runs') and the child's summary; None for a child that
+  failed (the others go on). The turns put a slow spell of the machine on every child alike,
+  which separate runs minutes apart cannot (module docstring)."""
+  served, windows, loops = {}, {}, []
+  for label, spec in children.items():
+    try:
+      served[label] = ServedChild(f'{label} ({spec[1]})', *spec)
+      windows[label] = []
+    except ChildFailed as e:
+      print(f'# {e}', file=sys.stderr, flush=True)
+  try:
+    for r in range(rounds):
+      for label in (list(served) if r % 2 == 0 else list(served)[::-1]):
+        try:
+          windows[label].append(served[label].ask('step'))
+          time.sleep(gap_s)
+          if label == loop_of:
+            loops.append(served[label].ask('loop'))
+            time.sleep(gap_s)
+        except ChildFailed as e:
+          print(f'# {e}', file=sys.stderr, flush=True)
+          served.pop(label).kill()
+          windows.pop(label)
+    summaries = {label: child.finish() for label, child in served.items()}
+  finally:
+    for child in served.values():
+      if child._proc.poll() is None:  # pylint: disable=protected-access
+        child.kill()
+  out = {label: None for label in children}
+  for label, summary in summaries.items():
+    ips = windows[label]
+    out[label] = {**summary, 'images_per_s': statistics.median(ips), 'runs': ips}
+    if label == loop_of and loops:
+      out[label].update(loop_images_per_s=statistics.median(loops), loop_windows=loops,
+                        loop_over_step=statistics.median(l / s for l, s in zip(loops, ips)))
+  return out, windows
+
+
+def paired_ratio(a: list[float] | None, b: list[float] | None) -> float | None:
+  """The median of the rounds' a / b ratios (windows of one round are minutes apart at most)."""
+  if not a or not b:
     return None
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return statistics.median(x / y for x, y in zip(a, b))
 
 
 def machine() -> dict:
@@ -283,20 +454,14 @@ def _fmt(v, spec=',.0f'):
   return '-' if v is None else format(v, spec)
 
 
-def _median_run(runs: list[dict | None]) -> dict | None:
-  """The run with the median images/s (its other figures come with it), all runs' images/s
-  under 'runs'."""
-  done = sorted((r for r in runs if r), key=lambda r: r['images_per_s'])
-  if not done:
-    return None
-  return {**done[(len(done) - 1) // 2], 'runs': [r['images_per_s'] if r else None for r in runs]}
-
-
 def _loop_cell(result: dict) -> str:
+  """The loop's images/s and its ratio to the bare step: the median of the alternating windows'
+  ratios where the child measured them (results before 2026-12-06: one window each)."""
   loop, step = result.get('loop_images_per_s'), result.get('images_per_s')
   if loop is None or not step:
     return '-'
-  return f'{loop:,.0f} ({loop / step:.2f})'
+  ratio = result.get('loop_over_step') or loop / step
+  return f'{loop:,.0f} ({ratio:.2f})'
 
 
 def table(rows: list[dict], variants: list[str]) -> str:
@@ -329,20 +494,26 @@ def table(rows: list[dict], variants: list[str]) -> str:
 
 
 def main():
+  global MIN_SECONDS  # pylint: disable=global-statement
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--models', default='lenet5,resnet20,resnet56,plain56')
-  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--steps', type=int, default=10,
+                      help='steps per window at least (and the calibration block)')
   parser.add_argument('--batch', type=int, default=0, help='0 = the model\'s benchmark batch')
   parser.add_argument('--variants', default='defaults,xla,none',
                       help='defaults: project settings; xla: without the CPU kernels; '
                            'none: XLA defaults (before)')
-  parser.add_argument('--min_seconds', type=float, default=5.0,
-                      help='each timing window at least this long')
-  parser.add_argument('--repeats', type=int, default=3,
-                      help='rounds of every variant and PyTorch; figures are medians')
+  parser.add_argument('--min_seconds', type=float, default=None,
+                      help=f'each timing window at least this long (default {WINDOW_S:g}; '
+                           f'a lone child: {MIN_SECONDS:g})')
+  parser.add_argument('--repeats', type=int, default=ROUNDS,
+                      help='rounds of interleaved windows (every variant and PyTorch, and the '
+                           'loop); figures are medians')
   parser.add_argument('--no_torch', action='store_true')
   parser.add_argument('--json', default=None, help='Also write the results to this file.')
   parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
+  parser.add_argument('--serve', action='store_true', help=argparse.SUPPRESS)
+  parser.add_argument('--loop_rounds', type=int, default=0, help=argparse.SUPPRESS)
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
                       help='compute dtype of both frameworks (parameters stay float32)')
   parser.add_argument('--torch_mode', default='eager', choices=('eager', 'compile'),
@@ -351,52 +522,51 @@ def main():
                       help='peak FLOP/s (TFLOP/s) for the MFU column where the device is not in '
                            'PEAK_BF16_FLOPS (e.g. a CPU)')
   args = parser.parse_args()
-  global MIN_SECONDS  # pylint: disable=global-statement
-  MIN_SECONDS = args.min_seconds
+  MIN_SECONDS = args.min_seconds or (MIN_SECONDS if args.child and not args.serve else WINDOW_S)
   if args.child:
     kind, name = args.child.split(':')
     batch = args.batch or BATCH[name]
-    if kind == 'jax':
-      print(json.dumps(jax_child(name, args.steps, batch, args.dtype)))
+    if args.serve:
+      serve(JaxBench(name, args.steps, batch, args.dtype) if kind == 'jax' else
+            TorchBench(name, args.steps, batch, args.torch_mode, args.dtype))
+    elif kind == 'jax':
+      print(json.dumps(jax_child(name, args.steps, batch, args.dtype, args.loop_rounds)))
     else:
       print(json.dumps(torch_child(name, args.steps, batch, args.torch_mode, args.dtype)))
     return
   variants = args.variants.split(',')
   info = machine()
   print(f"# train-step throughput on {info['host_cpu']} [{info['isa']}], {info['date']}; "
-        f'{args.steps} timed steps after 2 warm-up steps, median of {args.repeats} rounds',
-        flush=True)
+        f'windows of >= {args.steps} steps and >= {MIN_SECONDS:g} s, {args.repeats} interleaved '
+        'rounds, medians', flush=True)
   rows = []
   for name in args.models.split(','):
     batch = args.batch or BATCH[name]
-    row = {'model': name, 'batch': batch, **model_facts(name), 'jax': {}}
-    runs = {v: [] for v in variants + ['pytorch']}
-    for _ in range(args.repeats):
-      for v in variants:
-        runs[v].append(_run_child('jax', name, args.steps, batch, VARIANTS[v],
-                                  (f'--dtype={args.dtype}',)))
-      runs['pytorch'].append(None if args.no_torch else _run_child(
-          'torch', name, args.steps, batch, {}, (f'--torch_mode={args.torch_mode}',
-                                                 f'--dtype={args.dtype}')))
-    row['jax'] = {v: _median_run(runs[v]) for v in variants}
-    row['pytorch'] = _median_run(runs['pytorch'])
-    pt = (row['pytorch'] or {}).get('images_per_s')
-    ratios = [a['images_per_s'] / b['images_per_s']
-              for a, b in zip(runs.get('defaults', []), runs['pytorch']) if a and b]
-    row['ratio'] = statistics.median(ratios) if ratios else None
+    row = {'model': name, 'batch': batch, **model_facts(name)}
+    children = {v: ('jax', name, args.steps, batch, VARIANTS[v],
+                     (f'--dtype={args.dtype}',)) for v in variants}
+    if not args.no_torch:
+      children['pytorch'] = ('torch', name, args.steps, batch, {},
+                             (f'--torch_mode={args.torch_mode}', f'--dtype={args.dtype}'))
+    results, windows = interleaved(children, args.repeats,
+                                   loop_of='defaults' if 'defaults' in variants else None)
+    row['jax'] = {v: results[v] for v in variants}
+    row['pytorch'] = results.get('pytorch')
+    row['ratio'] = paired_ratio(windows.get('defaults'), windows.get('pytorch'))
     kind = next((r['device_kind'] for r in row['jax'].values() if r and 'device_kind' in r), None)
     row['peak_flops'] = peak_flops(kind, args.peak_tflops)
     rows.append(row)
+    pt = (row['pytorch'] or {}).get('images_per_s')
     print(f"{name}: " + ', '.join(f"jax[{v}] {_fmt((row['jax'][v] or {}).get('images_per_s'))}"
                                   for v in variants)
-          + f", pytorch {_fmt(pt)} img/s", flush=True)
+          + f", pytorch {_fmt(pt)} img/s, ratio {_fmt(row['ratio'], '.2f')}", flush=True)
   text = table(rows, variants)
   print(text)
   if args.json:
     command = 'python -m benchmarks.train_step ' + ' '.join(sys.argv[1:])
     with open(args.json, 'w') as f:
       json.dump({'machine': info, 'command': command, 'variants': variants, 'rows': rows,
-                 'repeats': args.repeats,
+                 'repeats': args.repeats, 'interleaved': True, 'window_s': MIN_SECONDS,
                  'torch': {'mode': args.torch_mode, 'dtype': args.dtype}}, f, indent=2)
       f.write('\n')
 

@@ -4,11 +4,15 @@
 `import jax` gets them. Each is skipped where the user already chose (a flag of the same name in
 `XLA_FLAGS`, a `JAX_*` variable set), and `CNN_JAX_XLA_DEFAULTS=0` turns all of them off.
 
-* CPU: XLA's YNNPACK fusions for dots, elementwise ops and reductions. Measured on a training
-  step of ResNet-20 (batch 128): 3.2x on an AVX2 EPYC (47 -> 151 images/s) and 1.2x on an
-  AVX-512 one; adding `individual_convolution`, XNNPACK or oneDNN fusions was slower
-  (benchmarks/results/levers.md). These flags only touch XLA's CPU backend: GPU and TPU
-  executables are unchanged.
+* CPU: XLA's YNNPACK fusions for dots and reductions, and for elementwise ops too where the CPU
+  kernels will not run (`cpu_flags`). With elementwise ops they made a ResNet-20 training step
+  (batch 128, XLA's own convolutions) 3.2x faster on an AVX2 EPYC (47 -> 151 images/s) and 1.2x
+  on an AVX-512 one; `individual_convolution`, XNNPACK or oneDNN fusions were slower
+  (benchmarks/results/levers.md, section 1). With the convolutions and BatchNorm in cnn_jax's
+  CPU kernels, the elementwise fusions stop paying (section 9: the ResNets level, LeNet-5 1.08x
+  without them): what is left is small work on few channels (LeNet-5's bias, ReLU and input
+  normalisation), which XLA's own loops run faster. Without the kernels they still pay (ResNet-20
+  1.2x). These flags only touch XLA's CPU backend: GPU and TPU executables are unchanged.
 * Persistent compilation cache in `$CNN_JAX_CACHE_DIR/jax` (default `~/.cache/cnn_jax/jax`),
   so rerunning an experiment or the tests skips recompiling what did not change. JAX writes only
   executables that took at least `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` to compile (1 s
@@ -37,9 +41,13 @@ import importlib.metadata
 import os
 import pathlib
 import platform
+import re
 import sys
 
-CPU_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce',)
+CPU_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=dot,reduce',)
+# Where the CPU kernels will not run (turned off, or several host devices), XLA runs every layer
+# and YNN's elementwise fusions pay again (ResNet-20: 1.2x, levers.md section 9).
+CPU_FLAGS_XLA_OPS = ('--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce',)
 # The first jaxlib known to accept the flags above; older ones abort on unknown XLA flags.
 MIN_JAXLIB = (0, 10)
 CACHE_MIN_COMPILE_SECS = '0.1'
@@ -66,11 +74,23 @@ def configure() -> None:
     return
   if _jaxlib_version() >= MIN_JAXLIB:
     flags = os.environ.get('XLA_FLAGS', '')
-    extra = [f for f in CPU_FLAGS if f.split('=')[0] not in flags]
+    extra = [f for f in cpu_flags(flags) if f.split('=')[0] not in flags]
     if extra:
       os.environ['XLA_FLAGS'] = ' '.join([flags] + extra).strip()
   os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(cache_dir() / 'jax'))
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', CACHE_MIN_COMPILE_SECS)
+
+
+def cpu_flags(xla_flags: str = '') -> tuple[str, ...]:
+  """CPU_FLAGS, or CPU_FLAGS_XLA_OPS where the CPU kernels will not be used: turned off
+  (`CNN_JAX_CPU_KERNELS=0`) or several forced host devices in `xla_flags` (cnn_jax.kernels.ops
+  keeps XLA's ops for programs over several devices)."""
+  kernels_off = os.environ.get('CNN_JAX_CPU_KERNELS', '1').strip().lower() in (
+      '0', 'none', 'off', 'false', '')
+  devices = re.search(r'--xla_force_host_platform_device_count=(\d+)', xla_flags)
+  if kernels_off or (devices and int(devices.group(1)) > 1):
+    return CPU_FLAGS_XLA_OPS
+  return CPU_FLAGS
 
 
 def _jaxlib_version() -> tuple[int, ...]:

@@ -116,7 +116,14 @@ def benchmark_table() -> str:
   parts = []
   for data in sorted(runs, key=lambda d: d['machine']['date'], reverse=True):
     m, torch = data['machine'], data.get('torch', {})
-    if data.get('repeats'):  # since the CPU kernels: three variants, medians of rounds
+    if data.get('interleaved'):  # since 2026-12-06: one process each, taking turns
+      legend = ('"jax (defaults)" is the project\'s settings (XLA flags, CPU kernels, allocator: '
+                f"{m.get('malloc', 'glibc, huge pages')}; PyTorch runs on the same allocator), "
+                '"jax (xla)" the same without the CPU kernels, "jax (none)" XLA\'s defaults on the '
+                'system allocator; every contender runs in its own process and they take turns, '
+                f"window by window ({data['window_s']:g} s or more), for {data['repeats']} rounds: "
+                "each figure is the median window, the ratio the median of the rounds' ratios")
+    elif data.get('repeats'):  # since the CPU kernels: three variants, medians of rounds
       legend = ('"jax (defaults)" is the project\'s settings (XLA flags, CPU kernels, allocator: '
                 f"{m.get('malloc', 'glibc, huge pages')}; PyTorch runs on the same allocator), "
                 '"jax (xla)" the same without the CPU kernels, "jax (none)" XLA\'s defaults on the '
@@ -124,9 +131,12 @@ def benchmark_table() -> str:
                 "ratio the median of the rounds' ratios")
     else:
       legend = '"jax (none)" is XLA\'s defaults (the project\'s XLA settings off)'
+    loop = '"loop" is the same step inside the training loop'
+    if data.get('interleaved'):
+      loop += ", its window right after the bare step's in every round
     parts.append(f"Measured on {m['host_cpu']} [{m['isa']}], {m['date']}, with no other job "
-                 f"running: `{data['command']}`. {legend}; \"loop\" is the same step inside the "
-                 f"training loop; PyTorch {torch.get('mode', 'eager')}, "
+                 f"running: `{data['command']}`. {legend}; {loop}; "
+                 f"PyTorch {torch.get('mode', 'eager')}, "
                  f"{torch.get('dtype', 'float32')}.\n\n"
                  + train_step.table(data['rows'], data['variants']))
   return '\n\n'.join(parts)

@@ -60,6 +60,8 @@ SLOW_IN_CI = {
     'tests/test_transfer.py::test_torchvision_file_is_a_source',
     # 19 s; AlexNet at 227 through the whole loop: test_toy_preset_trains_through_the_loop...
     'tests/test_alexnet_recipe.py::test_configured_model_trains_one_step_at_227',
+    # 5 s; LeNet-5's pool-before-activation with tanh: the [relu] case (the default model).
+    'tests/test_models_classic.py::test_lenet5_pools_before_a_nondecreasing_activation_same_function[tanh]',
 }
 
 

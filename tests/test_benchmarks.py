@@ -27,6 +27,12 @@ def test_table_gflops_and_mfu_by_hand():
   assert 'MFU' not in train_step.table([_row()], ['defaults'])  # no peak known: no column
 
 
+def test_loop_cell_reports_the_median_of_the_alternating_windows_ratios():
+  row = _row()
+  row['jax']['defaults']['loop_over_step'] = 0.98  # the windows' median ratio, not 95 / 100
+  assert '95 (0.98)' in train_step.table([row], ['defaults'])
+
+
 def test_suite_cache_table_speed_up_is_against_the_cold_run_of_its_threshold():
   runs = [{'min_compile_secs': t, 'cold': cold, 'wall_s': wall, 'summary': 's',
            'cache_entries': 1, 'cache_mb': 1.0}
@@ -47,3 +53,9 @@ def test_pytorch_resnet50_twin_has_the_published_parameter_count():
       jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
   ours = sum(int(x.size) for x in jax.tree.leaves(shapes['params']))
   assert theirs == ours == 25_557_032
+
+
+def test_paired_ratio_is_the_median_of_the_rounds_ratios():
+  # Round by round 2.0, 1.0, 1.5: median 1.5 (the ratio of the medians would be 1.6 / 1 here).
+  assert train_step.paired_ratio([2.0, 1.6, 1.5], [1.0, 1.6, 1.0]) == 1.5
+  assert train_step.paired_ratio([1.0], None) is None

@@ -14,7 +14,7 @@ import pytest
 
 from cnn_jax import models
 from cnn_jax.conv_arithmetic import count_flops
-from cnn_jax.models import alexnet, googlenet, layers, published, vgg
+from cnn_jax.models import alexnet, googlenet, layers, lenet, published, vgg
 
 CLASSIC = ['lenet5_classic', 'mlp', 'alexnet', 'alexnet_tv', 'zfnet', 'vgg11', 'vgg13', 'vgg16',
            'vgg19', 'vgg11_bn', 'vgg13_bn', 'vgg16_bn', 'vgg19_bn', 'googlenet', 'unet',
@@ -254,6 +254,23 @@ def test_alexnet_tv_runs_at_other_sizes():
     variables = abstract_init(model, (side, side, 3))
     x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
     assert jax.eval_shape(lambda v, x: model.apply(v, x), variables, x).shape == (1, 10)
+
+
+@pytest.mark.parametrize('act', [jax.nn.relu, jax.nn.tanh])
+def test_lenet5_pools_before_a_nondecreasing_activation_same_function(act, monkeypatch):
+  """LeNet5 runs act(pool(x)) for pool(act(x)): same logits and parameter gradients, ties included
+  (the ReLU zeroes many inputs, so most windows of its output tie at 0)."""
+  model = lenet.LeNet5(act=act)
+  x = jax.random.normal(jax.random.key(0), (4, 32, 32, 1))
+  params = model.init(jax.random.key(1), x)['params']
+  loss = lambda p: jnp.sum(model.apply({'params': p}, x) * jnp.arange(10.0))
+  got = jax.jit(jax.value_and_grad(loss))(params)
+  monkeypatch.setattr(lenet, 'NONDECREASING', ())  # as written: conv, act, pool
+  want = jax.jit(jax.value_and_grad(loss))(params)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+  assert lenet.LeNet5Classic.pool is not lenet.max_pool  # average pooling: never reordered
 
 
 def test_local_response_norm_matches_paper_formula():

@@ -35,6 +35,18 @@ def test_defaults_set_the_cpu_flags_and_a_project_compilation_cache(tmp_path):
   assert got['min_compile_secs'] == pytest.approx(float(xla_setup.CACHE_MIN_COMPILE_SECS))
 
 
+def test_cpu_flags_add_elementwise_fusions_where_the_kernels_will_not_run(monkeypatch):
+  from cnn_jax import xla_setup
+  monkeypatch.delenv('CNN_JAX_CPU_KERNELS', raising=False)
+  assert xla_setup.cpu_flags('') == xla_setup.CPU_FLAGS
+  assert xla_setup.cpu_flags('--xla_force_host_platform_device_count=1') == xla_setup.CPU_FLAGS
+  assert (xla_setup.cpu_flags('--xla_force_host_platform_device_count=4')
+          == xla_setup.CPU_FLAGS_XLA_OPS)
+  monkeypatch.setenv('CNN_JAX_CPU_KERNELS', '0')
+  assert xla_setup.cpu_flags('') == xla_setup.CPU_FLAGS_XLA_OPS
+  assert 'eltwise' in xla_setup.CPU_FLAGS_XLA_OPS[0] and 'eltwise' not in xla_setup.CPU_FLAGS[0]
+
+
 def test_the_users_settings_win_and_the_defaults_can_be_turned_off(tmp_path):
   flag = '--xla_cpu_experimental_ynn_fusion_type=dot'
   got = _probe(tmp_path, XLA_FLAGS=flag, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='2.5',

@@ -189,6 +189,24 @@ struct Pieces {
 
 int64_t Workers(ffi::ThreadPool& pool) { return std::max<int64_t>(1, pool.num_threads()); }
 
+// Piece i of a batch-split call: its primitive (`first`'s where the piece is full-sized) and
+// its slices of the activations x (NHWC, g.src) and y (NHWC, g.dst).
+struct Piece {
+  std::shared_ptr<const Primitive> p;
+  memory x, y;
+  Piece(Kind kind, const Geometry& g, const Pieces& pieces, int64_t i,
+        const std::shared_ptr<const Primitive>& first, const float* x_data, const float* y_data) {
+    const int64_t size = pieces.Size(i, g.src[0]);
+    const Geometry gi = g.WithBatch(size);
+    p = size == pieces.per ? first : Get(kind, gi);
+    const int64_t offset = i * pieces.per;
+    x = memory(Activations(gi.src), Engine(),
+               const_cast<float*>(x_data) + offset * g.src[1] * g.src[2] * g.src[3]);
+    y = memory(Activations(gi.dst), Engine(),
+               const_cast<float*>(y_data) + offset * g.dst[1] * g.dst[2] * g.dst[3]);
+  }
+};
+
 // Forward (y = conv(x, w)) or input gradient (x = conv_transpose(y, w)): batch-parallel.
 ffi::Error RunActivations(Kind kind, ffi::ThreadPool& pool, const Geometry& g, float* x,
                           const float* w, float* y) {
@@ -207,23 +225,18 @@ ffi::Error RunActivations(Kind kind, ffi::ThreadPool& pool, const Geometry& g, f
     stream.wait();
     weights = blocked;
   }
-  const int64_t x_image = g.src[1] * g.src[2] * g.src[3];
-  const int64_t y_image = g.dst[1] * g.dst[2] * g.dst[3];
   cnn_jax::ParallelFor(pool, pieces.count, pieces.count, [&](int64_t i) {
     OneThread();
-    const int64_t size = pieces.Size(i, n);
-    const Geometry gi = g.WithBatch(size);
-    auto p = size == pieces.per ? first : Get(kind, gi);
-    memory xm(Activations(gi.src), Engine(), x + i * pieces.per * x_image);
-    memory ym(Activations(gi.dst), Engine(), y + i * pieces.per * y_image);
+    Piece piece(kind, g, pieces, i, first, x, y);
+    const Primitive& p = *piece.p;
     dnnl::stream stream(Engine());
     if (kind == Kind::kForward) {
-      p->primitive.execute(stream, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, weights},
-                                    {DNNL_ARG_DST, ym}, {DNNL_ARG_SCRATCHPAD, ScratchMemory(*p)}});
+      p.primitive.execute(stream, {{DNNL_ARG_SRC, piece.x}, {DNNL_ARG_WEIGHTS, weights},
+                                   {DNNL_ARG_DST, piece.y}, {DNNL_ARG_SCRATCHPAD, ScratchMemory(p)}});
     } else {
-      p->primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, xm}, {DNNL_ARG_WEIGHTS, weights},
-                                    {DNNL_ARG_DIFF_DST, ym},
-                                    {DNNL_ARG_SCRATCHPAD, ScratchMemory(*p)}});
+      p.primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, piece.x}, {DNNL_ARG_WEIGHTS, weights},
+                                   {DNNL_ARG_DIFF_DST, piece.y},
+                                   {DNNL_ARG_SCRATCHPAD, ScratchMemory(p)}});
     }
     stream.wait();
   });
@@ -242,21 +255,16 @@ ffi::Error RunWeights(ffi::ThreadPool& pool, const Geometry& g, const float* x, 
   auto first = Get(Kind::kBackwardWeights, g.WithBatch(pieces.per));
   const int64_t floats = bytes / sizeof(float);
   std::vector<float> partial(pieces.count * floats);
-  const int64_t x_image = g.src[1] * g.src[2] * g.src[3];
-  const int64_t y_image = g.dst[1] * g.dst[2] * g.dst[3];
   cnn_jax::ParallelFor(pool, pieces.count, pieces.count, [&](int64_t i) {
     OneThread();
-    const int64_t size = pieces.Size(i, n);
-    const Geometry gi = g.WithBatch(size);
-    auto p = size == pieces.per ? first : Get(Kind::kBackwardWeights, gi);
-    if (p->weights != first->weights) throw std::runtime_error("pieces disagree on the layout");
-    memory xm(Activations(gi.src), Engine(), const_cast<float*>(x) + i * pieces.per * x_image);
-    memory ym(Activations(gi.dst), Engine(), const_cast<float*>(dy) + i * pieces.per * y_image);
-    memory wm(p->weights, Engine(), partial.data() + i * floats);
+    Piece piece(Kind::kBackwardWeights, g, pieces, i, first, x, dy);
+    const Primitive& p = *piece.p;
+    if (p.weights != first->weights) throw std::runtime_error("pieces disagree on the layout");
+    memory wm(p.weights, Engine(), partial.data() + i * floats);
     dnnl::stream stream(Engine());
-    p->primitive.execute(stream, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, ym},
-                                  {DNNL_ARG_DIFF_WEIGHTS, wm},
-                                  {DNNL_ARG_SCRATCHPAD, ScratchMemory(*p)}});
+    p.primitive.execute(stream, {{DNNL_ARG_SRC, piece.x}, {DNNL_ARG_DIFF_DST, piece.y},
+                                 {DNNL_ARG_DIFF_WEIGHTS, wm},
+                                 {DNNL_ARG_SCRATCHPAD, ScratchMemory(p)}});
     stream.wait();
   });
   float* sum = partial.data();

@@ -7,6 +7,9 @@ import jax.numpy as jnp
 from cnn_jax.models import conv
 from cnn_jax.models.pooling import max_pool
 
+# Activations that never decrease: max pooling commutes with them (see LeNet5._act_pool).
+NONDECREASING = (nn.relu, nn.relu6, nn.tanh, nn.sigmoid, nn.hard_tanh, nn.elu, nn.leaky_relu)
+
 
 class LeNet5(nn.Module):
   """32x32 input; C1 conv5x5x6, S2 pool, C3 conv5x5x16, S4 pool, C5 conv5x5x120, F6 84, out.
@@ -22,11 +25,9 @@ class LeNet5(nn.Module):
   def __call__(self, x, train: bool = False):
     del train  # no BatchNorm or dropout
     x = x.astype(self.dtype)
-    x = self.act(self._conv(6, 'c1')(x))
-    x = self.pool(x, (2, 2), strides=(2, 2))
+    x = self._act_pool(self._conv(6, 'c1')(x))
     self.sow('intermediates', 'stage1', x)
-    x = self.act(self._conv(16, 'c3')(x))
-    x = self.pool(x, (2, 2), strides=(2, 2))
+    x = self._act_pool(self._conv(16, 'c3')(x))
     self.sow('intermediates', 'stage2', x)
     x = self.act(self._conv(120, 'c5')(x))
     x = x.reshape((x.shape[0], -1))
@@ -34,6 +35,16 @@ class LeNet5(nn.Module):
     self.sow('intermediates', 'pre_logits', x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
     return x.astype(jnp.float32)
+
+  def _act_pool(self, x):
+    """pool(act(x)), as act(pool(x)) where that is the same function: max pooling commutes with
+    a non-decreasing activation, values and gradients alike (the window's first maximum is the
+    same element either way, and where the activation is flat both gradients are zero). The
+    activation and its gradient then run on a quarter of the elements: the lecture LeNet-5's
+    step is 1.1x faster on a 2-core CPU (benchmarks/results/levers.md, section 10)."""
+    if self.pool is max_pool and self.act in NONDECREASING:
+      return self.act(self.pool(x, (2, 2), strides=(2, 2)))
+    return self.pool(self.act(x), (2, 2), strides=(2, 2))
 
   def _conv(self, features: int, name: str) -> nn.Conv:
     # C5 (5x5 map, 5x5 kernel) runs as the dense layer it is (cnn_jax.models.conv).
