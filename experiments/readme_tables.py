@@ -133,7 +133,7 @@ def benchmark_table() -> str:
       legend = '"jax (none)" is XLA\'s defaults (the project\'s XLA settings off)'
     loop = '"loop" is the same step inside the training loop'
     if data.get('interleaved'):
-      loop += ", its window right after the bare step's in every round
+      loop += ", its window right after the bare step's in every round"
     parts.append(f"Measured on {m['host_cpu']} [{m['isa']}], {m['date']}, with no other job "
                  f"running: `{data['command']}`. {legend}; {loop}; "
                  f"PyTorch {torch.get('mode', 'eager')}, "
