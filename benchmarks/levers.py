@@ -350,7 +350,6 @@ def fusion_steps(steps: int, rounds: int = 3) -> dict:
   """Per row of FUSION_STEP_MODELS: each variant's images/s windows, the variants running side by
   side and taking turns (benchmarks.train_step.interleaved)."""
   from benchmarks import train_step as ts  # pylint: disable=g-import-not-at-top
-  ts.MIN_SECONDS = ts.WINDOW_S
   out = {}
   for row, model, env_extra in FUSION_STEP_MODELS:
     children = {label: ('jax', model, steps, ts.BATCH[model],
@@ -405,7 +404,7 @@ def act_pool_child(steps: int, rounds: int = 3) -> dict[str, list[float]]:
     for _ in range(rounds):
       for label, swap in variants.items():
         lenet.NONDECREASING = swap
-        results[label].append(ts.jax_child('lenet5', steps, 64, loop_rounds=0)['images_per_s'])
+        results[label].append(ts.jax_child('lenet5', steps, 64)['images_per_s'])
   finally:
     lenet.NONDECREASING = default
   return results

@@ -191,23 +191,13 @@ class JaxBench:
     self._workdir.cleanup()
 
 
-def jax_child(name: str, steps: int, batch: int, dtype: str = 'float32',
-              loop_rounds: int = 0) -> dict:
-  """The bare step's images/s over one window; with `loop_rounds`, that many bare-step and loop
-  windows alternating, and the medians of each and of the rounds' loop / step ratios."""
+def jax_child(name: str, steps: int, batch: int, dtype: str = 'float32') -> dict:
+  """A lone child: the bare step's images/s over one window, and the summary."""
   bench = JaxBench(name, steps, batch, dtype)
   try:
-    bares, loops = [], []
-    for _ in range(max(loop_rounds, 1)):
-      bares.append(bench.step())
-      if loop_rounds:
-        loops.append(bench.loop())
+    return {'images_per_s': bench.step(), **bench.summary()}
   finally:
     bench.close()
-  return {'images_per_s': statistics.median(bares),
-          'loop_images_per_s': statistics.median(loops) if loops else None,
-          'loop_over_step': statistics.median(l / b for l, b in zip(loops, bares)) if loops else None,
-          **bench.summary()}
 
 
 class TorchBench:
@@ -349,14 +339,14 @@ class ServedChild:
   """A `--serve` child process (see `serve`): started, compiled and calibrated on construction;
   `ask('step' | 'loop')` times one window, `finish()` returns its summary."""
 
-  def __init__(self, label: str, kind: str, name: str, steps: int, batch: int, env_extra: dict,
-               extra_args: tuple[str, ...] = ()):
+  def __init__(self, label: str, window_s: float, kind: str, name: str, steps: int, batch: int,
+               env_extra: dict, extra_args: tuple[str, ...] = ()):
     import tempfile  # pylint: disable=g-import-not-at-top
     self.label = label
     self._log = tempfile.TemporaryFile(mode='w+')
     self._proc = subprocess.Popen(
         [sys.executable, '-m', 'benchmarks.train_step', f'--child={kind}:{name}', '--serve',
-         f'--steps={steps}', f'--batch={batch}', f'--min_seconds={MIN_SECONDS}', *extra_args],
+         f'--steps={steps}', f'--batch={batch}', f'--min_seconds={window_s}', *extra_args],
         env=_child_env(env_extra), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=self._log, text=True)
     self.ready = self._read()
@@ -383,22 +373,24 @@ class ServedChild:
     return summary
 
   def kill(self) -> None:
-    self._proc.kill()
-    self._proc.wait()
+    if self._proc.poll() is None:
+      self._proc.kill()
+      self._proc.wait()
 
 
 def interleaved(children: dict[str, tuple], rounds: int, loop_of: str | None = None,
-                gap_s: float = GAP_S) -> dict[str, dict | None]:
-  """Starts every child (label -> ServedChild arguments), one after another, then times their
-  windows in turns: each round runs one window of every child (in reverse order every other
-  round), the `loop_of` child's loop window right after its step window. Returns per label the
-  median images/s, every window's figure ('runs') and the child's summary; None for a child that
-  failed (the others go on). The turns put a slow spell of the machine on every child alike,
+                window_s: float = WINDOW_S, gap_s: float = GAP_S) -> tuple[dict, dict]:
+  """Starts every child (label -> ServedChild arguments after the window length), one after
+  another, then times their windows of `window_s` seconds or more in turns: each round runs one
+  window of every child (in reverse order every other round), the `loop_of` child's loop window
+  right after its step window. Returns (results, windows): per label the median images/s, every
+  window's figure ('runs') and the child's summary, None for a child that failed (the others go
+  on); and per label that finished, its windows' images/s. The turns put a slow spell of the machine on every child alike,
   which separate runs minutes apart cannot (module docstring)."""
   served, windows, loops = {}, {}, []
   for label, spec in children.items():
     try:
-      served[label] = ServedChild(f'{label} ({spec[1]})', *spec)
+      served[label] = ServedChild(f'{label} ({spec[1]})', window_s, *spec)
       windows[label] = []
     except ChildFailed as e:
       print(f'# {e}', file=sys.stderr, flush=True)
@@ -418,8 +410,7 @@ def interleaved(children: dict[str, tuple], rounds: int, loop_of: str | None = N
     summaries = {label: child.finish() for label, child in served.items()}
   finally:
     for child in served.values():
-      if child._proc.poll() is None:  # pylint: disable=protected-access
-        child.kill()
+      child.kill()
   out = {label: None for label in children}
   for label, summary in summaries.items():
     ips = windows[label]
@@ -513,7 +504,6 @@ def main():
   parser.add_argument('--json', default=None, help='Also write the results to this file.')
   parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
   parser.add_argument('--serve', action='store_true', help=argparse.SUPPRESS)
-  parser.add_argument('--loop_rounds', type=int, default=0, help=argparse.SUPPRESS)
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
                       help='compute dtype of both frameworks (parameters stay float32)')
   parser.add_argument('--torch_mode', default='eager', choices=('eager', 'compile'),
@@ -530,11 +520,17 @@ def main():
       serve(JaxBench(name, args.steps, batch, args.dtype) if kind == 'jax' else
             TorchBench(name, args.steps, batch, args.torch_mode, args.dtype))
     elif kind == 'jax':
-      print(json.dumps(jax_child(name, args.steps, batch, args.dtype, args.loop_rounds)))
+      print(json.dumps(jax_child(name, args.steps, batch, args.dtype)))
     else:
       print(json.dumps(torch_child(name, args.steps, batch, args.torch_mode, args.dtype)))
     return
   variants = args.variants.split(',')
+  unknown = [m for m in args.models.split(',') if m not in BATCH]
+  if unknown:
+    parser.error(f'--models: no benchmark twin for {unknown}; choose from {sorted(BATCH)}.')
+  unknown = [v for v in variants if v not in VARIANTS]
+  if unknown:
+    parser.error(f'--variants: unknown {unknown}; choose from {sorted(VARIANTS)}.')
   info = machine()
   print(f"# train-step throughput on {info['host_cpu']} [{info['isa']}], {info['date']}; "
         f'windows of >= {args.steps} steps and >= {MIN_SECONDS:g} s, {args.repeats} interleaved '
@@ -549,7 +545,8 @@ def main():
       children['pytorch'] = ('torch', name, args.steps, batch, {},
                              (f'--torch_mode={args.torch_mode}', f'--dtype={args.dtype}'))
     results, windows = interleaved(children, args.repeats,
-                                   loop_of='defaults' if 'defaults' in variants else None)
+                                   loop_of='defaults' if 'defaults' in variants else None,
+                                   window_s=MIN_SECONDS)
     row['jax'] = {v: results[v] for v in variants}
     row['pytorch'] = results.get('pytorch')
     row['ratio'] = paired_ratio(windows.get('defaults'), windows.get('pytorch'))

@@ -48,6 +48,7 @@ CPU_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=dot,reduce',)
 # Where the CPU kernels will not run (turned off, or several host devices), XLA runs every layer
 # and YNN's elementwise fusions pay again (ResNet-20: 1.2x, levers.md section 9).
 CPU_FLAGS_XLA_OPS = ('--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce',)
+KERNELS_OFF = ('0', 'none', 'off', 'false', '')  # CNN_JAX_CPU_KERNELS values that turn all off
 # The first jaxlib known to accept the flags above; older ones abort on unknown XLA flags.
 MIN_JAXLIB = (0, 10)
 CACHE_MIN_COMPILE_SECS = '0.1'
@@ -85,8 +86,7 @@ def cpu_flags(xla_flags: str = '') -> tuple[str, ...]:
   """CPU_FLAGS, or CPU_FLAGS_XLA_OPS where the CPU kernels will not be used: turned off
   (`CNN_JAX_CPU_KERNELS=0`) or several forced host devices in `xla_flags` (cnn_jax.kernels.ops
   keeps XLA's ops for programs over several devices)."""
-  kernels_off = os.environ.get('CNN_JAX_CPU_KERNELS', '1').strip().lower() in (
-      '0', 'none', 'off', 'false', '')
+  kernels_off = os.environ.get('CNN_JAX_CPU_KERNELS', '1').strip().lower() in KERNELS_OFF
   devices = re.search(r'--xla_force_host_platform_device_count=(\d+)', xla_flags)
   if kernels_off or (devices and int(devices.group(1)) > 1):
     return CPU_FLAGS_XLA_OPS

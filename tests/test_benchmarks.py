@@ -59,3 +59,12 @@ def test_paired_ratio_is_the_median_of_the_rounds_ratios():
   # Round by round 2.0, 1.0, 1.5: median 1.5 (the ratio of the medians would be 1.6 / 1 here).
   assert train_step.paired_ratio([2.0, 1.6, 1.5], [1.0, 1.6, 1.0]) == 1.5
   assert train_step.paired_ratio([1.0], None) is None
+
+
+@pytest.mark.parametrize('argv,message', [(['--models=nope'], 'no benchmark twin'),
+                                          (['--variants=foo'], 'unknown')])
+def test_unknown_model_or_variant_is_a_usage_error(argv, message, monkeypatch, capsys):
+  monkeypatch.setattr('sys.argv', ['train_step'] + argv)
+  with pytest.raises(SystemExit) as e:
+    train_step.main()
+  assert e.value.code == 2 and message in capsys.readouterr().err

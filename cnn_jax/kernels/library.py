@@ -61,7 +61,7 @@ def requested() -> frozenset[str]:
   value = os.environ.get(ENV, '1').strip().lower()
   if value in ('1', 'all', 'on', 'true'):
     return frozenset(KERNELS)
-  if value in ('0', 'none', 'off', 'false', ''):
+  if value in xla_setup.KERNELS_OFF:
     return frozenset()
   names = frozenset(n.strip() for n in value.split(',') if n.strip())
   unknown = sorted(names - set(KERNELS))
