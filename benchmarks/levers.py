@@ -29,6 +29,8 @@
    alternating).
 10. The order of LeNet-5's activation and max pooling (the same function either way), alternating
    in one process.
+11. The convolutions' kernel gradient: oneDNN's or cnn_jax/kernels/conv_kernel_gradient.h's, in
+   the ResNets' training steps (processes side by side, taking turns).
 The project keeps a lever only where it pays (cnn_jax/xla_setup.py says which are on).
 """
 from __future__ import annotations
@@ -359,16 +361,22 @@ def fusion_steps(steps: int, rounds: int = 3) -> dict:
   return out
 
 
-def _fusion_section(steps: dict, rounds: int) -> str:
+def _variant_rows(steps: dict) -> list[list[str]]:
+  """Table rows (model, variant, windows, median, paired ratio to the model's first variant)."""
   import statistics  # pylint: disable=g-import-not-at-top
   from benchmarks import train_step as ts  # pylint: disable=g-import-not-at-top
-  from cnn_jax import report, xla_setup  # pylint: disable=g-import-not-at-top
   rows = []
   for model, variants in steps.items():
     first = next(iter(variants.values()))
     for label, ips in variants.items():
       rows.append([model, label, ' / '.join(f'{v:,.0f}' for v in ips),
                    f'{statistics.median(ips):,.0f}', f'{ts.paired_ratio(ips, first):.2f}x'])
+  return rows
+
+
+def _fusion_section(steps: dict, rounds: int) -> str:
+  from cnn_jax import report, xla_setup  # pylint: disable=g-import-not-at-top
+  rows = _variant_rows(steps)
   default = xla_setup.CPU_FLAGS[0].split('=')[1]
   without = xla_setup.CPU_FLAGS_XLA_OPS[0].split('=')[1]
   return f"""## 9. YNN fusion types with the CPU kernels on
@@ -387,6 +395,40 @@ BatchNorm in cnn_jax's kernels, what is left for YNN's elementwise fusions is sm
 work on the model's own layouts (a bias add, a ReLU, the input's conversion and normalisation on
 maps with 1 to 16 channels), which YNNPACK runs slower than XLA's own loop fusions: one LeNet-5
 step spent 0.84 ms converting and normalising a 64x32x32x1 uint8 batch (XLA: ~0.05 ms).
+"""
+
+
+# (label, environment) of section 11's variants; the first is the reference.
+KERNEL_GRADIENT_VARIANTS = (('oneDNN (jit:avx2)', {'CNN_JAX_CONV_KERNEL_GRADIENT': 'onednn'}),
+                            ('direct AVX2 (project default)', {}))
+KERNEL_GRADIENT_MODELS = ('resnet20', 'resnet56', 'plain56')
+
+
+def kernel_gradient_steps(steps: int, rounds: int = 3) -> dict:
+  """Per model: each kernel-gradient variant's images/s windows, taking turns (as section 9)."""
+  from benchmarks import train_step as ts  # pylint: disable=g-import-not-at-top
+  return {model: ts.interleaved({label: ('jax', model, steps, ts.BATCH[model], env)
+                                 for label, env in KERNEL_GRADIENT_VARIANTS}, rounds)[1]
+          for model in KERNEL_GRADIENT_MODELS}
+
+
+def _kernel_gradient_section(steps: dict, rounds: int) -> str:
+  from cnn_jax import report  # pylint: disable=g-import-not-at-top
+  return f"""## 11. The convolutions' kernel gradient: oneDNN or direct AVX2
+
+Training steps, images/s (batch 128), project defaults except the kernel gradient of stride-1
+convolutions with 8 or more input channels and output channels in 8s: oneDNN's (`jit:avx2` on
+this CPU; `CNN_JAX_CONV_KERNEL_GRADIENT=onednn`) or cnn_jax/kernels/conv_kernel_gradient.h (for
+each kernel tap, a register-blocked product of the input and output-gradient rows that the tap
+pairs, no padded copies). The variants run side by side and take turns (as in section 9),
+{rounds} rounds; the last column is the median of the rounds' ratios to the first row:
+
+{report.markdown_table(['model', 'kernel gradient', 'images/s, each window', 'median',
+                        'vs first row'], _variant_rows(steps))}
+
+Kept on AVX2 CPUs without AVX-512 (oneDNN has AVX-512 kernels there; not measured), for 8 input
+channels or more (with 3, as in a CIFAR stem, oneDNN's was faster). The kernel gradient was the
+largest share of a ResNet step's op time (benchmarks.profile_step).
 """
 
 
@@ -599,7 +641,7 @@ def main():
   parser.add_argument('--small_map_child', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--kernels_child', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--act_pool_child', action='store_true', help=argparse.SUPPRESS)
-  parser.add_argument('--rounds', type=int, default=3, help='rounds of sections 8 and 9')
+  parser.add_argument('--rounds', type=int, default=3, help='rounds of sections 8 to 11')
   parser.add_argument('--sections', default='1,2,3,4,5,6,7,8', help='which levers to measure')
   args = parser.parse_args()
   if args.layers_child:
@@ -765,6 +807,9 @@ LeNet-5, whose C5 has a 1x1 output; the parameters and the layer's values are un
   if '10' in sections:
     parts.append(_act_pool_section(_child(['--act_pool_child', f'--steps={args.steps}',
                                            f'--rounds={args.rounds}'])))
+  if '11' in sections:
+    parts.append(_kernel_gradient_section(kernel_gradient_steps(args.steps, args.rounds),
+                                          args.rounds))
   text = '\n'.join(parts)
   print(text)
   if args.out:

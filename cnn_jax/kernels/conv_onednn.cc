@@ -19,6 +19,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "conv_kernel_gradient.h"
 #include "oneapi/dnnl/dnnl.hpp"
 #include "parallel_for.h"
 #include "xla/ffi/api/ffi.h"
@@ -243,9 +244,40 @@ ffi::Error RunActivations(Kind kind, ffi::ThreadPool& pool, const Geometry& g, f
   return ffi::Error::Success();
 }
 
+#ifdef CNN_JAX_DIRECT_KERNEL_GRADIENT
+// Kernel gradient by conv_kernel_gradient.h: per-piece partial gradients in HWIO, summed in
+// piece order.
+void RunWeightsDirect(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy,
+                      float* dw) {
+  const cnn_jax::KernelGradientGeometry kg{g.src[2], g.src[3], g.src[1], g.weights[2],
+                                           g.weights[3], g.weights[0], g.dst[2], g.dst[3],
+                                           g.pad_l[0], g.pad_l[1], g.dilates[0] + 1,
+                                           g.dilates[1] + 1};
+  const int64_t n = g.src[0], floats = kg.kh * kg.kw * kg.c * kg.k;
+  const int64_t cap = std::max<int64_t>(1, kMaxPartialBytes / (floats * sizeof(float)));
+  Pieces pieces(n, std::min(Workers(pool), cap));
+  std::vector<float> partial(pieces.count * floats, 0.f);
+  cnn_jax::ParallelFor(pool, pieces.count, pieces.count, [&](int64_t i) {
+    const int64_t n0 = i * pieces.per;
+    cnn_jax::KernelGradient(kg, x, dy, partial.data() + i * floats, n0, n0 + pieces.Size(i, n));
+  });
+  std::memcpy(dw, partial.data(), floats * sizeof(float));
+  for (int64_t i = 1; i < pieces.count; ++i) {
+    const float* part = partial.data() + i * floats;
+    for (int64_t j = 0; j < floats; ++j) dw[j] += part[j];
+  }
+}
+#endif
+
 // Kernel gradient: per-piece partial gradients in oneDNN's layout, summed, reordered to HWIO.
 ffi::Error RunWeights(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy,
                       float* dw) {
+#ifdef CNN_JAX_DIRECT_KERNEL_GRADIENT
+  if (cnn_jax::DirectKernelGradientWanted() && cnn_jax::DirectKernelGradientApplies(g.strides[0], g.strides[1], g.src[1], g.weights[0])) {
+    RunWeightsDirect(pool, g, x, dy, dw);
+    return ffi::Error::Success();
+  }
+#endif
   OneThread();
   const int64_t n = g.src[0];
   auto whole = Get(Kind::kBackwardWeights, g);

@@ -49,7 +49,7 @@ KERNELS = {
                                               'CnnJaxBatchNormAddReluForward',
                                               'CnnJaxBatchNormAddReluBackward')),
 }
-HEADERS = ('parallel_for.h',)
+HEADERS = ('parallel_for.h', 'conv_kernel_gradient.h')
 
 
 class Unavailable(RuntimeError):
