@@ -417,7 +417,7 @@ def _kernel_gradient_section(steps: dict, rounds: int) -> str:
   return f"""## 11. The convolutions' kernel gradient: oneDNN or direct AVX2
 
 Training steps, images/s (batch 128), project defaults except the kernel gradient of stride-1
-convolutions with 8 or more input channels and output channels in 8s: oneDNN's (`jit:avx2` on
+convolutions with 12 or more input channels and output channels in 8s: oneDNN's (`jit:avx2` on
 this CPU; `CNN_JAX_CONV_KERNEL_GRADIENT=onednn`) or cnn_jax/kernels/conv_kernel_gradient.h (for
 each kernel tap, a register-blocked product of the input and output-gradient rows that the tap
 pairs, no padded copies). The variants run side by side and take turns (as in section 9),
@@ -426,8 +426,8 @@ pairs, no padded copies). The variants run side by side and take turns (as in se
 {report.markdown_table(['model', 'kernel gradient', 'images/s, each window', 'median',
                         'vs first row'], _variant_rows(steps))}
 
-Kept on AVX2 CPUs without AVX-512 (oneDNN has AVX-512 kernels there; not measured), for 8 input
-channels or more (with 3, as in a CIFAR stem, oneDNN's was faster). The kernel gradient was the
+Kept on AVX2 CPUs without AVX-512 (oneDNN has AVX-512 kernels there; not measured), for 12 input
+channels or more (with 3, as in a CIFAR stem, or 8, oneDNN's was faster). The kernel gradient was the
 largest share of a ResNet step's op time (benchmarks.profile_step).
 """
 

@@ -69,13 +69,13 @@ def test_kernels_build_and_load_here():
     ((2, 17, 15, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3)), (1, 1)),  # an ImageNet stem
     ((2, 12, 12, 3), (5, 3, 3, 4), (2, 1), ((2, 0), (1, 3)), (2, 1)),  # asymmetric, dilated
     ((1, 6, 6, 4), (3, 3, 4, 4), (3, 3), ((0, 2), (1, 0)), (1, 2)),
-    # Stride 1, output channels in 8s, 8 input channels or more: on AVX2 CPUs the kernel
+    # Stride 1, output channels in 8s, 12 input channels or more: on AVX2 CPUs the kernel
     # gradient comes from conv_kernel_gradient.h (16- and 8-wide blocks, ragged channel blocks,
     # taps that miss the image entirely).
-    ((4, 9, 11, 8), (3, 3, 8, 16), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    ((4, 9, 11, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)), (1, 1)),
     ((3, 10, 9, 13), (3, 5, 13, 24), (1, 1), ((2, 0), (1, 3)), (2, 1)),
     ((2, 7, 7, 20), (1, 1, 20, 8), (1, 1), ((0, 0), (0, 0)), (1, 1)),
-    ((2, 6, 6, 8), (3, 3, 8, 8), (1, 1), ((3, 3), (0, 1)), (1, 1)),
+    ((2, 6, 6, 12), (3, 3, 12, 8), (1, 1), ((3, 3), (0, 1)), (1, 1)),
 ])
 def test_conv2d_matches_lax_values_and_gradients(x_shape, k_shape, strides, padding, dilation):
   x = jax.random.normal(jax.random.key(0), x_shape)

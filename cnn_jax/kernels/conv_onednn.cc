@@ -273,7 +273,8 @@ void RunWeightsDirect(ffi::ThreadPool& pool, const Geometry& g, const float* x, 
 ffi::Error RunWeights(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy,
                       float* dw) {
 #ifdef CNN_JAX_DIRECT_KERNEL_GRADIENT
-  if (cnn_jax::DirectKernelGradientWanted() && cnn_jax::DirectKernelGradientApplies(g.strides[0], g.strides[1], g.src[1], g.weights[0])) {
+  if (cnn_jax::DirectKernelGradientWanted() &&
+      cnn_jax::DirectKernelGradientApplies(g.strides[0], g.strides[1], g.src[1], g.weights[0])) {
     RunWeightsDirect(pool, g, x, dy, dw);
     return ffi::Error::Success();
   }
