@@ -20,9 +20,10 @@
   time_to_accuracy.py, target 85% test accuracy): all 50k training images (no validation
   split: the test curve is the measurement), 20 epochs, lr 0.1 cosine to 0, weight decay 5e-4,
   test evaluation every epoch, no training-set curve or gradient diagnostics. On a 2-core AVX2
-  EPYC (CPU kernels, jemalloc; 2026-12-06) it reached 85.2% after 18 epochs in 40 min and ended
-  at 85.42% in 45 min (benchmarks/results/time_to_accuracy_resnet20.json); 15 epochs had ended
-  at 84.78%, just short (2026-12-03).
+  EPYC (CPU kernels with the direct kernel gradient, jemalloc; 2026-12-06) it reached 85.0%
+  after 17 epochs in 32 min and ended at 86.05% in 38 min
+  (benchmarks/results/time_to_accuracy_resnet20.json; before the direct kernel gradient: 85.2%
+  after 18 epochs in 40 min); 15 epochs had ended at 84.78%, just short (2026-12-03).
 
 The lecture (notes 003) gives weight decay 1e-5 for ImageNet ResNets; He et al. use 1e-4, kept.
 The data default to the offline JPEG copy, `../shared/data/cifar10-jpeg` beside the repository
