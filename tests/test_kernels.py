@@ -244,6 +244,16 @@ def test_environment_variable_picks_kernels(value, expected, monkeypatch):
   assert library.requested() == expected
 
 
+def test_kernel_gradient_choice_is_checked(monkeypatch):
+  for value in library.KERNEL_GRADIENT_CHOICES:
+    monkeypatch.setenv(library.KERNEL_GRADIENT_ENV, value)
+    assert library.requested() == set(library.KERNELS)
+  monkeypatch.setenv(library.KERNEL_GRADIENT_ENV, 'oneDNN')
+  with pytest.raises(ValueError,
+                     match=r"CNN_JAX_CONV_KERNEL_GRADIENT='oneDNN'.*'direct', 'onednn'"):
+    library.requested()
+
+
 def test_environment_variable_names_unknown_kernels(monkeypatch):
   monkeypatch.setenv(library.ENV, 'conv2d,batchnorm')
   with pytest.raises(ValueError, match=r"unknown kernels \['batchnorm'\].*'batch_norm'"):

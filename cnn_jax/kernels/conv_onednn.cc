@@ -244,6 +244,15 @@ ffi::Error RunActivations(Kind kind, ffi::ThreadPool& pool, const Geometry& g, f
   return ffi::Error::Success();
 }
 
+// partial[0] += partial[1] + ... + partial[count - 1] (each `floats` long), in piece order, so the
+// kernel gradient does not depend on which thread ran which piece.
+void SumPieces(float* partial, int64_t count, int64_t floats) {
+  for (int64_t i = 1; i < count; ++i) {
+    const float* part = partial + i * floats;
+    for (int64_t j = 0; j < floats; ++j) partial[j] += part[j];
+  }
+}
+
 #ifdef CNN_JAX_DIRECT_KERNEL_GRADIENT
 // Kernel gradient by conv_kernel_gradient.h: per-piece partial gradients in HWIO, summed in
 // piece order.
@@ -261,11 +270,8 @@ void RunWeightsDirect(ffi::ThreadPool& pool, const Geometry& g, const float* x, 
     const int64_t n0 = i * pieces.per;
     cnn_jax::KernelGradient(kg, x, dy, partial.data() + i * floats, n0, n0 + pieces.Size(i, n));
   });
+  SumPieces(partial.data(), pieces.count, floats);
   std::memcpy(dw, partial.data(), floats * sizeof(float));
-  for (int64_t i = 1; i < pieces.count; ++i) {
-    const float* part = partial.data() + i * floats;
-    for (int64_t j = 0; j < floats; ++j) dw[j] += part[j];
-  }
 }
 #endif
 
@@ -300,11 +306,8 @@ ffi::Error RunWeights(ffi::ThreadPool& pool, const Geometry& g, const float* x, 
                                  {DNNL_ARG_SCRATCHPAD, ScratchMemory(p)}});
     stream.wait();
   });
+  SumPieces(partial.data(), pieces.count, floats);
   float* sum = partial.data();
-  for (int64_t i = 1; i < pieces.count; ++i) {
-    const float* part = partial.data() + i * floats;
-    for (int64_t j = 0; j < floats; ++j) sum[j] += part[j];
-  }
   memory::desc user = UserWeights(g.weights);
   if (first->reorder) {
     memory blocked(first->weights, Engine(), sum);

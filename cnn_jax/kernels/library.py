@@ -30,6 +30,9 @@ import warnings
 from cnn_jax import xla_setup
 
 ENV = 'CNN_JAX_CPU_KERNELS'  # "1"/unset: all kernels; "0": none; or a comma list of names
+# The convolutions' kernel gradient on AVX2 CPUs (conv_kernel_gradient.h); read by the C++ kernel.
+KERNEL_GRADIENT_ENV = 'CNN_JAX_CONV_KERNEL_GRADIENT'
+KERNEL_GRADIENT_CHOICES = ('direct', 'onednn')
 HERE = pathlib.Path(__file__).resolve().parent
 ONEDNN = ('onednn-cpu-gomp', 'onednn-devel-cpu-gomp')  # runtime library, headers
 ONEDNN_PIN = '2023.2.0'
@@ -57,7 +60,13 @@ class Unavailable(RuntimeError):
 
 
 def requested() -> frozenset[str]:
-  """The kernels `CNN_JAX_CPU_KERNELS` asks for (all by default)."""
+  """The kernels `CNN_JAX_CPU_KERNELS` asks for (all by default); also checks
+  `CNN_JAX_CONV_KERNEL_GRADIENT`, which the C++ kernel reads (a typo would go unnoticed there)."""
+  gradient = os.environ.get(KERNEL_GRADIENT_ENV)
+  if gradient is not None and gradient not in KERNEL_GRADIENT_CHOICES:
+    raise ValueError(f'{KERNEL_GRADIENT_ENV}={gradient!r}: use one of '
+                     f'{list(KERNEL_GRADIENT_CHOICES)} (direct, the default, is cnn_jax\'s AVX2 '
+                     'kernel gradient where it applies; onednn keeps oneDNN\'s everywhere).')
   value = os.environ.get(ENV, '1').strip().lower()
   if value in ('1', 'all', 'on', 'true'):
     return frozenset(KERNELS)
