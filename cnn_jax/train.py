@@ -297,6 +297,10 @@ class Run:
                self.p_evaluate[split](state, *arrays))
     return {k: parallel.host_scalar(v) for k, v in metrics.items()}
 
+  def wall_time(self) -> float:
+    """The run's wall time up to now, summed over resumes."""
+    return self.book.wall_seconds + time.time() - self.last_tick
+
   def tick(self) -> None:
     """Adds the wall time since the last tick to the run's total, which survives resumes."""
     now = time.time()
@@ -582,7 +586,8 @@ def eval_point(run: Run, state: TrainState, done: int, epoch: int, bar=None) -> 
   if 'train_eval' in run.eval_arrays:
     writer.write(done, 'train_eval', run.evaluate('train_eval', state))
   if config.eval_test_curve and 'test' in run.eval_arrays:
-    writer.write(done, 'test_curve', run.evaluate('test', state))
+    # wall_time_s: the run's wall time so far, summed over resumes (time to accuracy).
+    writer.write(done, 'test_curve', {**run.evaluate('test', state), 'wall_time_s': run.wall_time()})
   if run.diagnose is not None:
     writer.write(done, 'diagnostics', run.diagnose(state))
   if 'val' not in run.eval_arrays:

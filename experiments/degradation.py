@@ -33,7 +33,8 @@ def define_flags() -> None:
   flags.DEFINE_enum('preset', 'cpu', ['', *cifar_resnet.PRESETS],
                     'Protocol of configs/cifar_resnet.py ("" = the recipe, 45k/5k split).')
   flags.DEFINE_list('models', ['plain20', 'plain56', 'resnet20', 'resnet56'],
-                    'Any of plain{20,32,44,56,110}, resnet{20,32,44,56,110}.')
+                    'Runs: any of plain{20,32,44,56,110}, resnet{20,32,44,56,110}, each with an '
+                    'optional _seed<N> (resnet20_seed1: seed 1 in its own workdir; no suffix: 0).')
   flags.DEFINE_string('workdir', None, 'Default: workdirs/degradation_<preset>.')
   flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
   flags.DEFINE_bool('report_only', False, 'Only write the report from the workdirs.')
@@ -49,8 +50,19 @@ PAPER_PARAMS = {'resnet20': '0.27M', 'resnet32': '0.46M', 'resnet44': '0.66M',
 RECORDS = ('results.json', 'metrics.jsonl', 'config.json')
 
 
-def model_config(model: str, preset: str, overrides: list[str]):
+def parse_run(name: str) -> tuple[str, int]:
+  """'resnet20_seed2' -> ('resnet20', 2); 'resnet20' -> ('resnet20', 0)."""
+  model, sep, seed = name.partition('_seed')
+  if model not in cifar_resnet.MODELS or (sep and not seed.isdigit()):
+    raise ValueError(f'Unknown run {name!r}: use a model of {", ".join(cifar_resnet.MODELS)}, '
+                     'optionally followed by _seed<N>.')
+  return model, int(seed or 0)
+
+
+def model_config(name: str, preset: str, overrides: list[str]):
+  model, seed = parse_run(name)
   config = cifar_resnet.get_config(f'{model},{preset}' if preset else model)
+  config.seed = seed
   for item in overrides:
     key, sep, value = item.partition('=')
     if not sep:
@@ -66,8 +78,8 @@ def model_config(model: str, preset: str, overrides: list[str]):
   return config
 
 
-def depth(model: str) -> int:
-  return int(model.lstrip('plainresnet'))
+def depth(name: str) -> int:
+  return int(parse_run(name)[0].lstrip('plainresnet'))
 
 
 def load_run(run_dir: pathlib.Path) -> dict | None:
@@ -378,9 +390,11 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.setup_process()
   preset, models = FLAGS.preset, FLAGS.models
-  unknown = [m for m in models if m not in cifar_resnet.MODELS]
-  if unknown:
-    raise app.UsageError(f'Unknown model(s) {unknown}; choose from {cifar_resnet.MODELS}.')
+  for name in models:
+    try:
+      parse_run(name)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
   workdir = pathlib.Path(FLAGS.workdir or ROOT / 'workdirs' / f"degradation_{preset or 'recipe'}")
   workdir.mkdir(parents=True, exist_ok=True)
   configs = {m: model_config(m, preset, FLAGS.set) for m in models}  # fail before training

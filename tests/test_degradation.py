@@ -73,10 +73,27 @@ def test_config_presets_scale_the_paper_schedule():
   assert cifar_resnet.get_config('resnet20,paper').data.validation_size == 0
   cpu = cifar_resnet.get_config('resnet56,cpu')
   assert cpu.lr_boundaries == (cpu.num_steps // 2, cpu.num_steps * 3 // 4)
+  quarter = cifar_resnet.get_config('resnet56,quarter')
+  assert (quarter.num_steps, quarter.lr_boundaries) == (16_000, (8_000, 12_000))
+  assert (quarter.batch_size, quarter.learning_rate, quarter.momentum, quarter.weight_decay) == (
+      128, 0.1, 0.9, 1e-4)
+  assert quarter.data.validation_size == 0 and quarter.data.random_crop_padding == 4
+  assert quarter.eval_test_curve and quarter.data.horizontal_flip
   with pytest.raises(ValueError, match='Unknown model'):
     cifar_resnet.get_config('resnet21')
   with pytest.raises(ValueError, match='Unknown preset'):
     cifar_resnet.get_config('resnet20,fast')
+
+
+def test_run_names_carry_their_seed():
+  from experiments import degradation
+  assert degradation.parse_run('resnet20') == ('resnet20', 0)
+  assert degradation.parse_run('resnet20_seed2') == ('resnet20', 2)
+  assert degradation.model_config('plain56_seed1', 'toy', []).seed == 1
+  assert degradation.depth('resnet56_seed3') == 56
+  for bad in ('resnet21', 'resnet20_seed', 'resnet20_seedx'):
+    with pytest.raises(ValueError, match='Unknown run'):
+      degradation.parse_run(bad)
 
 
 def test_claim_checks_compare_the_right_numbers():

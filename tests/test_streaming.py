@@ -33,7 +33,7 @@ def _config(data_dir, pipeline):
 def _curves(workdir):
   records = read_metrics(workdir / 'metrics.jsonl')
   return {(r['split'], r['step']): {k: v for k, v in r.items()
-                                    if k not in ('time', 'images_per_s', 'split', 'step')}
+                                    if k not in ('time', 'wall_time_s', 'images_per_s', 'split', 'step')}
           for r in records}
 
 
