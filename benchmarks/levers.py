@@ -16,10 +16,10 @@
 5. bfloat16 compute (float32 parameters): whether this host has native bfloat16
    (cnn_jax.precision) and what `config.dtype='bfloat16'` does to the step.
 6. Max pooling: `flax.linen.max_pool` (reduce_window; XLA's select_and_scatter backward) against
-   cnn_jax.models.pooling.max_pool (same forward, a backward of phase masks), per layer and in
+   cnn_jax.kernels.pooling.max_pool (same forward, a backward of phase masks), per layer and in
    the training steps of the CIFAR zoo's pooled models, alternating in one process.
 7. Convolutions of maps smaller than the kernel (VGG's last stage on 32x32 inputs) or with a 1x1
-   output (LeNet-5's C5): XLA's convolution against cnn_jax.models.conv's im2col or dense
+   output (LeNet-5's C5): XLA's convolution against cnn_jax.kernels.conv's im2col or dense
    product, per layer and in VGG's and LeNet-5's steps.
 8. The CPU kernels (cnn_jax/kernels: oneDNN convolutions, BatchNorm+ReLU) against XLA's ops, per
    layer (ResNet-20's shapes, alternating in one process), and with glibc's huge pages in the
@@ -36,6 +36,7 @@ The project keeps a lever only where it pays (cnn_jax/xla_setup.py says which ar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -183,14 +184,13 @@ POOL_MODELS = (('vgg11_bn_cifar', 64), ('alexnet_cifar', 64))
 
 def pool_child(steps: int, rounds: int = 2) -> dict:
   """Per-layer forward and forward+backward milliseconds, and the pooled models' step images/s,
-  with flax.linen.max_pool and with cnn_jax.models.pooling.max_pool."""
+  with flax.linen.max_pool and with cnn_jax.kernels.pooling.max_pool."""
   import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from benchmarks import train_step as ts  # pylint: disable=g-import-not-at-top
-  from cnn_jax.models import (alexnet, cifar_zoo, layers, pooling,  # pylint: disable=g-import-not-at-top
-                              vgg)
+  from cnn_jax.kernels import layer_set, pooling  # pylint: disable=g-import-not-at-top
 
   def bench(f, x, n=10):
     f = jax.jit(f)
@@ -211,18 +211,16 @@ def pool_child(steps: int, rounds: int = 2) -> dict:
       f = lambda x, pool=pool: pool(x, (k, k), (s, s), pad)
       row += [bench(f, x), bench(jax.grad(lambda x, f=f: jnp.sum(f(x) * w)), x)]
     layer_rows.append(row)
-  modules = (alexnet, cifar_zoo, layers, vgg)
   step = {model: {label: [] for label in variants} for model, _ in POOL_MODELS}
+  for_config = layer_set.for_config
   try:
     for _ in range(rounds):
       for label, pool in variants.items():
-        for m in modules:
-          m.max_pool = pool
+        layer_set.for_config = lambda c, pool=pool: dataclasses.replace(for_config(c), max_pool=pool)
         for model, batch in POOL_MODELS:
           step[model][label].append(ts.jax_child(model, steps, batch)['images_per_s'])
   finally:
-    for m in modules:
-      m.max_pool = pooling.max_pool
+    layer_set.for_config = for_config
   return {'layers': layer_rows, 'steps': step}
 
 
@@ -240,7 +238,7 @@ def small_map_child(steps: int, rounds: int = 2) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax import lax  # pylint: disable=g-import-not-at-top
   from benchmarks import train_step as ts  # pylint: disable=g-import-not-at-top
-  from cnn_jax.models import conv  # pylint: disable=g-import-not-at-top
+  from cnn_jax.kernels import conv  # pylint: disable=g-import-not-at-top
 
   def bench(f, *args, n=5):
     f = jax.jit(f)
@@ -769,7 +767,7 @@ Training step (batch 64, CIFAR-10 pipeline), images/s, alternating runs:
 {report.markdown_table(['model', 'flax.linen.max_pool', 'cnn_jax pooling.max_pool', 'speed-up'],
                        step_rows)}
 
-Kept: cnn_jax.models.pooling.max_pool in every model. It has nn.max_pool's forward and exactly
+Kept: cnn_jax.kernels.pooling.max_pool in every model. It has nn.max_pool's forward and exactly
 its gradient (the first maximum of each window, ties included; tests/test_pooling.py), so
 training is unchanged; only the backward is formulated differently.
 """)
@@ -781,7 +779,7 @@ training is unchanged; only the backward is formulated differently.
     step_rows = _before_after_rows(small['steps'])
     parts.append(f"""## 7. Convolutions of maps smaller than the kernel, or with a 1x1 output
 
-Per layer (batch 64), milliseconds; "path" is what cnn_jax.models.conv chooses (im2col where a
+Per layer (batch 64), milliseconds; "path" is what cnn_jax.kernels.conv chooses (im2col where a
 map is smaller than the kernel, one dense matrix product where the output is 1x1):
 
 {report.markdown_table(['layer', 'path', 'XLA forward', 'XLA fwd + both grads',
@@ -794,10 +792,10 @@ alternating runs:
 {report.markdown_table(['model', 'lax.conv_general_dilated', 'cnn_jax conv', 'speed-up'],
                        step_rows)}
 
-Kept: `nn.Conv(conv_general_dilated=cnn_jax.models.conv.conv_general_dilated)` in the VGGs, the
+Kept: `cnn_jax.kernels.conv.conv_general_dilated` (the CPU layer set's convolution) in the VGGs, the
 only zoo models with maps smaller than their kernels (2x2 in stage 5 on 32x32 inputs), and in
 LeNet-5, whose C5 has a 1x1 output; the parameters and the layer's values are unchanged
-(tests/test_conv.py).
+(tests/test_kernels_conv.py).
 """)
   if '8' in sections:
     parts.append(_kernel_sections(_child(['--kernels_child', f'--rounds={args.rounds}']),

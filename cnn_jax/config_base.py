@@ -14,6 +14,8 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from cnn_jax import xla_setup
+
 SCHEDULES = ('constant', 'step', 'cosine', 'plateau')
 OPTIMIZERS = ('sgd', 'adamw')
 # 'bundled': files shipped in data/; 'tfds': tensorflow-datasets; 'folder': an image folder
@@ -24,6 +26,8 @@ UNITS = ('epochs', 'steps')
 METRICS = ('val_loss', 'val_accuracy')
 DTYPES = ('float32', 'bfloat16', 'float16', 'auto')
 TRAINABLE = ('all', 'last_stage', 'head')  # config.trainable (cnn_jax.transfer)
+CPU_KERNEL_NAMES = ('conv2d', 'batch_norm')  # cnn_jax.kernels.library.KERNELS
+CPU_KERNELS = ('auto', 'on', 'off')  # config.cpu_kernels, or a comma list of CPU_KERNEL_NAMES
 
 
 class ConfigError(ValueError):
@@ -118,6 +122,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100  # train metrics to the progress bar, JSON lines and TensorBoard
   c.progress_bar = True  # tqdm bar with loss, accuracy, images/s and ETA
   c.seed = 0  # parameter init, data order and dropout
+  # The layer set on a CPU (cnn_jax.kernels.layer_set): 'auto' = the CPU kernels that build here,
+  # 'on' = all of them or an error, 'off' = JAX's own ops (as on every other platform), or a
+  # comma list of kernels ('conv2d', 'batch_norm'). Default: CNN_JAX_CPU_KERNELS, else 'auto'.
+  c.cpu_kernels = xla_setup.cpu_kernels_default()
 
   # Distributed.
   c.distributed = False  # call jax.distributed.initialize() (multi-host); env vars give the cluster
@@ -162,6 +170,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("config.lr_schedule='step' needs config.lr_boundaries, e.g. (30, 60).")
   _check_model(config.model, config.model_kwargs)
   _check_dataset(config.data.dataset)
+  check_cpu_kernels(config.cpu_kernels)
+
+
+def check_cpu_kernels(value: str) -> tuple[str, ...]:
+  """config.cpu_kernels checked: ('auto',), ('on',), ('off',) or the kernel names it lists."""
+  if value in CPU_KERNELS:
+    return (value,)
+  names = tuple(n.strip() for n in str(value).split(',') if n.strip())
+  unknown = [n for n in names if n not in CPU_KERNEL_NAMES]
+  if unknown or not names:
+    raise ConfigError(f'config.cpu_kernels={value!r} is not valid.{did_you_mean(value, CPU_KERNELS)}'
+                      f' Valid values: {", ".join(map(repr, CPU_KERNELS))} or a comma list of '
+                      f'{", ".join(CPU_KERNEL_NAMES)}.')
+  return names
 
 
 def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:

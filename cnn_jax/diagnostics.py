@@ -41,8 +41,9 @@ def _perturbed_blocks(deltas: dict | None, outputs: dict):
     yield
 
 
-def make_diagnostics_fn(model, preprocess, step_cfg, images: np.ndarray, labels: np.ndarray):
-  """Returns `fn(state) -> {metric: float}` on the fixed batch (images uint8 NHWC, labels int)."""
+def make_diagnostics_fn(apply_fn, preprocess, step_cfg, images: np.ndarray, labels: np.ndarray):
+  """Returns `fn(state) -> {metric: float}` on the fixed batch (images uint8 NHWC, labels int);
+  `apply_fn` is the model's apply."""
   from cnn_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
   x = preprocess(jnp.asarray(images), None, train=False)
   y = jnp.asarray(labels)
@@ -51,7 +52,7 @@ def make_diagnostics_fn(model, preprocess, step_cfg, images: np.ndarray, labels:
   def forward(params, batch_stats, deltas, outputs):
     variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
     with _perturbed_blocks(deltas, outputs):
-      logits, _ = model.apply(variables, x, train=True, mutable=['batch_stats', 'aux_logits'],
+      logits, _ = apply_fn(variables, x, train=True, mutable=['batch_stats', 'aux_logits'],
                               rngs={'dropout': jax.random.key(0)})
     return train.cross_entropy(logits, y, step_cfg.num_classes)  # per example
 

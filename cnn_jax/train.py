@@ -34,7 +34,9 @@ from flax.training import train_state
 from cnn_jax import (checkpointing, config_base, datasets, diagnostics, input_pipeline, models,
                      optim, parallel, precision, report, streaming, tasks, transfer)
 from cnn_jax.config_base import ConfigError
+from cnn_jax.kernels import layer_set as cpu_layer_set
 from cnn_jax.metric_writers import MetricWriter
+from cnn_jax.models import layer_set
 
 # Set by a SIGTERM/SIGINT handler (cnn_jax.cli): the loop saves the latest state and returns.
 STOP_REQUESTED = threading.Event()
@@ -194,12 +196,12 @@ def zero_totals(sharding=None) -> dict:
   return _fresh_totals() if sharding is None else _fresh_totals_on(sharding)()
 
 
-def create_train_state(model, tx, input_shape, rng, sharding) -> TrainState:
+def create_train_state(model, tx, input_shape, rng, sharding, apply_fn=None) -> TrainState:
   """Initialises parameters (in train mode, so train-only heads exist) on every device."""
   def init(rng):
     dummy = jnp.zeros((2,) + tuple(input_shape), jnp.float32)
     variables = model.init({'params': rng, 'dropout': rng}, dummy, train=True)
-    state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+    state = TrainState.create(apply_fn=apply_fn or model.apply, params=variables['params'], tx=tx,
                               batch_stats=variables.get('batch_stats', {}),
                               plateau=optim.PlateauState.create())
     return state.replace(step=jnp.zeros((), jnp.int32))  # strong int32, as after an update
@@ -285,6 +287,7 @@ class Run:
   step_rng: jax.Array
   diagnose: Callable | None = None
   stream: streaming.Stream | None = None  # data.pipeline='stream': batches decoded on the host
+  layers: layer_set.LayerSet = layer_set.STOCK  # what the model computes with (config.cpu_kernels)
   last_tick: float = dataclasses.field(default_factory=time.time)
 
   @property
@@ -409,7 +412,9 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run
   root_rng = jax.random.key(config.seed)
   init_rng, data_rng, step_rng = (jax.random.fold_in(root_rng, i) for i in range(3))
   replicated = parallel.replicated(mesh)
-  state = create_train_state(model, tx, input_shape, init_rng, replicated)
+  layers = cpu_layer_set.for_config(config)  # the CPU kernels, or JAX's own ops
+  state = create_train_state(model, tx, input_shape, init_rng, replicated,
+                             apply_fn=layer_set.bind(model.apply, layers))
   # Transfer learning: source weights under a new head, frozen parts (config.init_from,
   # config.trainable); the workdir's own checkpoint, restored below, takes precedence.
   state = transfer.prepare(config, config.model, model, state, replicated, workdir)
@@ -483,12 +488,13 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run
       writer=writer, replicated=replicated, train_arrays=train_arrays, eval_arrays=eval_arrays,
       p_train_step=parallel.CompiledTogether(p_train_step, 'train_step'),
       p_permutation=p_permutation, p_evaluate=p_evaluate,
-      data_rng=data_rng, step_rng=step_rng, stream=stream)
+      data_rng=data_rng, step_rng=step_rng, stream=stream, layers=layers)
   if config.gradient_diagnostics:
     diag_x, diag_y = (streaming.decode_batch(splits.train, np.arange(config.batch_size))
                       if streamed else
                       (splits.train[0][:config.batch_size], splits.train[1][:config.batch_size]))
-    run.diagnose = diagnostics.make_diagnostics_fn(model, preprocess, step_cfg, diag_x, diag_y)
+    run.diagnose = diagnostics.make_diagnostics_fn(layer_set.bind(model.apply, layers), preprocess,
+                                                   step_cfg, diag_x, diag_y)
     if int(state.step) == 0:
       writer.write(0, 'diagnostics', run.diagnose(state))
   return run, state
@@ -654,6 +660,7 @@ def final_results(run: Run, state: TrainState, command: str | None) -> dict:
       'steps': int(state.step), 'epochs': book.epochs_done, 'steps_per_epoch': run.steps_per_epoch,
       'best_epoch': book.best_epoch, 'best_step': book.best_step,
       'selection_metric': config.selection_metric,
+      'cpu_kernels': config.cpu_kernels, 'layer_set': run.layers.name,
   }
   if best is not None:
     results.update({f'val_{k}': v for k, v in run.evaluate('val', final_state).items()})

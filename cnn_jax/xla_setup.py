@@ -93,6 +93,15 @@ def cpu_flags(xla_flags: str = '') -> tuple[str, ...]:
   return CPU_FLAGS
 
 
+def cpu_kernels_default() -> str:
+  """config.cpu_kernels' default from `CNN_JAX_CPU_KERNELS`: unset or 1/all/on -> 'auto', one of
+  KERNELS_OFF -> 'off', else the comma list it gives (checked by config validation)."""
+  value = os.environ.get('CNN_JAX_CPU_KERNELS', '1').strip().lower()
+  if value in ('1', 'all', 'on', 'true', 'auto'):
+    return 'auto'
+  return 'off' if value in KERNELS_OFF else value
+
+
 def _jaxlib_version() -> tuple[int, ...]:
   try:
     version = importlib.metadata.version('jaxlib')

@@ -28,7 +28,7 @@ from cnn_jax import conv_arithmetic as ca
 from cnn_jax import models
 
 from cnn_jax.models import published
-from cnn_jax.models.pooling import max_pool
+from cnn_jax.models.layer_set import max_pool
 
 PUBLISHED_PARAMS = published.PUBLISHED_PARAMS
 PUBLISHED_GFLOPS = published.PUBLISHED_GFLOPS

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -18,8 +19,12 @@ from jax import lax
 
 from cnn_jax import kernels
 from cnn_jax import models
-from cnn_jax.kernels import library, ops
-from cnn_jax.models import conv
+from cnn_jax.kernels import conv, library, ops
+from cnn_jax.kernels import layer_set as cpu_layer_set
+from cnn_jax.models import layer_set
+
+# flax's Conv on the CPU layer set's convolution.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv.conv_general_dilated)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where the project is meant to run, a missing kernel is a failure, not a skip.
@@ -35,13 +40,9 @@ def _kernels_on(monkeypatch):
 
 @contextlib.contextmanager
 def _xla_only():
-  """The kernels off while tracing (the switch is read at trace time)."""
-  old = os.environ.get(library.ENV)
-  os.environ[library.ENV] = '0'
-  try:
+  """ops' functions take XLA's path while tracing."""
+  with mock.patch.object(ops, 'use_kernel', lambda name: False):
     yield
-  finally:
-    os.environ[library.ENV] = old if old is not None else '1'
 
 
 def _targets(fn, *args) -> str:
@@ -99,7 +100,7 @@ def test_flax_conv_layers_reach_the_kernel_with_same_and_valid_padding():
   x = jax.random.normal(jax.random.key(0), (3, 10, 10, 4))
   for padding in ('SAME', 'VALID', 1, ((2, 1), (0, 3))):
     for strides, dilation in (((1, 1), 1), ((2, 2), 1), ((1, 1), 2)):
-      layer = conv.Conv(6, (3, 3), strides=strides, padding=padding, kernel_dilation=dilation)
+      layer = Conv(6, (3, 3), strides=strides, padding=padding, kernel_dilation=dilation)
       ref = nn.Conv(6, (3, 3), strides=strides, padding=padding, kernel_dilation=dilation).apply
       params = layer.init(jax.random.key(1), x)
       assert 'CnnJaxConv2dForward' in _targets(layer.apply, params, x), (padding, strides)
@@ -108,9 +109,9 @@ def test_flax_conv_layers_reach_the_kernel_with_same_and_valid_padding():
 
 def test_convolutions_the_kernel_does_not_take_stay_with_xla():
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
-  grouped = conv.Conv(4, (3, 3), feature_group_count=2)
+  grouped = Conv(4, (3, 3), feature_group_count=2)
   transposed = nn.ConvTranspose(4, (2, 2), strides=(2, 2))
-  bfloat16 = conv.Conv(4, (3, 3), dtype=jnp.bfloat16)
+  bfloat16 = Conv(4, (3, 3), dtype=jnp.bfloat16)
   for layer, inputs in ((grouped, x), (transposed, x), (bfloat16, x)):
     params = layer.init(jax.random.key(1), inputs)
     assert 'CnnJax' not in _targets(layer.apply, params, inputs)
@@ -202,20 +203,23 @@ def test_vmap_maps_one_call_per_element():
 
 
 def test_resnet_training_step_gradients_match_xla():
+  """The CPU layer set's training step against the stock set's (JAX's own ops)."""
   model = models.create('resnet8', num_classes=10)
   x = jax.random.normal(jax.random.key(0), (6, 32, 32, 3))
   variables = model.init(jax.random.key(1), x, train=False)
 
-  def loss(params):
-    logits, _ = model.apply({**variables, 'params': params}, x, train=True,
-                            mutable=['batch_stats'])
+  def loss(params, layers):
+    with layer_set.using(layers):
+      logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                              mutable=['batch_stats'])
     return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
 
-  got = jax.jit(jax.value_and_grad(loss))(variables['params'])
-  with _xla_only():
-    want = jax.jit(jax.value_and_grad(loss))(variables['params'])
-    assert 'CnnJax' not in _targets(jax.value_and_grad(loss), variables['params'])
-  assert 'CnnJaxConv2dForward' in _targets(jax.value_and_grad(loss), variables['params'])
+  cpu, stock = (functools.partial(loss, layers=cpu_layer_set.cpu_layers()),
+                functools.partial(loss, layers=layer_set.STOCK))
+  got = jax.jit(jax.value_and_grad(cpu))(variables['params'])
+  want = jax.jit(jax.value_and_grad(stock))(variables['params'])
+  assert 'CnnJax' not in _targets(jax.value_and_grad(stock), variables['params'])
+  assert 'CnnJaxConv2dForward' in _targets(jax.value_and_grad(cpu), variables['params'])
   _close(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -309,3 +313,26 @@ def test_command_line_builds_and_reports():
 
 def test_package_exports():
   assert kernels.ENV == 'CNN_JAX_CPU_KERNELS' and set(kernels.KERNELS) == {'conv2d', 'batch_norm'}
+
+
+def test_config_chooses_the_layer_set():
+  from cnn_jax import config_base  # pylint: disable=g-import-not-at-top
+  config = config_base.base_config()
+  for value, want in (('off', layer_set.STOCK),
+                      ('auto', cpu_layer_set.cpu_layers(frozenset({'conv2d', 'batch_norm'}))),
+                      ('on', cpu_layer_set.cpu_layers(frozenset({'conv2d', 'batch_norm'}))),
+                      (' batch_norm', cpu_layer_set.cpu_layers(frozenset({'batch_norm'})))):
+    config.cpu_kernels = value
+    assert cpu_layer_set.for_config(config) is want, value
+  config.cpu_kernels = 'yes'
+  with pytest.raises(config_base.ConfigError, match=r"cpu_kernels='yes'.*'auto', 'on', 'off'"):
+    config_base.validate(config)
+  with pytest.raises(config_base.ConfigError, match=r"batchnorm"):
+    config_base.check_cpu_kernels('conv2d,batchnorm')
+
+
+def test_environment_variable_sets_the_default_of_the_config_key(monkeypatch):
+  from cnn_jax import config_base  # pylint: disable=g-import-not-at-top
+  for value, want in (('0', 'off'), ('1', 'auto'), ('conv2d', 'conv2d')):
+    monkeypatch.setenv(library.ENV, value)
+    assert config_base.base_config().cpu_kernels == want

@@ -1,16 +1,23 @@
 """cnn_jax.models.layers.BatchNorm: the same variables, values, gradients and running statistics
-as flax.linen.BatchNorm, through its hand-written backward, with XLA's ops and with the CPU
-kernel (CNN_JAX_CPU_KERNELS; tests/test_kernels.py checks the kernel itself)."""
+as flax.linen.BatchNorm, on the stock layer set (JAX's ops) and on the CPU layer set (its kernel
+and hand-written backward; tests/test_kernels.py checks the kernel itself)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax.kernels import ops
-from cnn_jax.models import layers
+from cnn_jax.kernels import layer_set as cpu_layer_set
+from cnn_jax.models import layer_set, layers
 
 KW = dict(momentum=0.9, epsilon=1e-5)
+LAYER_SETS = {'stock': lambda: layer_set.STOCK, 'cpu': cpu_layer_set.cpu_layers}
+
+
+def _use(name, monkeypatch):
+  """Models traced in this test compute with layer set `name`."""
+  layers = LAYER_SETS[name]()
+  monkeypatch.setattr(layer_set, 'current', lambda: layers)
 
 
 def _inputs():
@@ -32,11 +39,11 @@ def test_same_variables_as_flax():
   np.testing.assert_array_equal(ours['batch_stats']['var'], 1.0)
 
 
-@pytest.mark.parametrize('kernels', ['0', '1'])
+@pytest.mark.parametrize('kernels', sorted(LAYER_SETS))
 @pytest.mark.parametrize('relu', [False, True])
 @pytest.mark.parametrize('train', [True, False])
 def test_values_gradients_and_statistics_match_flax(train, relu, kernels, monkeypatch):
-  monkeypatch.setenv('CNN_JAX_CPU_KERNELS', kernels)
+  _use(kernels, monkeypatch)
   x, params, stats, weights = _inputs()
 
   def loss(module, post, params, x):
@@ -59,10 +66,10 @@ def test_values_gradients_and_statistics_match_flax(train, relu, kernels, monkey
     assert not np.allclose(ours[0][1][1]['batch_stats']['mean'], stats['mean'])
 
 
-@pytest.mark.parametrize('kernels', ['0', '1'])
+@pytest.mark.parametrize('kernels', sorted(LAYER_SETS))
 @pytest.mark.parametrize('train', [True, False])
 def test_residual_and_relu_match_flax_then_add_then_relu(train, kernels, monkeypatch):
-  monkeypatch.setenv('CNN_JAX_CPU_KERNELS', kernels)
+  _use(kernels, monkeypatch)
   x, params, stats, weights = _inputs()
   residual = jax.random.normal(jax.random.key(7), x.shape)
 
@@ -83,10 +90,10 @@ def test_residual_and_relu_match_flax_then_add_then_relu(train, kernels, monkeyp
         {'params': params, 'batch_stats': stats}, x, residual=residual, mutable=['batch_stats'])
 
 
-@pytest.mark.parametrize('kernels', ['0', '1'])
+@pytest.mark.parametrize('kernels', sorted(LAYER_SETS))
 def test_gradient_through_the_returned_statistics(kernels, monkeypatch):
   """The statistics' own cotangents (zero in a training step) are handled exactly too."""
-  monkeypatch.setenv('CNN_JAX_CPU_KERNELS', kernels)
+  _use(kernels, monkeypatch)
   x, params, _, weights = _inputs()
 
   def f(fn, x, scale, bias):
@@ -98,7 +105,7 @@ def test_gradient_through_the_returned_statistics(kernels, monkeypatch):
     var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
     return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias, mean, var
 
-  ours = jax.grad(lambda *a: f(lambda *b: ops.batch_norm_train(*b, 1e-5), *a),
+  ours = jax.grad(lambda *a: f(lambda *b: layer_set.batch_norm_train(*b, 1e-5), *a),
                   argnums=(0, 1, 2))(x, params['scale'], params['bias'])
   theirs = jax.grad(lambda *a: f(reference, *a), argnums=(0, 1, 2))(x, params['scale'],
                                                                     params['bias'])

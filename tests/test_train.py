@@ -22,6 +22,8 @@ def test_tiny_run_learns(tiny_run):
   assert results['test_accuracy'] > 0.85, results
   assert results['status'] == 'completed' and results['steps'] == 60 and results['epochs'] == 3
   assert results['num_params'] == 61706
+  # what the model computed with, on this CPU: the kernels config.cpu_kernels='auto' found
+  assert results['cpu_kernels'] == 'auto' and results['layer_set'].startswith('cpu (')
   records = read_metrics(workdir / 'metrics.jsonl')
   train_losses = [r['loss'] for r in records if r['split'] == 'train']
   assert train_losses[-1] < 0.5 * train_losses[0]

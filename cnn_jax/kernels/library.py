@@ -104,8 +104,8 @@ def load(name: str) -> bool:
     except (Unavailable, OSError, AttributeError) as e:
       _failed[name] = str(e)
       warnings.warn(f'cnn_jax CPU kernel {name!r} is unavailable, so its layers use XLA\'s own '
-                    f'ops (slower on CPUs): {e} (set {ENV}=0 to silence this).', RuntimeWarning,
-                    stacklevel=3)
+                    f"ops (slower on CPUs): {e} (set config.cpu_kernels='off' or {ENV}=0 to "
+                    'silence this).', RuntimeWarning, stacklevel=3)
       return False
     _loaded[name] = lib
     return True

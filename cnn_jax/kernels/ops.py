@@ -1,24 +1,22 @@
-"""The two layers that dominate a CNN's training step, each with two implementations.
+"""The two layers that dominate a CNN's training step on a CPU, through this package's kernels.
 
 * `conv2d`: a 2-D convolution, NHWC activations and HWIO kernels (flax's layout);
 * `batch_norm_train`: BatchNorm's training-mode normalisation over the last axis, optionally
   followed by a ReLU, or by a residual addition and a ReLU (the end of a ResNet block),
   returning the output and the batch statistics.
 
-Everywhere, they are XLA's ops (`lax.conv_general_dilated`; BatchNorm written in jnp with a
-one-pass custom backward). On a CPU they run the C++ kernels of this package instead (oneDNN's
-convolutions; BatchNorm+ReLU in two passes each way), each with its own backward pass (a
-custom VJP over the kernels' backward entry points). The choice is made in two places:
-
-* when the function is traced: the kernel must be wanted (`CNN_JAX_CPU_KERNELS`), built and
-  loaded (library.py), the default backend a CPU, the program on one device (the kernels are
-  opaque to XLA's SPMD partitioner, so data-parallel programs over several devices keep XLA's
-  ops), and the arguments of a kind it handles (float32; no lhs dilation or feature groups);
-* when it is lowered: `lax.platform_dependent` keeps the kernel for the CPU and XLA's op for
-  every other platform, so an executable for a GPU or TPU never contains a CPU kernel.
+They are the CPU layer set's (cnn_jax.kernels.layer_set). Each runs a C++ kernel (oneDNN's
+convolutions; BatchNorm+ReLU in two passes each way) with its own backward pass (a custom VJP
+over the kernels' backward entry points) where all of these hold when it is traced: `kernel` is
+set, the kernel is built and loaded (library.py), the default backend is a CPU, the program is
+on one device (the kernels are opaque to XLA's SPMD partitioner) and the arguments are of a kind
+it handles (float32; no lhs dilation or feature groups). Otherwise: XLA's ops
+(`lax.conv_general_dilated`; BatchNorm in jnp with a one-pass custom backward). When lowered,
+`lax.platform_dependent` keeps the kernel for the CPU and XLA's op for every other platform, so
+an executable for a GPU or TPU never contains a CPU kernel.
 
 The kernels support reverse-mode differentiation (what training uses) and `vmap` (one call per
-mapped element); forward-mode (`jax.jvp`) needs `CNN_JAX_CPU_KERNELS=0`.
+mapped element); forward mode (`jax.jvp`) needs the stock layer set (`config.cpu_kernels='off'`).
 """
 from __future__ import annotations
 
@@ -37,22 +35,22 @@ NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 def use_kernel(name: str) -> bool:
   """Whether the program being traced can run kernel `name` (see the module docstring)."""
-  return (name in library.requested() and jax.default_backend() == 'cpu'
-          and jax.device_count() == 1 and library.load(name))
+  return jax.default_backend() == 'cpu' and jax.device_count() == 1 and library.load(name)
 
 
 # ----------------------------------------------------------------------------- convolution
 
 def conv2d(x: jax.Array, w: jax.Array, window_strides: Sequence[int] = (1, 1),
            padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0)),
-           rhs_dilation: Sequence[int] = (1, 1)) -> jax.Array:
+           rhs_dilation: Sequence[int] = (1, 1), kernel: bool = True) -> jax.Array:
   """`lax.conv_general_dilated(x, w, window_strides, padding, rhs_dilation=rhs_dilation,
   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`, on a CPU through oneDNN where it applies."""
   strides = tuple(int(s) for s in window_strides)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   dilation = tuple(int(d) for d in rhs_dilation)
   xla = functools.partial(_conv2d_xla, strides=strides, padding=pads, dilation=dilation)
-  if not (conv2d_kernel_applies(x, w, strides, pads, dilation) and use_kernel('conv2d')):
+  if not (kernel and conv2d_kernel_applies(x, w, strides, pads, dilation)
+          and use_kernel('conv2d')):
     return xla(x, w)
   cpu = functools.partial(_conv2d_cpu, geometry=(strides, pads, dilation))
   return lax.platform_dependent(x, w, cpu=cpu, default=xla)
@@ -114,7 +112,7 @@ _conv2d_cpu.defvjp(_conv2d_cpu_fwd, _conv2d_cpu_bwd)
 # ------------------------------------------------------------------------------- BatchNorm
 
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
-                     relu: bool = False, residual: jax.Array | None = None,
+                     relu: bool = False, residual: jax.Array | None = None, kernel: bool = True,
                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(y, batch mean, batch variance) of BatchNorm over the last axis in training mode:
   y = bn(x), max(0, bn(x)) when `relu`, max(0, bn(x) + residual) with a residual (`relu` must
@@ -129,7 +127,7 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
     xla = functools.partial(_batch_norm_xla, epsilon=epsilon, relu=relu)
     cpu = functools.partial(_batch_norm_cpu, epsilon=float(epsilon), relu=bool(relu))
     args = (x, scale, bias)
-  if not (x.size > 0 and all(a.dtype == jnp.float32 for a in args) and
+  if not (kernel and x.size > 0 and all(a.dtype == jnp.float32 for a in args) and
           (residual is None or residual.shape == x.shape) and use_kernel('batch_norm')):
     return xla(*args)
   return lax.platform_dependent(*args, cpu=cpu, default=xla)

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.config_base import ConfigError, did_you_mean
-from cnn_jax.models.conv import Conv
+from cnn_jax.models.layer_set import Conv
 from cnn_jax.models.layers import adaptive_avg_pool, max_pool_ceil
-from cnn_jax.models.pooling import max_pool
+from cnn_jax.models.layer_set import max_pool
 
 # PyTorch's default Conv/Linear kernel init (kaiming_uniform, a=sqrt(5)) is U(±1/sqrt(fan_in));
 # torchvision's AlexNet keeps it. Biases start at zero here (torch: U(±1/sqrt(fan_in))).

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 
 from cnn_jax import config_base
 from cnn_jax.models import layers
-from cnn_jax.models.conv import Conv
-from cnn_jax.models.pooling import max_pool
+from cnn_jax.models.layer_set import Conv
+from cnn_jax.models.layer_set import max_pool
 
 WIDTHS = ((32, 32), (64, 64), (128,))  # convolutions per stage; 2x2 max pooling between stages
 

@@ -23,9 +23,9 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.conv import Conv
+from cnn_jax.models.layer_set import Conv
 from cnn_jax.models.layers import batch_norm, classifier_head, norm_act, torch_pad
-from cnn_jax.models.pooling import max_pool
+from cnn_jax.models.layer_set import max_pool
 
 ModuleDef = Any
 

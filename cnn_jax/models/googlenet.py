@@ -15,7 +15,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.conv import Conv
+from cnn_jax.models.layer_set import Conv
 from cnn_jax.models.layers import (BatchNorm, adaptive_avg_pool, batch_norm, max_pool_ceil,
                                    norm_act)
 

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax.config_base import ConfigError, did_you_mean
-from cnn_jax.kernels import ops
-from cnn_jax.models.pooling import max_pool
+from cnn_jax.models import layer_set
+from cnn_jax.models.layer_set import max_pool
 
 ModuleDef = Any
 
@@ -59,14 +59,13 @@ def batch_norm(train: bool, dtype: Any, epsilon: float = 1e-5) -> ModuleDef:
 
 class BatchNorm(nn.Module):
   """`flax.linen.BatchNorm` over the last axis, with the same variables ('scale', 'bias';
-  batch_stats 'mean', 'var') and results, computed the fast way, optionally followed by a ReLU
-  (`relu=True`, what `norm_act` asks for), or by `residual +` and a ReLU (a ResNet block's end,
-  `bn(x, residual=shortcut)`), that cost no pass of their own.
+  batch_stats 'mean', 'var') and results, optionally followed by a ReLU (`relu=True`, what
+  `norm_act` asks for), or by `residual +` and a ReLU (a ResNet block's end,
+  `bn(x, residual=shortcut)`), so that a layer set can fuse them (cnn_jax.models.layer_set).
 
-  Training: `cnn_jax.kernels.ops.batch_norm_train`: the batch statistics in one pass, the output
-  as one multiply-add per element and a hand-written backward (XLA's ops; a C++ kernel on a CPU,
-  the ReLU fused in both). Evaluation: the running statistics folded into one multiply-add.
-  Under data parallelism the statistics are over the global batch (jit inserts the all-reduce).
+  Training: the layer set's `batch_norm_train` (batch statistics, normalisation, the fused ReLU).
+  Evaluation: the running statistics folded into one multiply-add. Under data parallelism the
+  statistics are over the global batch (jit inserts the all-reduce).
   """
   use_running_average: bool | None = None
   momentum: float = 0.99  # as flax: running = momentum * running + (1 - momentum) * batch
@@ -94,7 +93,7 @@ class BatchNorm(nn.Module):
       if residual is not None:
         y = y + residual.astype(jnp.float32)
       return (jax.nn.relu(y) if self.relu else y).astype(dtype)
-    y, mean, var = ops.batch_norm_train(x, scale, bias, self.epsilon, self.relu, residual)
+    y, mean, var = layer_set.batch_norm_train(x, scale, bias, self.epsilon, self.relu, residual)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

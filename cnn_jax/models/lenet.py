@@ -4,8 +4,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models import conv
-from cnn_jax.models.pooling import max_pool
+from cnn_jax.models.layer_set import Conv, max_pool
 
 # Activations that never decrease: max pooling commutes with them (see LeNet5._act_pool).
 NONDECREASING = (nn.relu, nn.relu6, nn.tanh, nn.sigmoid, nn.hard_tanh, nn.elu, nn.leaky_relu)
@@ -40,15 +39,13 @@ class LeNet5(nn.Module):
     """pool(act(x)), as act(pool(x)) where that is the same function: max pooling commutes with
     a non-decreasing activation, values and gradients alike (the window's first maximum is the
     same element either way, and where the activation is flat both gradients are zero). The
-    activation and its gradient then run on a quarter of the elements: the lecture LeNet-5's
-    step is 1.1x faster on a 2-core CPU (benchmarks/results/levers.md, section 10)."""
+    activation and its gradient then run on a quarter of the elements (docs/cpu.md)."""
     if self.pool is max_pool and self.act in NONDECREASING:
       return self.act(self.pool(x, (2, 2), strides=(2, 2)))
     return self.pool(self.act(x), (2, 2), strides=(2, 2))
 
   def _conv(self, features: int, name: str) -> nn.Conv:
-    # C5 (5x5 map, 5x5 kernel) runs as the dense layer it is (cnn_jax.models.conv).
-    return conv.Conv(features, (5, 5), padding='VALID', dtype=self.dtype, name=name)
+    return Conv(features, (5, 5), padding='VALID', dtype=self.dtype, name=name)
 
 
 class LeNet5Classic(LeNet5):

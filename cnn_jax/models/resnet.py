@@ -27,10 +27,10 @@ import jax.numpy as jnp
 
 from cnn_jax.config_base import ConfigError, did_you_mean
 # Re-exported: these lived here before models/layers.py held them.
-from cnn_jax.models.conv import Conv
+from cnn_jax.models.layer_set import Conv
 from cnn_jax.models.layers import (ModuleDef, batch_norm, classifier_head,  # noqa: F401
                                    conv_kernel_init, norm_act, torch_pad)
-from cnn_jax.models.pooling import max_pool
+from cnn_jax.models.layer_set import max_pool
 
 SHORTCUTS = ('A', 'B')
 

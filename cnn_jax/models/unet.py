@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.config_base import ConfigError
-from cnn_jax.models.conv import Conv
-from cnn_jax.models.pooling import max_pool
+from cnn_jax.models.layer_set import Conv
+from cnn_jax.models.layer_set import max_pool
 
 # The paper's init: Gaussian with std sqrt(2/N), N = k*k*C_in incoming nodes (He et al.).
 init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')

@@ -12,9 +12,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models import conv
 from cnn_jax.models.layers import adaptive_avg_pool, batch_norm, norm_act
-from cnn_jax.models.pooling import max_pool
+from cnn_jax.models.layer_set import Conv, max_pool
 
 # convs per stage; the stage widths are (64, 128, 256, 512, 512) for every depth.
 VGG_DEPTHS: dict[int, tuple[int, ...]] = {
@@ -46,7 +45,7 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv3x3 = functools.partial(conv.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+    conv3x3 = functools.partial(Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
                                 kernel_init=conv_init, dtype=self.dtype)
     norm = batch_norm(train, self.dtype) if self.batch_norm else None
     dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=self.dtype)

@@ -1,29 +1,22 @@
-"""A convolution for `nn.Conv(conv_general_dilated=...)` for maps smaller than (or as big as) the kernel.
+"""The CPU layer set's convolution: im2col for maps no bigger than the kernel, oneDNN elsewhere.
 
-A 3x3 convolution of a 2x2 (or 1x1) map, as in VGG's last stage on 32x32 inputs, is a tiny
-amount of arithmetic, but XLA's CPU backend runs it on a generic path about 100x slower than the
-same layer on a 4x4 map: in benchmarks/results/profile_vgg11_bn_cifar_before.md the two stage-5
-convs of VGG-11 take 2.2 of the step's 2.5 s (batch 64, 512 channels, forward and input
-gradient); `python -m benchmarks.levers --sections=7` times each formulation. When a spatial
-axis of the input is smaller than the kernel's (stride 1, no dilation, no groups, channels-last),
-`conv_general_dilated` computes the layer as one matrix product over the kernel's shifted views
-(im2col), which is small exactly when the map is; every other layer goes to
-`lax.conv_general_dilated` unchanged. A layer whose (padded) input is exactly the kernel's size,
-so that its output is 1x1, as LeNet-5's C5 (5x5x16 -> 120), is a dense layer: one reshape and one
-matrix product, 3.5x faster than XLA's convolution forward and backward on a 2-core CPU
-(`--sections=7`). Values agree to float rounding (tests/test_conv.py); the
-kernel keeps its HWIO layout, so parameters are unchanged.
+A 3x3 convolution of a 2x2 (or 1x1) map, as in VGG's last stage on 32x32 inputs, is little
+arithmetic, but XLA's CPU backend runs it on a generic path about 100x slower than the same
+layer on a 4x4 map. When a spatial axis of the input is smaller than the kernel's (stride 1, no
+dilation, no groups, channels-last), `conv_general_dilated` computes the layer as one matrix
+product over the kernel's shifted views (im2col), which is small exactly when the map is. A
+layer whose (padded) input is exactly the kernel's size, so that its output is 1x1 (LeNet-5's
+C5, 5x5x16 -> 120), is a dense layer: one reshape and one matrix product. Values agree with
+`lax.conv_general_dilated` to float rounding (tests/test_kernels_conv.py); the kernel keeps its
+HWIO layout, so parameters are unchanged. docs/cpu.md has the measurements.
 
 Every other 2-D channels-last convolution (no lhs dilation, no feature groups) goes to
-`cnn_jax.kernels.ops.conv2d`: `lax.conv_general_dilated` on accelerators, oneDNN on a CPU. `Conv`
-is flax's `nn.Conv` with this function, the convolution every model uses.
+`ops.conv2d` (oneDNN where it applies and `kernel` is set); the rest to `lax.conv_general_dilated`.
 """
 from __future__ import annotations
 
-import functools
 import itertools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -79,15 +72,16 @@ def _padded(lhs_shape, window, padding) -> tuple[int, ...]:
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None,
-                         **kwargs) -> jax.Array:
-  """`lax.conv_general_dilated`, as im2col for maps smaller than the kernel (see module doc)."""
+                         kernel: bool = True, **kwargs) -> jax.Array:
+  """`lax.conv_general_dilated`, as im2col for maps smaller than the kernel (see module doc),
+  through the oneDNN kernel where it applies if `kernel`."""
   if kwargs or not uses_patches(lhs.shape, rhs.shape, window_strides, lhs_dilation,
                                 rhs_dilation, dimension_numbers, feature_group_count, padding):
     if not kwargs and _is_plain_2d(lhs, dimension_numbers, lhs_dilation, feature_group_count):
       window = rhs.shape[:2]
       return ops.conv2d(lhs, rhs, window_strides, _pads(lhs.shape, window, padding,
                                                         window_strides, rhs_dilation),
-                        rhs_dilation or (1, 1))
+                        rhs_dilation or (1, 1), kernel=kernel)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     precision=precision, **kwargs)
@@ -109,7 +103,3 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
            for offset in itertools.product(*(range(k) for k in window))]
   patches = jnp.concatenate(views, axis=-1)  # (N, out.., K * Cin), offsets row-major, as HWIO
   return jnp.dot(patches, rhs.reshape(-1, rhs.shape[-1]), precision=precision)
-
-
-# flax's Conv with the function above: the convolution layer of every model.
-Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)

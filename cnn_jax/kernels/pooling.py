@@ -1,11 +1,10 @@
-"""Max pooling with a backward pass that XLA runs fast.
+"""The CPU layer set's max pooling: `flax.linen.max_pool`'s forward with a backward XLA runs fast.
 
 `nn.max_pool` is `lax.reduce_window`; its gradient is XLA's `select_and_scatter`, which on CPU
-is 10-80x slower than the forward pass (benchmarks/results/levers_avx512.md, section 6: a 2x2
-pool of a 64x32x32x64 batch takes 0.9 ms forward and 65 ms forward + backward). `max_pool` keeps
-the same forward and computes the same gradient, the first maximum of each window in row-major
-order as select_and_scatter does (ties included), from equality masks over `stride x stride`
-phases of the input: slices, selects and plain pads, which XLA fuses into a few loops.
+is 10-80x slower than the forward pass (docs/cpu.md). `max_pool` keeps the same forward and
+computes the same gradient, the first maximum of each window in row-major order as
+select_and_scatter does (ties included), from equality masks over `stride x stride` phases of
+the input: slices, selects and plain pads, which XLA fuses into a few loops.
 """
 from __future__ import annotations
 

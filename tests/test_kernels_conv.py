@@ -1,4 +1,4 @@
-"""cnn_jax.models.conv.conv_general_dilated against lax.conv_general_dilated."""
+"""cnn_jax.kernels.conv.conv_general_dilated (im2col for small maps) against lax.conv_general_dilated."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cnn_jax.models import conv
+from cnn_jax.kernels import conv
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 

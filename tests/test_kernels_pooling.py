@@ -1,11 +1,11 @@
-"""cnn_jax.models.pooling.max_pool against flax.linen.max_pool: values and gradients, with ties."""
+"""cnn_jax.kernels.pooling.max_pool against flax.linen.max_pool: values and gradients, with ties."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax.models.pooling import max_pool
+from cnn_jax.kernels.pooling import max_pool
 
 CASES = [  # input shape, window, strides, padding
     ((2, 8, 8, 3), (2, 2), (2, 2), 'VALID'),  # non-overlapping (VGG, U-Net, LeNet)
