@@ -32,13 +32,13 @@ def variant_name(batch: int, subset: int) -> str:
           f'mini-batch SGD ({batch})')
 
 
-def main(argv):
-  run = common.start_sweep(argv, 'gd_variants', 'C13: GD, SGD and mini-batch SGD')
-  config, workdir = run.config, run.workdir
-  subset = config.data.train_subset
+def read_variants(run: common.SweepRun) -> dict[str, dict]:
+  """variant name -> its settings and finished runs (validation curves per epoch, best epoch,
+  test accuracy, examples seen), with the curves' means over seeds."""
+  subset = run.config.data.train_subset
   variants: dict[str, dict] = {}
   for m in run.members:
-    run_dir = workdir / m.name
+    run_dir = run.workdir / m.name
     results = common.read_results(run_dir)
     if results is None:
       continue
@@ -57,38 +57,51 @@ def main(argv):
     v['mean_val_accuracy'] = np.asarray([r['val_accuracy'] for r in v['runs']]).mean(0).tolist()
     v['min_val_loss'] = [min(r['val_loss']) for r in v['runs']]
     v['final_over_min'] = [r['val_loss'][-1] / min(r['val_loss']) for r in v['runs']]
+  return variants
 
+
+def argmin_epoch(run: dict) -> int:
+  """The epoch (from 1) of a run's lowest validation loss."""
+  return int(np.argmin(run['val_loss'])) + 1
+
+
+def claim_checks(variants: dict[str, dict], num_epochs: int) -> common.Checks:
+  """C13 from the runs of `read_variants` (each run needs 'val_loss' per epoch, 'best_epoch' and
+  'examples_seen'; each variant 'min_val_loss' per run). Counted: mini-batch SGD reaches a lower
+  validation loss than full-batch GD, and a validation curve turns up, so that early stopping
+  has something to stop. Facts: the examples seen (the config fixes them) and each run's best
+  epoch at its lowest validation loss (what selecting by validation loss does)."""
   checks = common.Checks()
-  add = checks.add
-
-  gd, mb = variants.get('full-batch GD'), variants.get('mini-batch SGD (64)')
-  sgd = variants.get('SGD (batch 1)')
   budgets = {k: sorted({r['examples_seen'] for r in v['runs']}) for k, v in variants.items()}
-  add('C13', 'examples seen by each variant', 'same budget', 'equal',
-      ', '.join(f'{k}: {b[0]:,}' for k, b in budgets.items()),
-      holds=len({b[0] for b in budgets.values()}) == 1)
+  checks.add('C13', 'examples seen by each variant', 'same budget', 'equal',
+             ', '.join(f'{k}: {b[0]:,}' for k, b in budgets.items()),
+             holds=len({b[0] for b in budgets.values()}) == 1, fact=True)
+  gd, mb = variants.get('full-batch GD'), variants.get('mini-batch SGD (64)')
   if gd and mb:
-    add('C13', 'lowest validation loss, mini-batch vs full-batch GD (same examples seen)',
-        'mini-batches: many more updates per pass', 'mini-batch < GD (mean over seeds)',
-        f"{np.mean(mb['min_val_loss']):.3f} vs {np.mean(gd['min_val_loss']):.3f}",
-        holds=np.mean(mb['min_val_loss']) < np.mean(gd['min_val_loss']))
-  # Per run: a validation curve that turns up (final > OVERFIT x its minimum) must have its best
-  # checkpoint at the epoch of that minimum, which then lies before the last epoch.
+    checks.add('C13', 'lowest validation loss, mini-batch vs full-batch GD (same examples seen)',
+               'mini-batches: many more updates per pass', 'mini-batch < GD (mean over seeds)',
+               f"{np.mean(mb['min_val_loss']):.3f} vs {np.mean(gd['min_val_loss']):.3f}",
+               holds=np.mean(mb['min_val_loss']) < np.mean(gd['min_val_loss']))
+  # A curve that ends above OVERFIT x its minimum has that minimum before the last epoch.
   turned = {k: [r for r in v['runs'] if r['val_loss'][-1] > OVERFIT * min(r['val_loss'])]
             for k, v in variants.items()}
-  argmin_epoch = lambda r: int(np.argmin(r['val_loss'])) + 1
-  picks = [r['best_epoch'] == argmin_epoch(r) < config.num_epochs for runs in turned.values()
-           for r in runs]
-  add('C13', 'early stopping: runs whose validation loss turns up keep the epoch of its minimum',
-      'stop at the validation minimum',
-      f'final val loss > {OVERFIT} x min in at least one run, and each such run\'s best epoch = '
-      'the epoch of its lowest validation loss < last',
-      '; '.join(f"{k}: {len(turned[k])} of {len(v['runs'])} runs turned up, best epochs "
-                f"{[r['best_epoch'] for r in turned[k]]} vs minima at "
-                f"{[argmin_epoch(r) for r in turned[k]]} of {config.num_epochs}"
-                for k, v in variants.items()),
-      holds=bool(picks) and all(picks))
+  checks.add('C13', 'early stopping: the validation loss turns up, its minimum before the end',
+             'stop at the validation minimum',
+             f'final val loss > {OVERFIT} x its minimum in at least one run',
+             '; '.join(f"{k}: {len(turned[k])} of {len(v['runs'])} runs, minima at epochs "
+                       f"{[argmin_epoch(r) for r in turned[k]]} of {num_epochs}"
+                       for k, v in variants.items()),
+             holds=any(turned.values()))
+  picks = [r['best_epoch'] == argmin_epoch(r) for v in variants.values() for r in v['runs']]
+  checks.add('C13', "each run's best checkpoint is the epoch of its lowest validation loss",
+             'stop at the validation minimum', 'best epoch = argmin of the validation curve',
+             '; '.join(f"{k}: best epochs {[r['best_epoch'] for r in v['runs']]} vs minima at "
+                       f"{[argmin_epoch(r) for r in v['runs']]}" for k, v in variants.items()),
+             holds=bool(picks) and all(picks), fact=True)
+  return checks
 
+
+def variants_table(variants: dict[str, dict]) -> str:
   rows = []
   for k, v in variants.items():
     rows.append([k, v['batch_size'], v['learning_rate'], f"{v['steps']:,}", len(v['runs']),
@@ -97,9 +110,17 @@ def main(argv):
                  sweep.pm(common.stat([r['test_accuracy'] for r in v['runs']]), '{:.2f}%', 100),
                  f"{np.mean(v['final_over_min']):.2f}",
                  f"{np.mean([r['wall_time_s'] for r in v['runs']]):.0f} s"])
-  table = report.markdown_table(
+  return report.markdown_table(
       ['variant', 'batch', 'α', 'updates', 'seeds', 'lowest val loss', 'best epoch per seed',
        'test accuracy at the best epoch', 'final / lowest val loss', 'wall time per run'], rows)
+
+
+def main(argv):
+  run = common.start_sweep(argv, 'gd_variants', 'C13: GD, SGD and mini-batch SGD')
+  config, workdir = run.config, run.workdir
+  subset = config.data.train_subset
+  variants = read_variants(run)
+  checks = claim_checks(variants, config.num_epochs)
   png = plot(variants, workdir / 'gd_variants.png', subset)
   facts = run.clock.facts()
   command = cli.command_line('experiments.gd_variants')
@@ -116,10 +137,10 @@ def main(argv):
                 f'`{" ".join(run.spec.command(common.rel(workdir)))}`.'),
       train_wall_s=train_wall, facts=facts, generator='experiments/gd_variants.py')
   text += f"""
-{common.checks_section(checks.rows)}
+{common.checks_section(checks)}
 ## Variants
 
-{table}
+{variants_table(variants)}
 
 ![validation curves]({png.name})
 
@@ -133,7 +154,7 @@ SGD with batch 1 pays a dispatch per example, which dominates on a CPU.
       'experiment': 'gd_variants', 'claims': 'C13', 'preset': run.preset, 'command': command,
       'train_wall_time_s': train_wall, **facts,
       'headline': f'lowest val loss at equal examples seen: {headline}',
-      'variants': variants}, OUTPUTS, checks.rows, FLAGS.report_dir)
+      'variants': variants}, OUTPUTS, checks, FLAGS.report_dir)
 
 
 def plot(variants: dict, out: pathlib.Path, subset: int) -> pathlib.Path:

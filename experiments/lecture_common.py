@@ -205,29 +205,55 @@ def check_row(claim: str, quantity: str, lecture: str, criterion: str, measured:
 
 
 CHECK_HEADERS = ['claim', 'quantity', 'lecture', 'criterion', 'measured', 'holds']
+FACTS_TITLE = 'Facts (from the config or the architecture; not counted)'
 
 
 class Checks:
-  """Claim checks as rows of CHECK_HEADERS, computed from the runs; `all_hold` is their AND."""
+  """Claim checks as rows of CHECK_HEADERS; `all_hold` is their AND.
+
+  A counted check is a function of the runs' data: other data could fail it. What follows from
+  the config or the architecture (parameter counts, normalised axes, equal examples seen) and
+  self-consistency checks (a recomputation agreeing with the loop) are added with `fact=True`:
+  they go to `facts`, their own table, and never count in `all_hold` or the README.
+  """
 
   def __init__(self):
     self.rows: list[list[str]] = []
+    self.facts: list[list[str]] = []
 
   def add(self, claim: str, quantity: str, lecture: str, criterion: str, measured: str,
-          holds: bool) -> None:
-    self.rows.append(check_row(claim, quantity, lecture, criterion, measured, bool(holds)))
+          holds: bool, *, fact: bool = False) -> None:
+    row = check_row(claim, quantity, lecture, criterion, measured, bool(holds))
+    (self.facts if fact else self.rows).append(row)
 
   @property
   def all_hold(self) -> bool:
     return all_hold(self.rows)
 
 
+def _rows_and_facts(checks) -> tuple[list, list]:
+  """A Checks' (rows, facts); a plain list of rows has no facts."""
+  return (checks.rows, checks.facts) if isinstance(checks, Checks) else (list(checks), [])
+
+
 def all_hold(rows) -> bool:
   return all(r[-1] == 'yes' for r in rows)
 
 
-def checks_section(rows) -> str:
-  return f'## Claim checks\n\n{report.markdown_table(CHECK_HEADERS, rows)}\n'
+def checks_section(checks) -> str:
+  """The claim checks (a Checks, or a list of rows), then its facts in their own table."""
+  rows, facts = _rows_and_facts(checks)
+  text = f'## Claim checks\n\n{report.markdown_table(CHECK_HEADERS, rows)}\n'
+  if facts:
+    text += f'\n## {FACTS_TITLE}\n\n{report.markdown_table(CHECK_HEADERS, facts)}\n'
+  return text
+
+
+def checks_record(checks) -> dict:
+  """results.json's entries for `checks`: 'all_checks_hold' and 'checks' (the counted rows),
+  and 'facts' when there are any (never counted)."""
+  rows, facts = _rows_and_facts(checks)
+  return {'all_checks_hold': all_hold(rows), 'checks': rows, **({'facts': facts} if facts else {})}
 
 
 def write_json(path: pathlib.Path, data: dict) -> None:
@@ -248,14 +274,18 @@ def copy_outputs(workdir: pathlib.Path, report_dir: str | None, names) -> None:
 
 def finish(workdir: pathlib.Path, text: str, record: dict, outputs, checks=None,
            report_dir: str | None = None) -> None:
-  """Writes report.md and results.json (`record`, plus the check rows when given) in the
-  workdir, says whether the claims hold, and copies `outputs` to `report_dir`."""
+  """Writes report.md and results.json (`record`, plus `checks_record(checks)` when given: a
+  Checks or a list of rows) in the workdir, says whether the claims hold, and copies `outputs`
+  to `report_dir`."""
   if checks is not None:
-    record = {**record, 'all_checks_hold': all_hold(checks), 'checks': checks}
+    record = {**record, **checks_record(checks)}
   (workdir / 'report.md').write_text(text)
   write_json(workdir / 'results.json', record)
   if checks is not None:
-    print(f"claims hold: {all_hold(checks)}; report: {workdir / 'report.md'}")
+    facts = record.get('facts', [])
+    print(f"claims hold: {record['all_checks_hold']}"
+          + (f' (facts, not counted, hold: {all_hold(facts)})' if facts else '')
+          + f"; report: {workdir / 'report.md'}")
   copy_outputs(workdir, report_dir, outputs)
 
 

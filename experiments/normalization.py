@@ -254,25 +254,31 @@ def accuracy(runs: dict, norm: str, key=lambda r: r['results']['test_accuracy'])
   return common.stat([key(r) for r in runs.get(norm, [])])
 
 
-def checks(axes: dict, runs: dict) -> common.Checks:
+def claim_checks(axes: dict, runs: dict) -> common.Checks:
+  """C11. Counted, from the trained runs (`load_runs`): BatchNorm's test accuracy with running
+  averages against the statistics of single test images, and BatchNorm against no
+  normalisation. Facts, from the definitions and the code, whatever the runs learned: the axes
+  each layer normalises over and GroupNorm generalising LayerNorm and InstanceNorm (`axes_check`,
+  no training), and BatchNorm's inference output not depending on the test batch (running
+  averages replace the batch's statistics by construction)."""
   out = common.Checks()
   for norm, d in axes['norms'].items():
     normalised = [p for p, c in d['cells'].items() if c['normalised']]
     out.add('C11', f'{NAMES[norm]}: the blocks its output has mean 0 and variance 1 over',
             PARTITIONS[norm], 'exactly the partitions its own blocks refine',
-            ', '.join(normalised) or 'none', d['as_lecture'])
+            ', '.join(normalised) or 'none', d['as_lecture'], fact=True)
   gap = max(axes['gn_one_group_vs_layer'], axes['gn_size_one_vs_instance'])
   out.add('C11', 'GroupNorm with one group vs LayerNorm; with one channel a group vs '
           'InstanceNorm', 'GroupNorm generalises LN and IN', 'max |difference| < 1e-4',
           f"{axes['gn_one_group_vs_layer']:.1e}, {axes['gn_size_one_vs_instance']:.1e}",
-          gap < 1e-4)
+          gap < 1e-4, fact=True)
   bn = runs.get('batch', [])
   if bn:
     diff = [r['test_time']['inference']['max_logit_diff_batch_1_vs_1000'] for r in bn]
     out.add('C11', 'BatchNorm at inference: largest logit difference, test batch 1 vs 1,000',
             'running averages used at inference: the output does not depend on the batch',
             f'< {SAME_LOGITS:g} (float rounding) for every seed',
-            ', '.join(f'{d:.1e}' for d in diff), all(d < SAME_LOGITS for d in diff))
+            ', '.join(f'{d:.1e}' for d in diff), all(d < SAME_LOGITS for d in diff), fact=True)
     running = [r['test_time']['inference']['accuracy'] for r in bn]
     single = [r['test_time']['batch_statistics']['1'] for r in bn]
     out.add('C11', 'BatchNorm test accuracy: running averages vs the statistics of single '
@@ -307,16 +313,8 @@ def observations(runs: dict) -> str:
       'image only; the head gets little of what the image contains.')
 
 
-def main(argv):
-  run = common.start_sweep(argv, 'normalization', 'C11: normalisation layers in cifar_cnn',
-                           config_args=tuple(FLAGS.set))
-  workdir, config = run.workdir, run.config
-  num_images = FLAGS.test_images or (200 if run.preset == 'toy' else 2000)
-  axes = axes_check()
-  runs = load_runs(run, num_images)
-  png = plot(runs, workdir / 'curves.png')
-  result_checks = checks(axes, runs)
-
+def accuracy_table(runs: dict, num_images: int) -> str:
+  """Per norm, over its seeds: test, validation and one-at-a-time accuracy, loss, wall time."""
   rows = []
   for norm in NORMS:
     seeds = runs.get(norm, [])
@@ -333,20 +331,66 @@ def main(argv):
         sweep.pm(accuracy(runs, norm, lambda r: r['test_time']['inference']['accuracy_batch_1']),
                  '{:.2f}%', 100),
         sweep.pm(accuracy(runs, norm, lambda r: r['results']['wall_time_s']), '{:.0f} s')])
-  table = report.markdown_table(
+  return report.markdown_table(
       ['layer', 'parameters', 'seeds', 'test accuracy (best val checkpoint, all test images)',
        'val accuracy', 'last logged training loss', f'test accuracy, {num_images:,} test images '
        'one at a time', 'wall time per run'], rows)
+
+
+def bn_table(runs: dict) -> str:
+  """BatchNorm's test accuracy per seed: running averages, then batch statistics."""
   bn_rows = []
   for r in runs.get('batch', []):
     t = r['test_time']
     bn_rows.append([r['seed'], f"{t['inference']['accuracy']:.2%}"]
                    + [f"{t['batch_statistics'][str(b)]:.2%}" if str(b) in t['batch_statistics']
                       else '—' for b in BN_BATCHES])
-  bn_table = report.markdown_table(
+  return report.markdown_table(
       ['seed', 'running averages'] + [f'batch statistics, test batch {b}' for b in BN_BATCHES],
       bn_rows) if bn_rows else '(no finished BatchNorm run)'
 
+
+def axes_section(axes: dict) -> str:
+  """The report's section on the axes each layer normalises over (`axes_check`)."""
+  pattern_note = ', '.join(
+      f"{NAMES[n]} {'as the lecture' if d['as_lecture'] else '**not** as the lecture'}"
+      for n, d in axes['norms'].items())
+  return f"""## Which axes each layer normalises over (no training)
+
+Each layer as the model builds it (`cnn_jax.models.layers.norm_layer`, training mode, γ = 1,
+β = 0) is applied to a {' x '.join(map(str, axes['shape']))} NHWC tensor of N(0, 1) noise shifted by
+U(-2, 2) and scaled by U(0.5, 3) per example and channel ({axes['groups']} groups for GroupNorm).
+Each cell: whether the output has mean 0 and variance 1 in every block of that partition
+(largest |mean| / |variance - 1|; tolerance {TOLERANCE['mean']:g} / {TOLERANCE['var']:g}). A layer is
+also normalised over every coarser partition that its own blocks refine (InstanceNorm's blocks
+lie inside BatchNorm's, LayerNorm's and GroupNorm's), and over no other; "pixel" is a control,
+the axis flax's `nn.LayerNorm()` reduces by default, which the lecture's LayerNorm is not.
+Result: {pattern_note}.
+
+{axes_table(axes)}
+
+The lecture writes BatchNorm as (z - μ) / (σ + ε); flax (like PyTorch and Ioffe & Szegedy)
+divides by sqrt(σ² + ε), ε = 1e-5: the same up to ε.
+"""
+
+
+def headline(runs: dict) -> str:
+  means = {n: accuracy(runs, n)['mean'] for n in NORMS if runs.get(n)}
+  bn_single = [r['test_time']['batch_statistics'].get('1') for r in runs.get('batch', [])]
+  return ('test acc ' + ', '.join(f'{NAMES[n]} {m:.1%}' for n, m in means.items())
+          + (f'; BN with single-image batch stats {np.mean(bn_single):.1%}'
+             if bn_single and None not in bn_single else ''))
+
+
+def main(argv):
+  run = common.start_sweep(argv, 'normalization', 'C11: normalisation layers in cifar_cnn',
+                           config_args=tuple(FLAGS.set))
+  workdir, config = run.workdir, run.config
+  num_images = FLAGS.test_images or (200 if run.preset == 'toy' else 2000)
+  axes = axes_check()
+  runs = load_runs(run, num_images)
+  png = plot(runs, workdir / 'curves.png')
+  result_checks = claim_checks(axes, runs)
   facts = run.clock.facts()
   # The command that trains the runs and writes this report (--report_only only rewrites it).
   command = cli.command_line('experiments.normalization').replace(' --report_only', '')
@@ -375,13 +419,11 @@ def main(argv):
                 f"{max(run.seeds, 1)} seed(s) per norm (seed = init and data order); sweep "
                 f"`{' '.join(run.spec.command(common.rel(workdir)))}`."),
       train_wall_s=train_wall, facts=facts, generator='experiments/normalization.py')
-  pattern_note = ', '.join(f"{NAMES[n]} {'as the lecture' if d['as_lecture'] else '**not** as the lecture'}"
-                           for n, d in axes['norms'].items())
   text += f"""
-{common.checks_section(result_checks.rows)}
+{common.checks_section(result_checks)}
 ## Accuracy (mean ± sample std over seeds)
 
-{table}
+{accuracy_table(runs, num_images)}
 
 {observations(runs)}
 
@@ -395,40 +437,19 @@ averages: inference mode, the exponential moving averages of the training batche
 variance (momentum 0.9). Batch statistics: each test batch normalised with its own mean and
 variance, as in training.
 
-{bn_table}
+{bn_table(runs)}
 
-## Which axes each layer normalises over (no training)
-
-Each layer as the model builds it (`cnn_jax.models.layers.norm_layer`, training mode, γ = 1,
-β = 0) is applied to a {' x '.join(map(str, axes['shape']))} NHWC tensor of N(0, 1) noise shifted by
-U(-2, 2) and scaled by U(0.5, 3) per example and channel ({axes['groups']} groups for GroupNorm).
-Each cell: whether the output has mean 0 and variance 1 in every block of that partition
-(largest |mean| / |variance - 1|; tolerance {TOLERANCE['mean']:g} / {TOLERANCE['var']:g}). A layer is
-also normalised over every coarser partition that its own blocks refine (InstanceNorm's blocks
-lie inside BatchNorm's, LayerNorm's and GroupNorm's), and over no other; "pixel" is a control,
-the axis flax's `nn.LayerNorm()` reduces by default, which the lecture's LayerNorm is not.
-Result: {pattern_note}.
-
-{axes_table(axes)}
-
-The lecture writes BatchNorm as (z - μ) / (σ + ε); flax (like PyTorch and Ioffe & Szegedy)
-divides by sqrt(σ² + ε), ε = 1e-5: the same up to ε.
-
+{axes_section(axes)}
 Per-member records: [members.csv](members.csv), [sweep.md](sweep.md),
 [test_time.json](test_time.json).
 
 {common.footer()}"""
-  means = {n: accuracy(runs, n)['mean'] for n in NORMS if runs.get(n)}
-  bn_single = [r['test_time']['batch_statistics'].get('1') for r in runs.get('batch', [])]
-  headline = ('test acc ' + ', '.join(f'{NAMES[n]} {m:.1%}' for n, m in means.items())
-              + (f'; BN with single-image batch stats {np.mean(bn_single):.1%}'
-                 if bn_single and None not in bn_single else ''))
   common.finish(workdir, text, {
       'experiment': 'normalization', 'claims': 'C11', 'preset': run.preset, 'command': command,
-      'train_wall_time_s': train_wall, **facts, 'headline': headline, 'axes_check': axes,
+      'train_wall_time_s': train_wall, **facts, 'headline': headline(runs), 'axes_check': axes,
       'runs': {n: [{k: v for k, v in r.items() if k not in ('train', 'val')} for r in seeds]
                for n, seeds in runs.items()}},
-      OUTPUTS, result_checks.rows, FLAGS.report_dir)
+      OUTPUTS, result_checks, FLAGS.report_dir)
 
 
 if __name__ == '__main__':

@@ -68,6 +68,14 @@ EXPERIMENTS = {
 }
 
 
+def checks_cell(record: dict) -> str:
+  """The "checks hold" cell of a report's results.json: its counted checks ('checks') that
+  hold; the facts beside them ('facts': from the config or the architecture) never count."""
+  checks = record.get('checks', [])
+  held = sum(c[-1] == 'yes' for c in checks)
+  return f'{held} of {len(checks)}' if checks else '— (no checks: a table)'
+
+
 def experiments_table() -> str:
   rows = []
   for name, (claims, what, command) in EXPERIMENTS.items():
@@ -76,8 +84,6 @@ def experiments_table() -> str:
       rows.append([name, claims, what, 'no committed report yet', '—', '—', f'`{command}`'])
       continue
     r = json.loads(path.read_text())
-    checks = r.get('checks', [])
-    held = sum(c[-1] == 'yes' for c in checks)
     # A report regenerated from finished runs (--report_only) names the command that trains them
     # and has no experiment wall time of its own to show.
     regenerated = '--report_only' in r['command']
@@ -86,7 +92,7 @@ def experiments_table() -> str:
         f"{m}: test mIoU {t['mean_iou']:.3f}, pixel accuracy {t['pixel_accuracy']:.1%}"
         for m, t in r.get('test', {}).items())
     rows.append([f'[{name}](reports/{name}/report.md)', claims, what, headline,
-                 f'{held} of {len(checks)}' if checks else '— (no checks: a table)',
+                 checks_cell(r),
                  f'{wall:.0f} s' if wall else '—',
                  f"`{command if regenerated else r['command']}`"])
   return markdown_table(['experiment', 'claims', 'what', 'headline (measured)', 'checks hold',

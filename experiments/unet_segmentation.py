@@ -204,26 +204,31 @@ def _load_note(workdir: pathlib.Path, runs: dict) -> str:
   return ' '.join(notes) or 'The load on the machine during training was not recorded.'
 
 
-def write_report(workdir: pathlib.Path, models: list[str], preset: str,
-                 overrides=(), command: str | None = None) -> pathlib.Path:
-  runs = _runs(workdir, models)
-  if not runs:
-    raise SystemExit(f'No finished runs under {workdir}; train first (drop --report_only).')
-  measured = measure(workdir, list(runs), preset, overrides)
-  png = plot_predictions(measured, workdir / 'predictions.png')
-  data = measured['data']
-  configs = {m: model_config(m, preset, overrides) for m in runs}
-  any_run = next(iter(runs.values()))
-  command = command or (f"python -m experiments.unet_segmentation --preset={preset} "
-                        f"--models={','.join(models)}" + ''.join(f' --set={s}' for s in overrides))
+def claim_checks(test_miou: dict[str, float], recomputed_miou: dict[str, float],
+                 best_baseline: float) -> lecture_common.Checks:
+  """C23 per net. Counted: its test mIoU (the loop's) above the best baseline's, i.e. the net
+  recognises which digit each pixel belongs to. Fact (a self-consistency check): the mIoU the
+  report recomputes from the best checkpoint agrees with the loop's to 1e-4."""
+  checks = lecture_common.Checks()
+  for model, miou in test_miou.items():
+    checks.add('C23', f'{model}: test mIoU above the best baseline (per-pixel digit recognition)',
+               'stated', f'> {best_baseline:.3f}', f'{miou:.3f}', miou > best_baseline)
+    again = recomputed_miou[model]
+    checks.add('C23', f'{model}: report recomputes the loop\'s test mIoU from the best checkpoint',
+               '–', 'difference < 1e-4', f'{again:.5f} vs {miou:.5f}', abs(again - miou) < 1e-4,
+               fact=True)
+  return checks
 
-  rows, checks, per_class = [], [], []
-  base = data['baselines']
-  best_base = max(b['mean_iou'] for b in base.values())
+
+def _iou_cells(iou) -> list[str]:
+  return [f'{v:.2f}' if v == v else '–' for v in iou]
+
+
+def _tables(runs: dict, measured: dict, configs: dict) -> tuple[str, str]:
+  """The results table (the nets, then the baselines) and the per-class test IoU table."""
+  data, rows, per_class = measured['data'], [], []
   for model, res in runs.items():
     m, cfg = measured['models'][model], configs[model]
-    recomputed = scores(m['confusion'])
-    agree = abs(recomputed['mean_iou'] - res['test_mean_iou']) < 1e-4
     shape = (f"{cfg.data.image_size or data['canvas']}² → {m['output_side']}²"
              + (f" (crop to {data['canvas']}²)" if m['output_side'] != data['canvas'] else ''))
     rows.append([model, PADDING[model], shape, f"{res['num_params']:,}",
@@ -232,32 +237,25 @@ def write_report(workdir: pathlib.Path, models: list[str], preset: str,
                  f"{res['best_step']:,} / {res['steps']:,}",
                  f"{res['wall_time_s'] / 60:.1f} min",
                  f"{res['train_images_per_s']:.0f}" if res['train_images_per_s'] else '–'])
-    per_class.append([model] + [f'{v:.2f}' if v == v else '–' for v in recomputed['iou']])
-    checks.append(lecture_common.check_row(
-        'C23', f'{model}: test mIoU above the best baseline (per-pixel digit recognition)',
-        'stated', f'> {best_base:.3f}', f"{res['test_mean_iou']:.3f}",
-        res['test_mean_iou'] > best_base))
-    checks.append(lecture_common.check_row(
-        'C23', f'{model}: report recomputes the loop\'s test mIoU from the best checkpoint',
-        '–', 'difference < 1e-4', f"{recomputed['mean_iou']:.5f} vs {res['test_mean_iou']:.5f}", agree))
-  for name, b in base.items():
+    per_class.append([model] + _iou_cells(scores(m['confusion'])['iou']))
+  for name, b in data['baselines'].items():
     rows.append([f'baseline: {name}', '–', '–', '–', f"{b['pixel_accuracy']:.2%}",
                  f"{b['mean_iou']:.3f}", '–', '–', '–', '–'])
-    per_class.append([f'baseline: {name}'] + [f'{v:.2f}' if v == v else '–' for v in b['iou']])
+    per_class.append([f'baseline: {name}'] + _iou_cells(b['iou']))
   table = report.markdown_table(
       ['model', 'padding', 'input → output', 'params', 'test pixel accuracy', 'test mIoU',
        'val mIoU', 'best / last step', 'wall time', 'train images/s'], rows)
-  class_table = report.markdown_table(
+  return table, report.markdown_table(
       ['model', 'background'] + [f'digit {d}' for d in range(10)], per_class)
-  curves = '\n\n'.join(f'**{m}**\n\n' + report.markdown_table(
-      ['step', 'val loss', 'val pixel accuracy', 'val mIoU'], _curve_rows(workdir / m))
-                       for m in runs)
-  cfg = next(iter(configs.values()))
-  status = ('all runs finished' if len(runs) == len(models) else
-            f'{len(runs)} of {len(models)} runs finished')
+
+
+def _header(workdir: pathlib.Path, runs: dict, data: dict, cfg, preset: str, command: str,
+            status: str) -> str:
+  """The report's title and its command, data, protocol, metrics and hardware."""
+  any_run = next(iter(runs.values()))
   train_wall = sum(r['wall_time_s'] for r in runs.values())
   kw = dict(cfg.model_kwargs)
-  text = f"""# U-Net segmentation of MNIST canvases — claim C23
+  return f"""# U-Net segmentation of MNIST canvases — claim C23
 
 Generated by `experiments/unet_segmentation.py` from the runs' `results.json` and `metrics.jsonl`
 and their best checkpoints ({status}).
@@ -281,7 +279,32 @@ and their best checkpoints ({status}).
   TP / (TP + FP + FN), both from one confusion matrix summed over the test split on the device.
 - **Hardware**: {any_run['device_count']} x {any_run['device_kind']}, host {any_run['host_cpu']};
   training wall time {train_wall / 60:.1f} min summed over the runs. {_load_note(workdir, runs)}
+"""
 
+
+def write_report(workdir: pathlib.Path, models: list[str], preset: str,
+                 overrides=(), command: str | None = None) -> pathlib.Path:
+  runs = _runs(workdir, models)
+  if not runs:
+    raise SystemExit(f'No finished runs under {workdir}; train first (drop --report_only).')
+  measured = measure(workdir, list(runs), preset, overrides)
+  png = plot_predictions(measured, workdir / 'predictions.png')
+  base = measured['data']['baselines']
+  configs = {m: model_config(m, preset, overrides) for m in runs}
+  command = command or (f"python -m experiments.unet_segmentation --preset={preset} "
+                        f"--models={','.join(models)}" + ''.join(f' --set={s}' for s in overrides))
+  recomputed = {m: scores(measured['models'][m]['confusion']) for m in runs}
+  checks = claim_checks({m: r['test_mean_iou'] for m, r in runs.items()},
+                        {m: r['mean_iou'] for m, r in recomputed.items()},
+                        max(b['mean_iou'] for b in base.values()))
+  table, class_table = _tables(runs, measured, configs)
+  curves = '\n\n'.join(f'**{m}**\n\n' + report.markdown_table(
+      ['step', 'val loss', 'val pixel accuracy', 'val mIoU'], _curve_rows(workdir / m))
+                       for m in runs)
+  status = ('all runs finished' if len(runs) == len(models) else
+            f'{len(runs)} of {len(models)} runs finished')
+  text = _header(workdir, runs, measured['data'], next(iter(configs.values())), preset, command,
+                 status) + f"""
 ## Results
 
 {table}
@@ -295,10 +318,7 @@ recognise digits; a net above it recognises which digit each pixel belongs to.
 
 {class_table}
 
-## Claim checks (computed from the runs)
-
-{report.markdown_table(lecture_common.CHECK_HEADERS, checks)}
-
+{lecture_common.checks_section(checks)}
 ## Input, true mask and predictions (test canvases)
 
 ![predictions]({png.name})
@@ -314,15 +334,13 @@ recognise digits; a net above it recognises which digit each pixel belongs to.
 {lecture_common.footer()}"""
   path = workdir / 'report.md'
   path.write_text(text)
-  summary = {
+  lecture_common.write_json(workdir / 'results.json', {
       'experiment': 'unet_segmentation', 'claims': 'C23', 'preset': preset, 'status': status,
-      'command': command, 'train_wall_time_s': train_wall,
+      'command': command, 'train_wall_time_s': sum(r['wall_time_s'] for r in runs.values()),
       'test': {m: {'pixel_accuracy': r['test_accuracy'], 'mean_iou': r['test_mean_iou']}
                for m, r in runs.items()},
-      'per_class_iou': {m: scores(measured['models'][m]['confusion'])['iou'] for m in runs},
-      'baselines': base, 'checks': checks,
-  }
-  lecture_common.write_json(workdir / 'results.json', summary)
+      'per_class_iou': {m: r['iou'] for m, r in recomputed.items()},
+      'baselines': base, **lecture_common.checks_record(checks)})
   return path
 
 

@@ -170,10 +170,42 @@ def plot_cifar_maps(images: np.ndarray, maps: np.ndarray, order, out: pathlib.Pa
   return out
 
 
-def cifar_part(workdir: pathlib.Path, toy: bool) -> tuple[str, list, dict]:
-  """The CIFAR-10 half of C26: (markdown section, check rows, results entries)."""
+def claim_checks(record: dict) -> common.Checks:
+  """C26 from the figures in results.json, each part when present. MNIST: the learned C1
+  filters' mean OSI ('filters', 'trained_mean_osi') above the 95th percentile of random sets
+  ('random_mean_osi_p95', 'p_value'). CIFAR-10 ('cifar'): the spread of the colour index over
+  the filters, and the DC share of the colour filters' chromatic part, each above the 95th
+  percentile of random sets. All counted: other learned filters could fail them."""
+  checks = common.Checks()
+  if 'trained_mean_osi' in record:
+    n, mean, p95 = len(record['filters']), record['trained_mean_osi'], record['random_mean_osi_p95']
+    checks.add('C26', f'orientation selectivity (OSI) of the {n} C1 filters, mean',
+               'first layers learn edges and lines',
+               f'> 95th percentile of the mean of {n} random initial filters ({p95:.3f})',
+               f"{mean:.3f} (fraction of random sets at least as high: {record['p_value']:.4f})",
+               mean > p95)
+  cifar = record.get('cifar')
+  if cifar:
+    n = len(cifar['filters'])
+    coloured = sum(f['colour_index'] > 0.5 for f in cifar['filters'])
+    spread, p95 = cifar['colour_index_std'], cifar['random_std_p95']
+    blob, blob_p95 = cifar['colour_filters_chroma_dc_share'], cifar['random_chroma_dc_share_p95']
+    lecture = 'colour images: first layers learn grey edges and colour blobs'
+    checks.add('C26', f'spread (std) of the colour index over the {n} first-layer filters',
+               lecture, f'> 95th percentile of random sets of {n} initial filters ({p95:.3f})',
+               f"{spread:.3f} (fraction of random sets at least as high: {cifar['p_value']:.4f})",
+               spread > p95)
+    checks.add('C26', f'DC share of the chromatic part, mean over the {coloured} colour filters '
+               '(CI > 0.5)', lecture,
+               f'> 95th percentile of the mean over as many random filters ({blob_p95:.3f})',
+               f'{blob:.3f}', coloured > 0 and blob > blob_p95)
+  return checks
+
+
+def cifar_part(workdir: pathlib.Path, toy: bool) -> tuple[str, dict]:
+  """The CIFAR-10 half of C26: (markdown section, results entries)."""
   if _CIFAR_RUN_DIR.value == 'none':
-    return ('## CIFAR-10 first layer\n\nSkipped (`--cifar_run_dir=none`).\n', [], {})
+    return ('## CIFAR-10 first layer\n\nSkipped (`--cifar_run_dir=none`).\n', {})
   import jax  # pylint: disable=g-import-not-at-top
   run_dir = pathlib.Path(_CIFAR_RUN_DIR.value or (workdir / 'cifar_run' if toy else
                                                   common.ROOT / CIFAR_DEFAULT[0]))
@@ -204,18 +236,6 @@ def cifar_part(workdir: pathlib.Path, toy: bool) -> tuple[str, list, dict]:
   random_dc = np.array([chroma_dc_share(rng.standard_normal(kernels.shape[:3]))
                         for _ in range(RANDOM_SETS * max(len(coloured), 1))])
   blob_p95 = float(np.percentile(random_dc.reshape(RANDOM_SETS, -1).mean(1), 95))
-  lecture = 'colour images: first layers learn grey edges and colour blobs'
-  checks = [
-      common.check_row(
-          'C26', f'spread (std) of the colour index over the {len(ci)} first-layer filters',
-          lecture, f'> 95th percentile of random sets of {len(ci)} initial filters ({p95:.3f})',
-          f'{spread:.3f} (fraction of random sets at least as high: {p_value:.4f})', spread > p95),
-      common.check_row(
-          'C26', f'DC share of the chromatic part, mean over the {len(coloured)} colour filters '
-          '(CI > 0.5)', lecture,
-          f'> 95th percentile of the mean over as many random filters ({blob_p95:.3f})',
-          f'{blob:.3f}', bool(coloured) and blob > blob_p95)]
-  holds = all(row[-1] == 'yes' for row in checks)
   order = np.argsort(ci)
   test_x, test_y = splits.test
   picks = [int(np.flatnonzero(test_y == c)[0]) for c in range(3)]
@@ -254,12 +274,13 @@ filters are) and {n_colour} nearly purely chromatic (CI > 0.8; {colour_random:.1
 
 ![CIFAR first-layer responses]({m_png.name})
 """
-  entries = {'cifar': {
+  entry = {
       'run_dir': str(rel), 'model': config.model, 'test_accuracy': results['test_accuracy'],
       'filters': stats, 'colour_index_std': spread, 'random_std_p95': p95, 'p_value': p_value,
       'colour_filters_chroma_dc_share': blob, 'random_chroma_dc_share_p95': blob_p95,
-      'n_grey': n_grey, 'n_colour': n_colour, 'check_holds': holds}}
-  return text, checks, entries
+      'n_grey': n_grey, 'n_colour': n_colour}
+  entry['check_holds'] = claim_checks({'cifar': entry}).all_hold
+  return text, {'cifar': entry}
 
 
 def plot_filters(kernels: np.ndarray, stats, out: pathlib.Path) -> pathlib.Path:
@@ -297,15 +318,8 @@ def plot_maps(images: np.ndarray, maps: np.ndarray, out: pathlib.Path) -> pathli
   return out
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.setup_process()
-  clock = common.Clock()
-  toy = _PRESET.value == 'toy'
-  workdir = pathlib.Path(_WORKDIR.value or common.ROOT / 'workdirs' /
-                         ('visualize_filters' + ('_toy' if toy else '')))
-  workdir.mkdir(parents=True, exist_ok=True)
+def mnist_run(workdir: pathlib.Path, toy: bool) -> tuple[object, pathlib.Path, dict]:
+  """(config, run directory, results) of the LeNet-5 run, trained first when not finished."""
   run_dir = pathlib.Path(_RUN_DIR.value or (workdir / 'run' if toy else common.ROOT / 'workdirs'
                                             / 'lenet5_mnist_seeds' / 'seed=0'))
   overrides = (('data.train_subset=2000', 'num_epochs=1', 'progress_bar=False') if toy
@@ -319,7 +333,35 @@ def main(argv):
   if not sweep.is_done(run_dir):
     from cnn_jax import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, run_dir, command=cli.command_line('experiments.visualize_filters'))
-  results = json.loads((run_dir / 'results.json').read_text())
+  return config, run_dir, json.loads((run_dir / 'results.json').read_text())
+
+
+def per_filter_table(kernels: np.ndarray, stats, individual_p95: float) -> str:
+  return report.markdown_table(
+      ['filter', 'OSI', 'preferred edge orientation', 'above the random 95th percentile '
+       f'({individual_p95:.3f})', 'L2 norm'],
+      [[i, f'{s[0]:.3f}', f'{s[1]:.0f}°', 'yes' if s[0] > individual_p95 else 'no',
+        f'{np.linalg.norm(kernels[:, :, 0, i]):.3f}'] for i, s in enumerate(stats)])
+
+
+def headline(record: dict, n_above: int) -> str:
+  cifar = record.get('cifar')
+  return (f"MNIST: mean OSI {record['trained_mean_osi']:.2f} vs random 95th pct "
+          f"{record['random_mean_osi_p95']:.2f}, {n_above}/{len(record['filters'])} filters "
+          'oriented' + (f"; CIFAR-10: CI spread {cifar['colour_index_std']:.2f} vs random 95th "
+                        f"pct {cifar['random_std_p95']:.2f}, {cifar['n_grey']} grey and "
+                        f"{cifar['n_colour']} colour filters" if cifar else ''))
+
+
+def main(argv):
+  common.check_argv(argv)
+  cli.setup_process()
+  clock = common.Clock()
+  toy = _PRESET.value == 'toy'
+  workdir = pathlib.Path(_WORKDIR.value or common.ROOT / 'workdirs' /
+                         ('visualize_filters' + ('_toy' if toy else '')))
+  workdir.mkdir(parents=True, exist_ok=True)
+  config, run_dir, results = mnist_run(workdir, toy)
 
   import jax  # pylint: disable=g-import-not-at-top
   model, variables, preprocess, splits = common.restore_best(config, run_dir)
@@ -328,8 +370,6 @@ def main(argv):
   stats = [orientation(kernels[:, :, 0, i]) for i in range(kernels.shape[-1])]
   random_means, random_all = random_osi(kernels.shape[-1])
   trained_mean = float(np.mean([s[0] for s in stats]))
-  p95 = float(np.percentile(random_means, 95))
-  p_value = float(np.mean(random_means >= trained_mean))
   individual_p95 = float(np.percentile(random_all, 95))
   n_above = sum(s[0] > individual_p95 for s in stats)
 
@@ -343,25 +383,22 @@ def main(argv):
   f_png = plot_filters(kernels, stats, workdir / 'filters.png')
   m_png = plot_maps(test_x[picks], maps, workdir / 'feature_maps.png')
 
-  cifar_text, cifar_checks, cifar_entries = cifar_part(workdir, toy)
-  mnist_holds = trained_mean > p95
-  checks = [common.check_row(
-      'C26', 'orientation selectivity (OSI) of the 6 C1 filters, mean', 'first layers learn '
-      'edges and lines', f'> 95th percentile of the mean of 6 random initial filters ({p95:.3f})',
-      f'{trained_mean:.3f} (fraction of random sets at least as high: {p_value:.4f})',
-      mnist_holds)] + cifar_checks
-  holds = all(row[-1] == 'yes' for row in checks)
-  per_filter = report.markdown_table(
-      ['filter', 'OSI', 'preferred edge orientation', 'above the random 95th percentile '
-       f'({individual_p95:.3f})', 'L2 norm'],
-      [[i, f'{s[0]:.3f}', f'{s[1]:.0f}°', 'yes' if s[0] > individual_p95 else 'no',
-        f'{np.linalg.norm(kernels[:, :, 0, i]):.3f}'] for i, s in enumerate(stats)])
+  cifar_text, cifar_entries = cifar_part(workdir, toy)
   facts = clock.facts()
   command = cli.command_line('experiments.visualize_filters')
+  record = {
+      'experiment': 'visualize_filters', 'claims': 'C26', 'preset': _PRESET.value,
+      'command': command, 'run_dir': str(common.rel(run_dir)), **facts,
+      'filters': [{'osi': s[0], 'orientation_deg': s[1]} for s in stats],
+      'trained_mean_osi': trained_mean,
+      'random_mean_osi_p95': float(np.percentile(random_means, 95)),
+      'p_value': float(np.mean(random_means >= trained_mean)), **cifar_entries}
+  record['headline'] = headline(record, n_above)
+  checks = claim_checks(record)
   text = common.header(
       title='What first layers learn: LeNet-5 on MNIST, a ResNet on CIFAR-10', claims='claim C26',
       command=command,
-      data=(f"MNIST, bundled IDX files; the run in `{run_dir.relative_to(common.ROOT) if run_dir.is_relative_to(common.ROOT) else run_dir}` "
+      data=(f"MNIST, bundled IDX files; the run in `{common.rel(run_dir)}` "
             f"({results['num_train']:,} training images, {results['epochs']} epochs, test accuracy "
             f"{results['test_accuracy']:.2%}, best checkpoint at epoch {results['best_epoch']}; "
             f"its command: `{results['command']}`)."),
@@ -370,10 +407,7 @@ def main(argv):
                 f'{RANDOM_SETS:,} sets of 6 kernels drawn from the LeCun-normal initialiser.'),
       train_wall_s=results['wall_time_s'], facts=facts, generator='experiments/visualize_filters.py')
   text += f"""
-## Claim checks
-
-{report.markdown_table(common.CHECK_HEADERS, checks)}
-
+{common.checks_section(checks)}
 ## MNIST first layer (LeNet-5 C1)
 
 {n_above} of {len(stats)} learned filters are individually more oriented than 95% of random
@@ -381,7 +415,7 @@ initial filters.
 
 ## Filters
 
-{per_filter}
+{per_filter_table(kernels, stats, individual_p95)}
 
 ![C1 kernels]({f_png.name})
 
@@ -394,23 +428,7 @@ C1 responses (after ReLU) to the first test digit of classes 0, 1, 4 and 7.
 {cifar_text}
 
 {common.footer()}"""
-  (workdir / 'report.md').write_text(text)
-  common.write_json(workdir / 'results.json', {
-      'experiment': 'visualize_filters', 'claims': 'C26', 'preset': _PRESET.value,
-      'command': command,
-      'run_dir': str(run_dir.relative_to(common.ROOT) if run_dir.is_relative_to(common.ROOT) else run_dir), 'all_checks_hold': holds, 'checks': checks,
-      **facts, 'filters': [{'osi': s[0], 'orientation_deg': s[1]} for s in stats],
-      'trained_mean_osi': trained_mean, 'random_mean_osi_p95': p95, 'p_value': p_value,
-      **cifar_entries,
-      'headline': (f'MNIST: mean OSI {trained_mean:.2f} vs random 95th pct {p95:.2f}, '
-                   f'{n_above}/{len(stats)} filters oriented' + (
-                       f"; CIFAR-10: CI spread {cifar_entries['cifar']['colour_index_std']:.2f} "
-                       f"vs random 95th pct {cifar_entries['cifar']['random_std_p95']:.2f}, "
-                       f"{cifar_entries['cifar']['n_grey']} grey and "
-                       f"{cifar_entries['cifar']['n_colour']} colour filters"
-                       if cifar_entries else ''))})
-  print(f"claim holds: {holds}; report: {workdir / 'report.md'}")
-  common.copy_outputs(workdir, _REPORT_DIR.value, OUTPUTS)
+  common.finish(workdir, text, record, OUTPUTS, checks, _REPORT_DIR.value)
 
 
 if __name__ == '__main__':
