@@ -1,7 +1,7 @@
 # cnn_jax: every target sets up .venv itself (pinned, idempotent) before running.
 PY := .venv/bin/python
 SETUP := scripts/setup_env.sh
-# glibc's malloc on transparent huge pages for the test runner (cnn_jax/xla_setup.py says why);
+# glibc's malloc on transparent huge pages for the test runner (cnn_jax/runtime.py says why);
 # the entry points restart themselves on jemalloc where installed, else on this.
 HUGE_PAGES := GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1
 

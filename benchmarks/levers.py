@@ -31,7 +31,7 @@
    in one process.
 11. The convolutions' kernel gradient: oneDNN's or cnn_jax/kernels/conv_kernel_gradient.h's, in
    the ResNets' training steps (processes side by side, taking turns).
-The project keeps a lever only where it pays (cnn_jax/xla_setup.py says which are on).
+The project keeps a lever only where it pays (cnn_jax/runtime.py says which are on).
 """
 from __future__ import annotations
 
@@ -328,7 +328,7 @@ def scan_child(model: str, steps: int, chunk: int) -> dict[str, float]:
 KERNEL_LAYERS = ((32, 3, 16, 1, 1), (32, 16, 16, 1, 6), (32, 16, 32, 2, 1), (16, 32, 32, 1, 5),
                  (16, 32, 64, 2, 1), (8, 64, 64, 1, 5))
 KERNEL_STEP_MODELS = ('lenet5', 'resnet20', 'resnet56')
-# (label, kernels, allocator: xla_setup.MALLOC_CHOICES) of section 8's training steps.
+# (label, kernels, allocator: runtime.MALLOC_CHOICES) of section 8's training steps.
 KERNEL_STEP_VARIANTS = (('XLA ops, glibc', '0', 'system'),
                         ('XLA ops, glibc on huge pages', '0', 'glibc'),
                         ('CPU kernels, glibc', '1', 'system'),
@@ -373,10 +373,10 @@ def _variant_rows(steps: dict) -> list[list[str]]:
 
 
 def _fusion_section(steps: dict, rounds: int) -> str:
-  from cnn_jax import report, xla_setup  # pylint: disable=g-import-not-at-top
+  from cnn_jax import report, runtime  # pylint: disable=g-import-not-at-top
   rows = _variant_rows(steps)
-  default = xla_setup.CPU_FLAGS[0].split('=')[1]
-  without = xla_setup.CPU_FLAGS_XLA_OPS[0].split('=')[1]
+  default = runtime.CPU_FLAGS[0].split('=')[1]
+  without = runtime.CPU_FLAGS_XLA_OPS[0].split('=')[1]
   return f"""## 9. YNN fusion types with the CPU kernels on
 
 Training steps, images/s (batch 64 for LeNet-5, 128 otherwise), the CPU kernels and the project's
@@ -388,7 +388,7 @@ side, one process each, and take turns window by window (`benchmarks.train_step.
                         'vs first row'], rows)}
 
 Kept: `{default}` where the CPU kernels run, `{without}` where they will not
-(`cnn_jax.xla_setup.cpu_flags`: kernels off, or several host devices). With the convolutions and
+(`cnn_jax.runtime.cpu_flags`: kernels off, or several host devices). With the convolutions and
 BatchNorm in cnn_jax's kernels, what is left for YNN's elementwise fusions is small elementwise
 work on the model's own layouts (a bias add, a ReLU, the input's conversion and normalisation on
 maps with 1 to 16 channels), which YNNPACK runs slower than XLA's own loop fusions: one LeNet-5
@@ -524,14 +524,14 @@ def kernels_child(rounds: int = 3) -> dict:
 def kernel_steps(steps: int, rounds: int = 3) -> dict:
   """Per model and variant of KERNEL_STEP_VARIANTS: every round's train_step child result (the
   jemalloc variant only where libjemalloc.so.2 is installed)."""
-  from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
-  variants = [v for v in KERNEL_STEP_VARIANTS if v[2] != 'jemalloc' or xla_setup.find_jemalloc()]
+  from cnn_jax import runtime  # pylint: disable=g-import-not-at-top
+  variants = [v for v in KERNEL_STEP_VARIANTS if v[2] != 'jemalloc' or runtime.find_jemalloc()]
   out = {}
   for model in KERNEL_STEP_MODELS:
     out[model] = {label: [] for label, _, _ in variants}
     for _ in range(rounds):
       for label, kernels, malloc in variants:
-        env = xla_setup.with_malloc(malloc, {k: v for k, v in os.environ.items()
+        env = runtime.with_malloc(malloc, {k: v for k, v in os.environ.items()
                                              if k != 'XLA_FLAGS'})
         env['CNN_JAX_CPU_KERNELS'] = kernels
         result = subprocess.run([sys.executable, '-m', 'benchmarks.train_step',
@@ -579,7 +579,7 @@ Training steps, images/s (batch 64 for LeNet-5, 128 otherwise), each variant a f
                         'page faults / step', 'user / system CPU ms / step'], step_rows)}
 
 Kept, both on by default: the kernels on CPUs (cnn_jax/kernels; `CNN_JAX_CPU_KERNELS=0` turns
-them off) and the allocator in the project's programs (cnn_jax/xla_setup.py; `CNN_JAX_MALLOC`):
+them off) and the allocator in the project's programs (cnn_jax/runtime.py; `CNN_JAX_MALLOC`):
 jemalloc where it is installed, else glibc on huge pages. XLA's CPU runtime allocates every
 step's buffers afresh and glibc hands large blocks back to the kernel when they are freed, so
 each step maps and zeroes them again: the page-fault and system-time columns. Huge pages make
@@ -680,7 +680,7 @@ this machine, so compare rows within a section, each measured in one run.
 
 {report.markdown_table(['XLA_FLAGS', 'images/s', 'compile s', 'vs XLA defaults'], steps)}
 
-Kept: the project default (cnn_jax/xla_setup.py), set before jax is imported and overridable
+Kept: the project default (cnn_jax/runtime.py), set before jax is imported and overridable
 (`XLA_FLAGS`, or `CNN_JAX_XLA_DEFAULTS=0` to turn it off).
 """)
   if '2' in sections:
@@ -818,6 +818,6 @@ LeNet-5, whose C5 has a 1x1 output; the parameters and the layer's values are un
 
 
 if __name__ == '__main__':
-  from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
-  xla_setup.restart_with_fast_malloc()  # first: it restarts the program
+  from cnn_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.start()  # first: may restart the program, then sets XLA up
   main()

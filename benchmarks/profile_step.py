@@ -100,7 +100,7 @@ def profile(model_name: str, steps: int) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from cnn_jax import config_base, input_pipeline, models, optim, parallel, train  # pylint: disable=g-import-not-at-top
   from benchmarks.train_step import BATCH, _shape  # pylint: disable=g-import-not-at-top
-  from cnn_jax import kernels, xla_setup  # pylint: disable=g-import-not-at-top
+  from cnn_jax import kernels, runtime  # pylint: disable=g-import-not-at-top
 
   batch, shape = BATCH.get(model_name, 64), _shape(model_name)
   config = config_base.base_config()
@@ -147,7 +147,7 @@ def profile(model_name: str, steps: int) -> dict:
   return {'model': model_name, 'batch': batch, 'wall_ms': wall_ms, 'per_op': per_op,
           'per_cat': per_cat, 'threads': len(threads), 'hlo': hlo,
           'xla_flags': __import__('os').environ.get('XLA_FLAGS', ''),
-          'malloc': xla_setup.current_malloc(),
+          'malloc': runtime.current_malloc(),
           'kernels': ', '.join(f'{k} {v}' for k, v in kernels.status().items())}
 
 
@@ -209,6 +209,6 @@ def main():
 
 
 if __name__ == '__main__':
-  from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
-  xla_setup.restart_with_fast_malloc()  # first: it restarts the program
+  from cnn_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.start()  # first: may restart the program, then sets XLA up
   main()

@@ -147,6 +147,6 @@ def main():
 
 
 if __name__ == '__main__':
-  from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
-  xla_setup.restart_with_fast_malloc()  # first: it restarts the program
+  from cnn_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.start()  # first: may restart the program, then sets XLA up
   main()

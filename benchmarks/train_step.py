@@ -11,7 +11,7 @@ Per model it starts one process for each of these (so XLA flags and memory figur
 * `jax (defaults)`: the loop's jitted `cnn_jax.train.train_step` as built by the loop's own
   `train.setup` from the model's experiment config (configs/lenet5_mnist.py,
   configs/cifar_resnet.py): the real data on the device, batches gathered and augmented inside
-  jit, donated state; with the project's settings: XLA flags (cnn_jax/xla_setup.py), the CPU
+  jit, donated state; with the project's settings: XLA flags (cnn_jax/runtime.py), the CPU
   kernels (cnn_jax/kernels) and the allocator. Timed alone ("step") and inside
   `train.train_loop` ("loop": log points, stop checks, epoch permutations, checkpoints at epoch
   ends), by the loop's own images/s bookkeeping;
@@ -51,6 +51,8 @@ import time
 
 import numpy as np
 
+from cnn_jax import runtime
+
 BATCH = {'lenet5': 64, 'resnet20': 128, 'resnet56': 128, 'plain20': 128, 'plain56': 128,
          'resnet50': 256}
 SHAPE = {'lenet5': (32, 32, 1), 'resnet50': (224, 224, 3)}
@@ -61,9 +63,6 @@ ROUNDS = 8  # rounds of interleaved windows (--repeats)
 GAP_S = 0.2  # idle between two windows, so that one child's spinning threads settle
 VARIANTS = {'defaults': {}, 'xla': {'CNN_JAX_CPU_KERNELS': '0'},
             'none': {'CNN_JAX_XLA_DEFAULTS': '0', 'CNN_JAX_CPU_KERNELS': '0'}}
-# The user's own XLA_FLAGS, before `import cnn_jax` in this process adds the project's: each child
-# starts from these, so the `none` variant really runs with XLA's defaults.
-USER_XLA_FLAGS = os.environ.get('XLA_FLAGS')
 
 
 def _shape(name):
@@ -178,11 +177,11 @@ class JaxBench:
     jax = self.jax
     stats = jax.devices()[0].memory_stats() or {}  # an accelerator's own memory; None on CPU
     peak = stats['peak_bytes_in_use'] / 2**20 if 'peak_bytes_in_use' in stats else _peak_rss_mb()
-    from cnn_jax import kernels, xla_setup  # pylint: disable=g-import-not-at-top
+    from cnn_jax import kernels, runtime  # pylint: disable=g-import-not-at-top
     return {'compile_s': self.compile_s, 'peak_rss_mb': peak, **(self.os_costs or {}),
             'xla_flags': os.environ.get('XLA_FLAGS', ''),
             'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
-            'malloc': xla_setup.current_malloc(), 'kernels': kernels.status(),
+            'malloc': runtime.current_malloc(), 'kernels': kernels.status(),
             'jax_version': jax.__version__, 'device_kind': jax.devices()[0].device_kind,
             'dtype': self.dtype}
 
@@ -322,12 +321,12 @@ def _child_env(env_extra: dict) -> dict:
   child adds itself unless `env_extra` turns them off or sets its own), `env_extra`."""
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)
-  if USER_XLA_FLAGS is not None:
-    env['XLA_FLAGS'] = USER_XLA_FLAGS
+  user_flags = runtime.user_xla_flags()  # this process's before runtime.start() added the project's
+  if user_flags:
+    env['XLA_FLAGS'] = user_flags
   env.update(env_extra)
   if env.get('CNN_JAX_XLA_DEFAULTS') == '0':  # none of the project's settings: system malloc
-    from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
-    env = xla_setup.with_malloc('system', env)
+    env = runtime.with_malloc('system', env)
   return env
 
 
@@ -436,8 +435,8 @@ def machine() -> dict:
     flags = ' '.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f' {f}' in text)
   except OSError:
     pass
-  from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
-  return {'host_cpu': report.host_cpu(), 'isa': flags, 'malloc': xla_setup.current_malloc(),
+  from cnn_jax import runtime  # pylint: disable=g-import-not-at-top
+  return {'host_cpu': report.host_cpu(), 'isa': flags, 'malloc': runtime.current_malloc(),
           'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d')}
 
 
@@ -569,6 +568,6 @@ def main():
 
 
 if __name__ == '__main__':
-  from cnn_jax import xla_setup  # pylint: disable=g-import-not-at-top
-  xla_setup.restart_with_fast_malloc()  # first: it restarts the program
+  from cnn_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.start()  # first: may restart the program, then sets XLA up
   main()

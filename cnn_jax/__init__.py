@@ -1,4 +1,5 @@
-"""cnn_jax: classic CNNs in JAX/Flax, exact to the parameter, with experiments that reproduce them."""
-from cnn_jax import xla_setup as _xla_setup
+"""cnn_jax: classic CNNs in JAX/Flax, exact to the parameter, with experiments that reproduce them.
 
-_xla_setup.configure()  # before anything imports jax
+Importing it changes nothing in the process: programs call `cnn_jax.runtime.start()` first
+(the allocator, XLA's flags, the compilation cache; see cnn_jax/runtime.py).
+"""

@@ -7,6 +7,7 @@ environment problem and shows its traceback.
 """
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 import signal
@@ -14,7 +15,7 @@ import sys
 
 from absl import flags, logging
 
-from cnn_jax import config_base, parallel, train, xla_setup
+from cnn_jax import config_base, parallel, train
 from cnn_jax.config_base import ConfigError
 from cnn_jax.datasets.splits import DataError
 
@@ -30,10 +31,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   `--config.model_kwargs.FIELD=VALUE` sets a module field of the chosen model (e.g.
   `shortcut=B`, `aux_logits=True`); the field name is checked against the model's fields.
   When a `--config` flag is defined, the parsed config is validated here, before anything runs.
-  First of all, the program restarts itself on a faster allocator
-  (xla_setup.restart_with_fast_malloc).
   """
-  xla_setup.restart_with_fast_malloc()
   is_model_kwarg = lambda arg: arg.startswith(MODEL_KWARGS_PREFIX) and '=' in arg
   model_kwargs = dict(arg[len(MODEL_KWARGS_PREFIX):].split('=', 1) for arg in argv
                       if is_model_kwarg(arg))
@@ -89,7 +87,6 @@ def exit_on_config_error(error: ConfigError) -> None:
 
 def literal(text: str):
   """'True' -> True, '3' -> 3, 'B' -> 'B'."""
-  import ast  # pylint: disable=g-import-not-at-top
   try:
     return ast.literal_eval(text)
   except (ValueError, SyntaxError):

@@ -8,34 +8,28 @@ nesting depth (`data.dataset`, `model_kwargs.shortcut`).
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import numbers
 from typing import Any, Iterable
 
 import ml_collections
 
-from cnn_jax import xla_setup
+from cnn_jax import datasets, models, runtime
+from cnn_jax.errors import ConfigError, check_choice, did_you_mean, nearest  # noqa: F401
 
 SCHEDULES = ('constant', 'step', 'cosine', 'plateau')
 OPTIMIZERS = ('sgd', 'adamw')
 # 'bundled': files shipped in data/; 'tfds': tensorflow-datasets; 'folder': an image folder
 # laid out as split/class/*.jpg (cnn_jax.datasets.image_folder).
-DATA_SOURCES = ('bundled', 'tfds', 'folder')
+DATA_SOURCES = datasets.DATA_SOURCES
 PIPELINES = ('device', 'stream')  # config.data.pipeline (cnn_jax.streaming)
 UNITS = ('epochs', 'steps')
 METRICS = ('val_loss', 'val_accuracy')
 DTYPES = ('float32', 'bfloat16', 'float16', 'auto')
 TRAINABLE = ('all', 'last_stage', 'head')  # config.trainable (cnn_jax.transfer)
-CPU_KERNEL_NAMES = ('conv2d', 'batch_norm')  # cnn_jax.kernels.library.KERNELS
+CPU_KERNEL_NAMES = runtime.CPU_KERNEL_NAMES  # cnn_jax.kernels.library.KERNELS
 CPU_KERNELS = ('auto', 'on', 'off')  # config.cpu_kernels, or a comma list of CPU_KERNEL_NAMES
-
-
-class ConfigError(ValueError):
-  """A config key or value that the schema or the model does not allow.
-
-  The message names the key, the nearest valid keys or values and, where there is one, the fix.
-  The command line prints it without a traceback (exit code 2).
-  """
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -125,7 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
   # The layer set on a CPU (cnn_jax.kernels.layer_set): 'auto' = the CPU kernels that build here,
   # 'on' = all of them or an error, 'off' = JAX's own ops (as on every other platform), or a
   # comma list of kernels ('conv2d', 'batch_norm'). Default: CNN_JAX_CPU_KERNELS, else 'auto'.
-  c.cpu_kernels = xla_setup.cpu_kernels_default()
+  c.cpu_kernels = runtime.cpu_kernels_default()
 
   # Distributed.
   c.distributed = False  # call jax.distributed.initialize() (multi-host); env vars give the cluster
@@ -186,38 +180,6 @@ def check_cpu_kernels(value: str) -> tuple[str, ...]:
   return names
 
 
-def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
-  """ConfigError naming the nearest allowed value unless `value` is one of `allowed`."""
-  allowed = tuple(allowed)
-  if value not in allowed:
-    raise ConfigError(f'config.{key}={value!r} is not valid.{did_you_mean(value, allowed)} '
-                      f'Valid values: {", ".join(map(repr, allowed))}.')
-
-
-def nearest(value: Any, candidates: Iterable[Any], n: int = 3) -> list[Any]:
-  """The candidates closest to `value`: numbers by distance, strings by spelling.
-
-  Close spellings (difflib's ratio >= 0.6) first; when none is that close, the single closest
-  candidate, so an error can always name one.
-  """
-  candidates = list(candidates)
-  if not candidates:
-    return []
-  if isinstance(value, numbers.Number) and not isinstance(value, bool):
-    numeric = [c for c in candidates if isinstance(c, numbers.Number)]
-    return sorted(numeric, key=lambda c: abs(c - value))[:1]
-  text = str(value)
-  ratio = lambda c: difflib.SequenceMatcher(None, text, str(c)).ratio()
-  ranked = sorted(candidates, key=ratio, reverse=True)
-  close = [c for c in ranked if ratio(c) >= 0.6][:n]
-  return close or ranked[:1]
-
-
-def did_you_mean(value: Any, candidates: Iterable[Any]) -> str:
-  best = nearest(value, candidates)
-  return f" Did you mean {' or '.join(map(repr, best))}?" if best else ''
-
-
 def unknown_key_message(key: str, valid: list[str]) -> str:
   """'Unknown config key' naming the nearest valid keys, at the depth where `key` went wrong.
 
@@ -268,8 +230,6 @@ def _check_keys(config, schema, prefix):
 
 def _check_model(name: str, model_kwargs) -> None:
   """The model exists and has every field that model_kwargs sets (nothing is built)."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  from cnn_jax import models  # pylint: disable=g-import-not-at-top  (models is heavy)
   if name not in models.names():
     raise ConfigError(f'Unknown model {name!r} (config.model).{did_you_mean(name, models.names())}'
                       f' Known models: {", ".join(models.names())}.')
@@ -299,7 +259,6 @@ def _check_classes(classes) -> None:
 
 
 def _check_dataset(name: str) -> None:
-  from cnn_jax import datasets  # pylint: disable=g-import-not-at-top  (datasets imports this)
   if name not in datasets.names():
     raise ConfigError(f'Unknown dataset {name!r} (config.data.dataset).'
                       f'{did_you_mean(name, datasets.names())} Known: {", ".join(datasets.names())}.')

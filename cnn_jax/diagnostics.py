@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax import tasks
+
 
 def _is_block_call(context) -> bool:
   path = context.module.scope.path if context.module.scope is not None else ()
@@ -44,7 +46,6 @@ def _perturbed_blocks(deltas: dict | None, outputs: dict):
 def make_diagnostics_fn(apply_fn, preprocess, step_cfg, images: np.ndarray, labels: np.ndarray):
   """Returns `fn(state) -> {metric: float}` on the fixed batch (images uint8 NHWC, labels int);
   `apply_fn` is the model's apply."""
-  from cnn_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
   x = preprocess(jnp.asarray(images), None, train=False)
   y = jnp.asarray(labels)
   n = x.shape[0]
@@ -54,7 +55,7 @@ def make_diagnostics_fn(apply_fn, preprocess, step_cfg, images: np.ndarray, labe
     with _perturbed_blocks(deltas, outputs):
       logits, _ = apply_fn(variables, x, train=True, mutable=['batch_stats', 'aux_logits'],
                               rngs={'dropout': jax.random.key(0)})
-    return train.cross_entropy(logits, y, step_cfg.num_classes)  # per example
+    return tasks.cross_entropy(logits, y, step_cfg.num_classes)  # per example
 
   def diagnose(params, batch_stats):
     shapes = {}

@@ -8,7 +8,7 @@ Ctrl-C saves the current state before exiting (exit code 130); rerun to resume.
 from absl import app, flags
 from ml_collections import config_flags
 
-from cnn_jax import cli
+from cnn_jax import cli, runtime
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
                                           lock_config=True)
@@ -29,4 +29,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  runtime.start()  # first: may restart the program, then sets XLA up
   app.run(main, flags_parser=cli.parse_flags)

@@ -6,6 +6,7 @@ import pathlib
 import time
 
 import jax
+from tensorboardX import SummaryWriter
 
 from cnn_jax.checkpointing import WorkdirError, write_text
 
@@ -17,7 +18,6 @@ class MetricWriter:
     self.path = pathlib.Path(workdir) / 'metrics.jsonl'
     self._tb = None
     if self._enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'))
 
   def write(self, step: int, split: str, metrics: dict) -> None:

@@ -13,18 +13,18 @@ Kubernetes, Cloud TPU). CPU collectives between processes use gloo.
 """
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+import orbax.checkpoint  # noqa: F401  (defines orbax's flags)
+from absl import flags
+from jax._src import distributed
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from cnn_jax.config_base import ConfigError
+from cnn_jax import runtime
+from cnn_jax.errors import ConfigError
 
 DATA_AXIS = 'data'
-ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'  # host:port of process 0 (read by jax itself too)
-ENV_NUM_PROCESSES = 'JAX_NUM_PROCESSES'
-ENV_PROCESS_ID = 'JAX_PROCESS_ID'
 
 
 def maybe_initialize_distributed(enabled: bool) -> bool:
@@ -34,12 +34,8 @@ def maybe_initialize_distributed(enabled: bool) -> bool:
   """
   if not enabled or jax.distributed.is_initialized():
     return False
-  kwargs = {}
-  if os.environ.get(ENV_NUM_PROCESSES):
-    kwargs = dict(coordinator_address=os.environ.get(ENV_COORDINATOR),
-                  num_processes=int(os.environ[ENV_NUM_PROCESSES]),
-                  process_id=int(os.environ[ENV_PROCESS_ID]))
-  if not os.environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
+  kwargs = runtime.cluster()
+  if not runtime.cpu_collectives_chosen():
     # Cross-process collectives of the CPU backend (only the CPU backend reads this setting).
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(**kwargs)
@@ -49,9 +45,7 @@ def maybe_initialize_distributed(enabled: bool) -> bool:
 
 def _orbax_barriers_without_collectives() -> None:
   """Orbax's barriers on the coordination service rather than on device collectives (orbax's
-  flag --experimental_orbax_use_distributed_barrier; see SYNC_TIMEOUT_MS for why)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint  # pylint: disable=g-import-not-at-top,unused-import  (defines the flag)
+  flag --experimental_orbax_use_distributed_barrier; see the comment above _client for why)."""
   name = 'experimental_orbax_use_distributed_barrier'
   if name in flags.FLAGS:
     flags.FLAGS[name].value = True
@@ -65,13 +59,11 @@ def process_count() -> int:
 # Agreement between processes goes through jax.distributed's coordination service (a key-value
 # store and barriers on the host), not through device collectives: it never waits for the
 # devices, and its timeout is ours. (Gloo, the CPU collectives, gives a new group of devices 30 s
-# to meet, which a process still compiling can miss.)
-SYNC_TIMEOUT_MS = int(float(os.environ.get('CNN_JAX_SYNC_TIMEOUT_S', '3600')) * 1000)
+# to meet, which a process still compiling can miss.) Timeout: runtime.sync_timeout_ms().
 _rounds: dict[str, int] = {}
 
 
 def _client():
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
   return distributed.global_state.client
 
 
@@ -89,7 +81,7 @@ def any_process(flag: bool) -> bool:
   client, me, n = _client(), jax.process_index(), jax.process_count()
   key = _next_key('any')
   client.key_value_set(f'{key}/{me}', '1' if flag else '0')
-  result = any(client.blocking_key_value_get(f'{key}/{i}', SYNC_TIMEOUT_MS) == '1'
+  result = any(client.blocking_key_value_get(f'{key}/{i}', runtime.sync_timeout_ms()) == '1'
                for i in range(n))
   round_ = _rounds['any']
   if round_ > 2:  # every process has read round - 2 before it wrote round - 1
@@ -105,7 +97,7 @@ def all_processes(flag: bool) -> bool:
 def barrier(name: str) -> None:
   """Waits until every process reaches the barrier called `name` (no device collective)."""
   if jax.process_count() > 1:
-    _client().wait_at_barrier(_next_key(name), SYNC_TIMEOUT_MS)
+    _client().wait_at_barrier(_next_key(name), runtime.sync_timeout_ms())
 
 
 class CompiledTogether:

@@ -25,6 +25,7 @@ says how to download the published ImageNet weights.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import os
@@ -34,9 +35,11 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 from cnn_jax import models
+from cnn_jax.models.vgg import VGG_DEPTHS
 
 # zoo name -> torchvision model name (the same everywhere).
 SUPPORTED = (
@@ -74,7 +77,6 @@ def _alexnet_module(path):
 
 
 def _vgg_module(depth: int, batch_norm: bool):
-  from cnn_jax.models.vgg import VGG_DEPTHS  # pylint: disable=g-import-not-at-top
   table, index = {}, 0
   for i, n in enumerate(VGG_DEPTHS[depth], start=1):
     for j in range(1, n + 1):  # Conv2d, [BatchNorm2d], ReLU ...
@@ -153,7 +155,6 @@ def _family(name: str):
 
 def _check_supported(name: str) -> None:
   if name not in SUPPORTED:
-    import difflib  # pylint: disable=g-import-not-at-top
     close = difflib.get_close_matches(name, SUPPORTED, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ''
     raise ConversionError(
@@ -356,7 +357,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if path.suffix == '.safetensors':
     return read_safetensors(path)
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top  (optional: torchvision weight files only)
   except ImportError:
     raise ConversionError(
         f'{path} is a PyTorch checkpoint and reading it needs torch (pip install torch). '
@@ -371,7 +372,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def _torch_to_numpy(t) -> np.ndarray:
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top  (optional: torchvision weight files only)
   t = t.detach().cpu()
   if t.dtype in (torch.bfloat16, torch.float16):
     t = t.float()
@@ -398,7 +399,6 @@ _ST_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'I64': np
 
 
 def _bfloat16():
-  import ml_dtypes  # pylint: disable=g-import-not-at-top  (a dependency of jax)
   return np.dtype(ml_dtypes.bfloat16)
 
 

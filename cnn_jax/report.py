@@ -11,6 +11,11 @@ import platform
 import subprocess
 from typing import Iterable, Sequence
 
+import flax
+import jax
+import optax
+
+from cnn_jax import runtime
 from cnn_jax.metric_writers import read_metrics
 
 
@@ -23,7 +28,7 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence]) -> str:
 def plot_training_curves(workdir: str | pathlib.Path, out_png: str | pathlib.Path,
                          title: str, steps_per_epoch: int) -> pathlib.Path:
   """Loss and accuracy against epochs: train (logged averages) and validation (per epoch)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top  (its backend is chosen before pyplot)
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -70,9 +75,6 @@ def host_cpu() -> str:
 
 def environment() -> dict:
   """Where and with what a run was made."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import flax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   return {
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
       'host_cpu': host_cpu(),
@@ -81,7 +83,18 @@ def environment() -> dict:
       'python': platform.python_version(),
       'jax': jax.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
       'git_commit': _git_commit(),
+      'runtime': runtime_summary(runtime.applied()),
   }
+
+
+def runtime_summary(applied: dict) -> str:
+  """cnn_jax.runtime.applied() in one line."""
+  if not applied.get('runtime_configured'):
+    return (f"not configured by cnn_jax.runtime (XLA_FLAGS: {applied['xla_flags'] or 'none'}; "
+            f"allocator: {applied['malloc']})")
+  return (f"XLA_FLAGS: {applied['xla_flags'] or 'none'}; allocator: {applied['malloc']}; "
+          f"CPU kernels default: {applied['cpu_kernels_default']}; threads: "
+          f"{applied['cpu_threads']}")
 
 
 def _git_commit() -> str:

@@ -35,8 +35,9 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import jax
 import numpy as np
+from PIL import Image
 
-from cnn_jax import input_pipeline, parallel
+from cnn_jax import datasets, input_pipeline, parallel
 from cnn_jax.datasets import image_folder
 from cnn_jax.datasets.splits import DataError, channel_mean_std, split_indices
 
@@ -80,7 +81,6 @@ class TfdsSource:
     if image.ndim == 2:
       image = image[..., None]
     if self.resize:
-      from PIL import Image  # pylint: disable=g-import-not-at-top
       img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
       image = np.asarray(image_folder.resize_center_crop(img, self.resize), np.uint8)
       image = image[..., None] if image.ndim == 2 else image
@@ -172,7 +172,7 @@ TFDS_TEST_SPLIT = {'imagenet2012': 'validation'}  # where TFDS has no labelled '
 
 
 def _tfds_sources(data):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # TFDS sources only (a slow import)
   try:
     builder = tfds.builder(data.dataset, data_dir=data.data_dir or None)
     sources = [builder.as_data_source(split=s)
@@ -331,3 +331,16 @@ class Stream:
     self.close_train()
     self._pool.shutdown(wait=False, cancel_futures=True)
 
+
+def load_dataset(data) -> StreamSplits:
+  """`data.dataset` as random-access sources decoded batch by batch (data.pipeline='stream'):
+  an image folder or a prepared TFDS array_record copy."""
+  folder, num_classes = datasets.stream_defaults(data)
+  splits = load(data, folder.path if folder is not None else None)
+  if data.source == 'folder' and folder is not None and not data.data_dir:
+    splits = dataclasses.replace(splits, source=f'{folder.label}, streamed')
+  if num_classes is not None and splits.num_classes != num_classes:
+    raise DataError(f'The streamed {data.dataset} data have {splits.num_classes} classes, not '
+                    f'{num_classes}. Point --config.data.data_dir at a {data.dataset} copy, or use '
+                    "--config.data.dataset=image_folder for this folder's own classes.")
+  return splits

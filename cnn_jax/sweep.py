@@ -39,8 +39,11 @@ import time
 from typing import Any, Sequence
 
 import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
 
-from cnn_jax import config_base
+from cnn_jax import cli, config_base, models, runtime, train
+from cnn_jax.report import markdown_table
 
 # Numbers of results.json that are aggregated over seeds, in table order.
 METRICS = ('test_accuracy', 'test_loss', 'val_accuracy', 'val_loss', 'final_train_eval_accuracy',
@@ -138,7 +141,6 @@ def build_members(config: ml_collections.ConfigDict, overrides: Sequence[dict]) 
     try:
       config_base.validate(c)
       if c.model_kwargs:  # module fields are checked by the registry, not the schema
-        from cnn_jax import models  # pylint: disable=g-import-not-at-top
         models.create(c.model, num_classes=1, **c.model_kwargs)
     except (ValueError, KeyError) as e:
       raise SweepError(f'Sweep member {member_name(ov)}: {e}') from e
@@ -229,7 +231,6 @@ def pending(members: Sequence[Member], workdir: pathlib.Path, retry_failed=False
 
 def run_member(member: Member, workdir: pathlib.Path, command: str) -> dict:
   """Trains one member in `workdir/<name>` (resuming); a failure is written to sweep_error.txt."""
-  from cnn_jax import train  # pylint: disable=g-import-not-at-top
   run_dir = workdir / member.name
   run_dir.mkdir(parents=True, exist_ok=True)
   (run_dir / ERROR_FILE).unlink(missing_ok=True)
@@ -255,7 +256,6 @@ def run_parallel(members, workdir, argv_for, parallel: int, retry_failed=False,
                  env: dict | None = None) -> str:
   """Runs the pending members `parallel` at a time, each in its own process (`argv_for(m)`);
   their output goes to DIR/logs/<name>.log. SIGTERM/Ctrl-C stops them (they save) and returns."""
-  from cnn_jax import train  # pylint: disable=g-import-not-at-top
   todo = list(pending(members, workdir, retry_failed))
   (workdir / 'logs').mkdir(parents=True, exist_ok=True)
   running: dict[int, tuple[subprocess.Popen, Any]] = {}
@@ -370,7 +370,6 @@ def pm(stat: dict | None, fmt: str = '{:.4f}', scale: float = 1.0) -> str:
 
 
 def markdown(summary: dict, title: str = '') -> str:
-  from cnn_jax.report import markdown_table  # pylint: disable=g-import-not-at-top
   keys = _setting_keys(summary)
   rows = []
   for s in summary['settings']:
@@ -396,8 +395,6 @@ def markdown(summary: dict, title: str = '') -> str:
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from cnn_jax import cli  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS
   if len(argv) > 1:
     raise SystemExit(f'Unexpected arguments: {argv[1:]}')
@@ -449,8 +446,6 @@ def main(argv):
 
 
 def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'Base config file (configs/*.py[:arg]).',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Sweep directory: one sub-directory per member.')
@@ -465,7 +460,6 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from cnn_jax import cli  # pylint: disable=g-import-not-at-top
+  runtime.start()  # first: may restart the program, then sets XLA up
   _define_flags()
   app.run(main, flags_parser=cli.parse_flags)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cnn_jax import input_pipeline
+from cnn_jax import input_pipeline, models
 
 CLASSIFICATION = 'classification'
 SEGMENTATION = 'segmentation'
@@ -142,7 +142,6 @@ def create(kind: str, num_classes: int):
 
 
 def for_model(name: str, num_classes: int):
-  from cnn_jax import models  # pylint: disable=g-import-not-at-top  (models is heavy)
   return create(models.spec(name).task, num_classes)
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import pathlib
 import shlex
 import sys
@@ -29,10 +30,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tqdm
 from flax.training import train_state
 
 from cnn_jax import (checkpointing, config_base, datasets, diagnostics, input_pipeline, models,
-                     optim, parallel, precision, report, streaming, tasks, transfer)
+                     optim, parallel, precision, report, runtime, streaming, tasks, transfer)
 from cnn_jax.config_base import ConfigError
 from cnn_jax.kernels import layer_set as cpu_layer_set
 from cnn_jax.metric_writers import MetricWriter
@@ -288,6 +290,7 @@ class Run:
   diagnose: Callable | None = None
   stream: streaming.Stream | None = None  # data.pipeline='stream': batches decoded on the host
   layers: layer_set.LayerSet = layer_set.STOCK  # what the model computes with (config.cpu_kernels)
+  load_start: float | None = dataclasses.field(default_factory=lambda: _load_average())  # sitting's
   last_tick: float = dataclasses.field(default_factory=time.time)
 
   @property
@@ -380,7 +383,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run
   checkpoint when there is one."""
   streamed = config.data.pipeline == 'stream'
   try:  # DataError: the files; ValueError: the config
-    splits = datasets.load_stream(config.data) if streamed else datasets.load(config.data)
+    splits = streaming.load_dataset(config.data) if streamed else datasets.load(config.data)
   except ValueError as e:
     raise ConfigError(str(e)) from e
   try:
@@ -681,12 +684,20 @@ def final_results(run: Run, state: TrainState, command: str | None) -> dict:
       'train_images_per_s': book.timed_images / book.train_seconds if book.train_seconds else None,
       **parallel.device_summary(),
       'host_cpu': report.host_cpu(),
+      # the machine's load when this sitting of the run started and ended (1-minute average)
+      'load_average_start': run.load_start, 'load_average_end': _load_average(),
+      'cpu_count': os.cpu_count(),
+      'runtime': runtime.applied(),
       'jax_version': jax.__version__,
       'command': command if command is not None else shlex.join([sys.executable] + sys.argv),
   })
   if parallel.is_main_process():
     checkpointing.write_text(run.workdir / 'results.json', json.dumps(results, indent=2) + '\n')
   return results
+
+
+def _load_average() -> float | None:
+  return os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
 
 
 def train_eval_subset(train, data_config):
@@ -716,6 +727,5 @@ def _eval_batch_size(requested: int, num_examples: int) -> int:
 def _progress_bar(config, total_steps, start_step):
   if not (config.progress_bar and parallel.is_main_process()):
     return None
-  import tqdm  # pylint: disable=g-import-not-at-top
   return tqdm.tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True,
                    mininterval=1.0, file=sys.stderr)

@@ -39,8 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
-from cnn_jax import checkpointing, config_base, models, parallel
+from cnn_jax import checkpointing, config_base, models, parallel, pretrained
 from cnn_jax.config_base import ConfigError
 from cnn_jax.models import (alexnet, cifar_cnn, cifar_resnet, densenet, googlenet, layers, lenet,
                             mlp, resnet, vgg)
@@ -214,7 +215,6 @@ def load_source(init_from: str, model_name: str, model_kwargs=None) -> tuple[dic
     if path.suffix not in TORCH_FILES:
       raise ConfigError(f'config.init_from={init_from!r} is a file but not a torchvision '
                         f'state_dict ({", ".join(TORCH_FILES)}); or give a workdir.')
-    from cnn_jax import pretrained  # pylint: disable=g-import-not-at-top
     try:
       variables = pretrained.load_torchvision(model_name, path, **dict(model_kwargs or {}))
     except (pretrained.ConversionError, FileNotFoundError) as e:
@@ -224,7 +224,6 @@ def load_source(init_from: str, model_name: str, model_kwargs=None) -> tuple[dic
     raise ConfigError(f'config.init_from={init_from!r} does not exist. Give the workdir of a '
                       f'trained run or a torchvision state_dict file ({", ".join(TORCH_FILES)}).')
   step_dir = find_checkpoint(path)
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   try:
     with ocp.StandardCheckpointer() as ckptr:
       state = ckptr.restore(step_dir.resolve() / 'state')

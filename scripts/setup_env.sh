@@ -36,8 +36,8 @@ req="-r requirements.txt -r requirements-dev.txt"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 # The CPU kernels, compiled now for this machine (cached; a failure only means XLA's ops).
 .venv/bin/python -m cnn_jax.kernels || echo "setup_env: some CPU kernels are unavailable (above)." >&2
-# The allocator the programs restart on (cnn_jax/xla_setup.py): jemalloc when the system has it.
-.venv/bin/python -c "from cnn_jax import xla_setup; xla_setup.find_jemalloc() or print(
+# The allocator the programs restart on (cnn_jax/runtime.py): jemalloc when the system has it.
+.venv/bin/python -c "from cnn_jax import runtime; runtime.find_jemalloc() or print(
     'setup_env: no libjemalloc.so.2, so programs run on glibc with huge pages; deep nets train '
     'faster on a CPU with it (Debian/Ubuntu: apt-get install libjemalloc2).')" >&2
 echo "$want" > .venv/.stamp

@@ -6,16 +6,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-import cnn_jax  # noqa: E402,F401  (XLA settings before any test imports jax)
-from cnn_jax import xla_setup  # noqa: E402
+from cnn_jax import runtime  # noqa: E402
+
+runtime.configure()  # the programs' XLA settings, before any test starts JAX's backend
 
 # The programs the tests start get glibc's huge pages from the start, as `make test` gives this
 # process, rather than restarting themselves on another allocator
-# (xla_setup.restart_with_fast_malloc): each restart costs a second interpreter start.
+# (runtime.restart_with_fast_malloc): each restart costs a second interpreter start.
 os.environ.setdefault('CNN_JAX_MALLOC', 'glibc')
 if 'glibc.malloc.hugetlb' not in os.environ.get('GLIBC_TUNABLES', ''):
   os.environ['GLIBC_TUNABLES'] = ':'.join(
-      filter(None, [os.environ.get('GLIBC_TUNABLES'), xla_setup.HUGE_PAGES_TUNABLE]))
+      filter(None, [os.environ.get('GLIBC_TUNABLES'), runtime.HUGE_PAGES_TUNABLE]))
 
 import pytest  # noqa: E402
 

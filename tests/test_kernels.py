@@ -248,14 +248,24 @@ def test_environment_variable_picks_kernels(value, expected, monkeypatch):
   assert library.requested() == expected
 
 
-def test_kernel_gradient_choice_is_checked(monkeypatch):
-  for value in library.KERNEL_GRADIENT_CHOICES:
-    monkeypatch.setenv(library.KERNEL_GRADIENT_ENV, value)
-    assert library.requested() == set(library.KERNELS)
-  monkeypatch.setenv(library.KERNEL_GRADIENT_ENV, 'oneDNN')
-  with pytest.raises(ValueError,
-                     match=r"CNN_JAX_CONV_KERNEL_GRADIENT='oneDNN'.*'direct', 'onednn'"):
-    library.requested()
+def test_kernel_gradient_choice_reaches_the_layer_set_and_both_paths_match_lax(monkeypatch):
+  from cnn_jax import config_base  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('CNN_JAX_CONV_KERNEL_GRADIENT', 'onednn')
+  layers = cpu_layer_set.for_config(config_base.base_config())
+  assert layers is cpu_layer_set.cpu_layers(frozenset(library.KERNELS), 'onednn')
+  assert 'oneDNN kernel gradient' in layers.name
+  monkeypatch.setenv('CNN_JAX_CONV_KERNEL_GRADIENT', 'oneDNN')
+  with pytest.raises(ValueError, match=r"CNN_JAX_CONV_KERNEL_GRADIENT='oneDNN'.*'direct', 'onednn'"):
+    cpu_layer_set.for_config(config_base.base_config())
+  x = jax.random.normal(jax.random.key(0), (4, 9, 9, 16))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 16, 24))
+  ref = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                              dimension_numbers=ops.NHWC)
+  want = jax.grad(lambda k: jnp.sum(jnp.sin(ref(x, k))))(k)
+  for direct in (True, False):
+    f = lambda k, d=direct: jnp.sum(jnp.sin(ops.conv2d(x, k, (1, 1), ((1, 1), (1, 1)),
+                                                      direct_kernel_gradient=d)))
+    _close(jax.jit(jax.grad(f))(k), want, rtol=1e-4, atol=1e-5)
 
 
 def test_environment_variable_names_unknown_kernels(monkeypatch):

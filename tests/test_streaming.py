@@ -66,7 +66,7 @@ def test_streamed_splits_carve_like_the_device_pipeline(tmp_path, monkeypatch):
   c = _config(data, 'stream')
   c.data.train_subset = 50
   held = datasets.load(c.data)
-  streamed = datasets.load_stream(c.data)
+  streamed = streaming.load_dataset(c.data)
   for split in ('train', 'val', 'test'):
     images, labels = getattr(held, split)
     got = streaming.decode_batch(getattr(streamed, split), np.arange(len(images)))
@@ -75,9 +75,9 @@ def test_streamed_splits_carve_like_the_device_pipeline(tmp_path, monkeypatch):
   np.testing.assert_array_equal(streamed.mean, held.mean)
   np.testing.assert_array_equal(streamed.std, held.std)
   c.data.stats_images = 20  # a fixed sample of 20 training images
-  sample = datasets.load_stream(c.data).sample
+  sample = streaming.load_dataset(c.data).sample
   assert sample.shape == (20, 32, 32, 3)
-  np.testing.assert_array_equal(sample, datasets.load_stream(c.data).sample)
+  np.testing.assert_array_equal(sample, streaming.load_dataset(c.data).sample)
 
 
 def _png(path, size, value=128):
@@ -96,18 +96,18 @@ def test_stream_errors_name_the_problem_and_the_fix(tmp_path):
   c.data.dataset, c.data.source, c.data.data_dir = 'image_folder', 'folder', str(root)
   c.data.pipeline, c.data.validation_size = 'stream', 0
   with pytest.raises(DataError, match=r'differ in shape.*data\.resize=S'):
-    datasets.load_stream(c.data)
+    streaming.load_dataset(c.data)
   c.data.resize = 24  # shorter side to 24, central square: every image 24 x 24
-  assert datasets.load_stream(c.data).image_shape == (24, 24, 3)
+  assert streaming.load_dataset(c.data).image_shape == (24, 24, 3)
   (root / 'train' / 'b' / '0.png').write_bytes(b'not a png')
   with pytest.raises(DataError, match=r'Cannot decode image .*0\.png.*Replace or delete'):
-    datasets.load_stream(c.data)
+    streaming.load_dataset(c.data)
   c.data.per_class = 1
   with pytest.raises(ValueError, match="per_class is not supported with data.pipeline='stream'"):
-    datasets.load_stream(c.data)
+    streaming.load_dataset(c.data)
   c.data.per_class, c.data.source = 0, 'bundled'
   with pytest.raises(ValueError, match="fit on the device: use data.pipeline='device'"):
-    datasets.load_stream(c.data)
+    streaming.load_dataset(c.data)
   c.data.pipeline = 'strem'
   with pytest.raises(config_base.ConfigError, match="Did you mean 'stream'"):
     config_base.validate(c)

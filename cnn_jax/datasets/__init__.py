@@ -12,9 +12,10 @@ from typing import NamedTuple
 
 import ml_collections
 
-from cnn_jax import config_base
 from cnn_jax.datasets import image_folder, mnist_idx, mnist_segmentation, oxford_pet, tfds_source
 from cnn_jax.datasets.splits import Splits, DataError, carve_validation
+
+DATA_SOURCES = ('bundled', 'tfds', 'folder')  # config.data.source
 
 # Data shared beside the repository: <repo root>/../shared/data.
 _SHARED_DATA = pathlib.Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
@@ -90,8 +91,8 @@ def load(data: ml_collections.ConfigDict) -> Splits:
                      f'(--config.data.source=folder); data.source is {source!r}.')
   if source == 'folder':
     (train, test), num_classes, source = _load_folder(data, folder, num_classes)
-  elif source not in config_base.DATA_SOURCES:
-    raise ValueError(f'Unknown data.source {source!r}; one of {config_base.DATA_SOURCES}.')
+  elif source not in DATA_SOURCES:
+    raise ValueError(f'Unknown data.source {source!r}; one of {DATA_SOURCES}.')
   elif data.dataset == 'image_folder':
     raise ValueError(f"Dataset 'image_folder' is your own folder: set --config.data.source=folder "
                      f'and --config.data.data_dir=DIR, a folder laid out as {image_folder.LAYOUT}.')
@@ -111,23 +112,6 @@ def load(data: ml_collections.ConfigDict) -> Splits:
   return carve_validation(data.dataset, source, num_classes, train, test,
                           data.validation_size, data.split_seed, data.train_subset,
                           classes=tuple(data.select_classes), per_class=data.per_class)
-
-
-def load_stream(data: ml_collections.ConfigDict):
-  """`data.dataset` as random-access sources decoded batch by batch (data.pipeline='stream',
-  cnn_jax.streaming): an image folder or a prepared TFDS array_record copy."""
-  from cnn_jax import streaming  # pylint: disable=g-import-not-at-top  (it imports this package)
-  if data.dataset not in _DATASETS:
-    load(data)  # the unknown-name error, with its suggestions
-  _, _, folder, num_classes = _DATASETS[data.dataset]
-  splits = streaming.load(data, folder.path if folder is not None else None)
-  if data.source == 'folder' and folder is not None and not data.data_dir:
-    splits = dataclasses.replace(splits, source=f'{folder.label}, streamed')
-  if num_classes is not None and splits.num_classes != num_classes:
-    raise DataError(f'The streamed {data.dataset} data have {splits.num_classes} classes, not '
-                    f'{num_classes}. Point --config.data.data_dir at a {data.dataset} copy, or use '
-                    "--config.data.dataset=image_folder for this folder's own classes.")
-  return splits
 
 
 def _load_folder(data, folder: Folder | None, num_classes: int | None):
@@ -164,3 +148,11 @@ def _check_classes(name, root, class_names, num_classes, folder: Folder | None) 
 
 
 __all__ = ['Splits', 'DataError', 'CIFAR10_CLASSES', 'load', 'load_stream', 'names']
+
+
+def stream_defaults(data: ml_collections.ConfigDict) -> tuple[Folder | None, int | None]:
+  """`data.dataset`'s default image folder and class count, for cnn_jax.streaming."""
+  if data.dataset not in _DATASETS:
+    load(data)  # the unknown-name error, with its suggestions
+  _, _, folder, num_classes = _DATASETS[data.dataset]
+  return folder, num_classes

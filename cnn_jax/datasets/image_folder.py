@@ -39,6 +39,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from cnn_jax import runtime
 from cnn_jax.datasets.splits import DataError
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')  # compared lower-case
@@ -89,11 +90,7 @@ def load(root, splits=('train', 'test'), cache_dir=None, *, resize: int = 0,
 
 def default_cache_dir() -> pathlib.Path:
   """image_folder/ in the project's cache: $CNN_JAX_CACHE_DIR, else $XDG_CACHE_HOME/cnn_jax."""
-  root = os.environ.get('CNN_JAX_CACHE_DIR')
-  if not root:
-    xdg = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    root = os.path.join(xdg, 'cnn_jax')
-  return pathlib.Path(root) / 'image_folder'
+  return runtime.cache_dir() / 'image_folder'
 
 
 def _cache_name(listing: Listing) -> str:

@@ -11,6 +11,7 @@ network, then --config.data.data_dir=DIR), or --config.data.tfds_download=True w
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from cnn_jax.datasets.splits import DataError
 
@@ -34,7 +35,6 @@ def trimap_to_mask(trimap: np.ndarray) -> np.ndarray:
 
 def resize_pair(image: np.ndarray, trimap: np.ndarray, size: int):
   """uint8 image [h, w, 3] and trimap [h, w, 1] -> image [size, size, 3] and mask [size, size]."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   img = Image.fromarray(np.asarray(image, np.uint8)).convert('RGB')
   img = np.asarray(img.resize((size, size), Image.BILINEAR), np.uint8)
   mask = trimap_to_mask(trimap)
@@ -45,7 +45,7 @@ def resize_pair(image: np.ndarray, trimap: np.ndarray, size: int):
 def load(data_dir: str | None, download: bool, size: int = 128):
   """((train images, masks), (test images, masks)): uint8 [N, size, size, 3] and [N, size, size]."""
   try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # TFDS sources only (a slow import)
   except ImportError as e:
     raise DataError(f'{NAME} is read with tensorflow-datasets: `pip install '
                     'tensorflow-datasets`.') from e
@@ -69,7 +69,7 @@ def _split(builder, split: str, size: int):
     source = builder.as_data_source(split=split)
     rows = (source[i] for i in range(len(source)))
   except (NotImplementedError, ValueError, KeyError):  # tfrecord copy: through tf.data
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # TFDS sources only (a slow import)
     try:
       rows = tfds.as_numpy(builder.as_dataset(split=split))
     except ImportError as e:

@@ -11,7 +11,7 @@ from cnn_jax.datasets.splits import DataError
 
 
 def load(name: str, data_dir: str | None, download: bool):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # TFDS sources only (a slow import)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # unknown name, unreadable folder
@@ -34,7 +34,7 @@ class _NotPrepared(Exception):
 
 
 def _split(builder, split):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # TFDS sources only (a slow import)
   try:
     source = builder.as_data_source(split=split)
     rows = [source[i] for i in range(len(source))]

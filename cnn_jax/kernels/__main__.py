@@ -6,6 +6,7 @@ message says why; training still works, with XLA's ops in their place).
 import sys
 import warnings
 
+from cnn_jax import runtime
 from cnn_jax.kernels import library
 
 
@@ -20,4 +21,5 @@ def main() -> int:
 
 
 if __name__ == '__main__':
+  runtime.configure()  # the compilation settings the programs use; no allocator restart
   sys.exit(main())

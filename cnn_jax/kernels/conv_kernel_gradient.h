@@ -30,15 +30,6 @@ struct KernelGradientGeometry {
   int64_t dil_h, dil_w;  // dilation (1: none)
 };
 
-// CNN_JAX_CONV_KERNEL_GRADIENT=onednn keeps oneDNN's everywhere (to compare; default: direct).
-inline bool DirectKernelGradientWanted() {
-  static const bool wanted = [] {
-    const char* v = std::getenv("CNN_JAX_CONV_KERNEL_GRADIENT");
-    return v == nullptr || std::strcmp(v, "onednn") != 0;
-  }();
-  return wanted;
-}
-
 // Where the direct kernel gradient applies: stride 1, output channels in 8s, 12 input channels
 // or more (with 3 or 8, oneDNN's was faster).
 inline bool DirectKernelGradientApplies(int64_t stride_h, int64_t stride_w, int64_t c, int64_t k) {

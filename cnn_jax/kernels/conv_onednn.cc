@@ -277,9 +277,9 @@ void RunWeightsDirect(ffi::ThreadPool& pool, const Geometry& g, const float* x, 
 
 // Kernel gradient: per-piece partial gradients in oneDNN's layout, summed, reordered to HWIO.
 ffi::Error RunWeights(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy,
-                      float* dw) {
+                      float* dw, bool direct_wanted) {
 #ifdef CNN_JAX_DIRECT_KERNEL_GRADIENT
-  if (cnn_jax::DirectKernelGradientWanted() &&
+  if (direct_wanted &&
       cnn_jax::DirectKernelGradientApplies(g.strides[0], g.strides[1], g.src[1], g.weights[0])) {
     RunWeightsDirect(pool, g, x, dy, dw);
     return ffi::Error::Success();
@@ -353,12 +353,14 @@ ffi::Error BackwardData(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buf
 ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                            ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
                            ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
-                           ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi) {
+                           ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                           bool direct_kernel_gradient) {
   try {
     Geometry g;
     if (auto e = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, dilation,
                               pad_lo, pad_hi, &g); e.failure()) return e;
-    return RunWeights(pool, g, x.typed_data(), dy.typed_data(), dw->typed_data());
+    return RunWeights(pool, g, x.typed_data(), dy.typed_data(), dw->typed_data(),
+                      direct_kernel_gradient);
   } catch (const std::exception& e) {
     return cnn_jax::Internal("conv2d_backward_weights", e.what());
   }
@@ -379,5 +381,6 @@ ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv2dForward, Forward, CNN_JAX_CONV_BINDING(x, w));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv2dBackwardData, BackwardData, CNN_JAX_CONV_BINDING(dy, w));
+// direct_kernel_gradient: conv_kernel_gradient.h where it applies (runtime.conv_kernel_gradient).
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv2dBackwardWeights, BackwardWeights,
-                              CNN_JAX_CONV_BINDING(x, dy));
+                              CNN_JAX_CONV_BINDING(x, dy).Attr<bool>("direct_kernel_gradient"));

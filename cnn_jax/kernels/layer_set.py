@@ -18,6 +18,7 @@ import functools
 import jax
 from jax.interpreters import ad
 
+from cnn_jax import runtime
 from cnn_jax.config_base import ConfigError, check_cpu_kernels
 from cnn_jax.kernels import conv, library, ops, pooling
 from cnn_jax.models.layer_set import STOCK, LayerSet
@@ -52,9 +53,16 @@ def _reverse_mode_only(name: str, fn):
   return layer
 
 
+def cpu_layers(kernels: frozenset[str] = frozenset(library.KERNELS),
+               kernel_gradient: str = 'direct') -> LayerSet:
+  """The CPU layer set running the named kernels (the others' layers run XLA's ops), with the
+  convolutions' kernel gradient `kernel_gradient` ('direct': conv_kernel_gradient.h where it
+  applies; 'onednn': oneDNN's everywhere). One object per choice, so jit's cache is shared."""
+  return _cpu_layers(frozenset(kernels), kernel_gradient)
+
+
 @functools.cache
-def cpu_layers(kernels: frozenset[str] = frozenset(library.KERNELS)) -> LayerSet:
-  """The CPU layer set running the named kernels (the others' layers run XLA's ops)."""
+def _cpu_layers(kernels: frozenset[str], kernel_gradient: str) -> LayerSet:
   unknown = sorted(set(kernels) - set(library.KERNELS))
   if unknown:
     raise ValueError(f'Unknown CPU kernels {unknown}; the kernels are {sorted(library.KERNELS)}.')
@@ -63,10 +71,15 @@ def cpu_layers(kernels: frozenset[str] = frozenset(library.KERNELS)) -> LayerSet
   def batch_norm_train(x, scale, bias, epsilon, relu=False, residual=None):
     return ops.batch_norm_train(x, scale, bias, epsilon, relu, residual, kernel=use_bn)
 
+  if kernel_gradient not in runtime.KERNEL_GRADIENT_CHOICES:
+    raise ValueError(f'kernel_gradient={kernel_gradient!r}: use one of '
+                     f'{runtime.KERNEL_GRADIENT_CHOICES}.')
+  gradient_note = '; oneDNN kernel gradient' if kernel_gradient == 'onednn' else ''
   return LayerSet(
-      f"cpu ({', '.join(sorted(kernels)) or 'no kernels'})",
+      f"cpu ({', '.join(sorted(kernels)) or 'no kernels'}{gradient_note})",
       _reverse_mode_only('the convolution',
-                         functools.partial(conv.conv_general_dilated, kernel=use_conv)),
+                         functools.partial(conv.conv_general_dilated, kernel=use_conv,
+                                           direct_kernel_gradient=kernel_gradient == 'direct')),
       _reverse_mode_only('BatchNorm', batch_norm_train),
       _reverse_mode_only('max pooling', pooling.max_pool))
 
@@ -76,12 +89,13 @@ def for_config(config) -> LayerSet:
   off a CPU or for 'off'; else the CPU set with the kernels asked for ('auto': those that build
   here, on one device; 'on' or names: each must build, on one device, else ConfigError)."""
   choice = check_cpu_kernels(config.cpu_kernels)
+  gradient = runtime.conv_kernel_gradient()
   if choice == ('off',) or jax.default_backend() != 'cpu':
     return STOCK
   wanted = library.KERNELS if choice in (('auto',), ('on',)) else choice
   if choice == ('auto',):
     on_one_device = jax.device_count() == 1
-    return cpu_layers(frozenset(n for n in wanted if on_one_device and library.load(n)))
+    return cpu_layers(frozenset(n for n in wanted if on_one_device and library.load(n)), gradient)
   if jax.device_count() != 1:
     raise ConfigError(f'config.cpu_kernels={config.cpu_kernels!r} needs one device (the kernels '
                       f'are opaque to XLA\'s partitioner; this program has {jax.device_count()}); '
@@ -90,4 +104,4 @@ def for_config(config) -> LayerSet:
   if missing:
     raise ConfigError(f'config.cpu_kernels={config.cpu_kernels!r}: CPU kernel(s) {missing} cannot '
                       f'be used here ({library.status()}); use \'auto\' or \'off\'.')
-  return cpu_layers(frozenset(wanted))
+  return cpu_layers(frozenset(wanted), gradient)

@@ -27,12 +27,11 @@ import tempfile
 import threading
 import warnings
 
-from cnn_jax import xla_setup
+import jax
 
-ENV = 'CNN_JAX_CPU_KERNELS'  # "1"/unset: all kernels; "0": none; or a comma list of names
-# The convolutions' kernel gradient on AVX2 CPUs (conv_kernel_gradient.h); read by the C++ kernel.
-KERNEL_GRADIENT_ENV = 'CNN_JAX_CONV_KERNEL_GRADIENT'
-KERNEL_GRADIENT_CHOICES = ('direct', 'onednn')
+from cnn_jax import runtime
+
+ENV = 'CNN_JAX_CPU_KERNELS'  # read by cnn_jax.runtime: the default of config.cpu_kernels
 HERE = pathlib.Path(__file__).resolve().parent
 ONEDNN = ('onednn-cpu-gomp', 'onednn-devel-cpu-gomp')  # runtime library, headers
 ONEDNN_PIN = '2023.2.0'
@@ -60,24 +59,11 @@ class Unavailable(RuntimeError):
 
 
 def requested() -> frozenset[str]:
-  """The kernels `CNN_JAX_CPU_KERNELS` asks for (all by default); also checks
-  `CNN_JAX_CONV_KERNEL_GRADIENT`, which the C++ kernel reads (a typo would go unnoticed there)."""
-  gradient = os.environ.get(KERNEL_GRADIENT_ENV)
-  if gradient is not None and gradient not in KERNEL_GRADIENT_CHOICES:
-    raise ValueError(f'{KERNEL_GRADIENT_ENV}={gradient!r}: use one of '
-                     f'{list(KERNEL_GRADIENT_CHOICES)} (direct, the default, is cnn_jax\'s AVX2 '
-                     'kernel gradient where it applies; onednn keeps oneDNN\'s everywhere).')
-  value = os.environ.get(ENV, '1').strip().lower()
-  if value in ('1', 'all', 'on', 'true'):
+  """The kernels `CNN_JAX_CPU_KERNELS` (config.cpu_kernels' default) asks for: all by default."""
+  value = runtime.cpu_kernels_default()
+  if value == 'auto':
     return frozenset(KERNELS)
-  if value in xla_setup.KERNELS_OFF:
-    return frozenset()
-  names = frozenset(n.strip() for n in value.split(',') if n.strip())
-  unknown = sorted(names - set(KERNELS))
-  if unknown:
-    raise ValueError(f'{ENV}={value!r} names unknown kernels {unknown}; use 1 (all), 0 (none) '
-                     f'or a comma list of {sorted(KERNELS)}.')
-  return names
+  return frozenset() if value == 'off' else frozenset(value.split(','))
 
 
 _lock = threading.Lock()
@@ -97,7 +83,6 @@ def load(name: str) -> bool:
     try:
       path = build(name)
       lib = ctypes.CDLL(str(path))
-      import jax  # pylint: disable=g-import-not-at-top
       for target in KERNELS[name].targets:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)),
                                     platform='cpu')
@@ -132,11 +117,10 @@ def build(name: str) -> pathlib.Path:
   kernel = KERNELS[name]
   if not sys.platform.startswith('linux'):
     raise Unavailable(f'the kernels are built on Linux only (this is {sys.platform})')
-  cxx = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
+  cxx = runtime.cxx()
   if not cxx or not shutil.which(cxx):
     raise Unavailable('no C++ compiler found: install g++ (Debian: apt-get install g++) or set '
                       'CXX')
-  import jax  # pylint: disable=g-import-not-at-top
   flags = ['-O3', '-std=c++17', '-shared', '-fPIC', '-DNDEBUG', '-march=native',
            f'-I{HERE}', f'-I{jax.ffi.include_dir()}']
   libs = []
@@ -152,7 +136,7 @@ def build(name: str) -> pathlib.Path:
                 importlib.metadata.version('jaxlib').encode(), _cpu_signature().encode()]):
     digest.update(part)
     digest.update(b'\0')
-  folder = xla_setup.cache_dir() / 'kernels'
+  folder = runtime.cache_dir() / 'kernels'
   target = folder / f'{name}-{digest.hexdigest()[:16]}.so'
   if target.exists():
     return target

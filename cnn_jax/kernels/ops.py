@@ -42,9 +42,12 @@ def use_kernel(name: str) -> bool:
 
 def conv2d(x: jax.Array, w: jax.Array, window_strides: Sequence[int] = (1, 1),
            padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0)),
-           rhs_dilation: Sequence[int] = (1, 1), kernel: bool = True) -> jax.Array:
+           rhs_dilation: Sequence[int] = (1, 1), kernel: bool = True,
+           direct_kernel_gradient: bool = True) -> jax.Array:
   """`lax.conv_general_dilated(x, w, window_strides, padding, rhs_dilation=rhs_dilation,
-  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`, on a CPU through oneDNN where it applies."""
+  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`, on a CPU through oneDNN where it applies;
+  `direct_kernel_gradient`: the kernel gradient of conv_kernel_gradient.h where it applies (AVX2
+  builds), else oneDNN's."""
   strides = tuple(int(s) for s in window_strides)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   dilation = tuple(int(d) for d in rhs_dilation)
@@ -52,7 +55,8 @@ def conv2d(x: jax.Array, w: jax.Array, window_strides: Sequence[int] = (1, 1),
   if not (kernel and conv2d_kernel_applies(x, w, strides, pads, dilation)
           and use_kernel('conv2d')):
     return xla(x, w)
-  cpu = functools.partial(_conv2d_cpu, geometry=(strides, pads, dilation))
+  cpu = functools.partial(_conv2d_cpu,
+                          geometry=(strides, pads, dilation, bool(direct_kernel_gradient)))
   return lax.platform_dependent(x, w, cpu=cpu, default=xla)
 
 
@@ -72,7 +76,7 @@ def _conv2d_xla(x, w, *, strides, padding, dilation):
 
 
 def _conv_attrs(geometry) -> dict:
-  strides, padding, dilation = geometry
+  strides, padding, dilation, _ = geometry
   return dict(window_strides=np.asarray(strides, np.int64),
               rhs_dilation=np.asarray(dilation, np.int64),
               padding_lo=np.asarray([lo for lo, _ in padding], np.int64),
@@ -90,7 +94,7 @@ def _conv2d_cpu(x, w, geometry):
 
 
 def _conv2d_cpu_fwd(x, w, geometry):
-  strides, padding, dilation = geometry
+  strides, padding, dilation, _ = geometry
   out = jax.eval_shape(functools.partial(_conv2d_xla, strides=strides, padding=padding,
                                          dilation=dilation), x, w)
   y = _ffi('CnnJaxConv2dForward', out)(x, w, **_conv_attrs(geometry))
@@ -101,8 +105,8 @@ def _conv2d_cpu_bwd(geometry, residuals, dy):
   x, w = residuals
   attrs = _conv_attrs(geometry)
   dx = _ffi('CnnJaxConv2dBackwardData', jax.ShapeDtypeStruct(x.shape, x.dtype))(dy, w, **attrs)
-  dw = _ffi('CnnJaxConv2dBackwardWeights', jax.ShapeDtypeStruct(w.shape, w.dtype))(x, dy,
-                                                                                    **attrs)
+  dw = _ffi('CnnJaxConv2dBackwardWeights', jax.ShapeDtypeStruct(w.shape, w.dtype))(
+      x, dy, direct_kernel_gradient=geometry[-1], **attrs)
   return dx, dw
 
 

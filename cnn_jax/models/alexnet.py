@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.config_base import ConfigError, did_you_mean
+from cnn_jax.errors import ConfigError, did_you_mean
 from cnn_jax.models.layer_set import Conv
 from cnn_jax.models.layers import adaptive_avg_pool, max_pool_ceil
 from cnn_jax.models.layer_set import max_pool

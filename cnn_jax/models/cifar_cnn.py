@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax import config_base
+from cnn_jax import errors
 from cnn_jax.models import layers
 from cnn_jax.models.layer_set import Conv
 from cnn_jax.models.layer_set import max_pool
@@ -30,7 +30,7 @@ class CifarCNN(nn.Module):
   dtype: Any = jnp.float32
 
   def __post_init__(self):
-    config_base.check_choice('model_kwargs.norm', self.norm, layers.NORMS)
+    errors.check_choice('model_kwargs.norm', self.norm, layers.NORMS)
     super().__post_init__()
 
   @nn.compact

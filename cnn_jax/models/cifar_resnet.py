@@ -28,7 +28,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.config_base import ConfigError, did_you_mean
+from cnn_jax.errors import ConfigError, did_you_mean
 from cnn_jax.models.layer_set import Conv
 from cnn_jax.models.layers import (Identity, batch_norm, classifier_head, kernel_init, norm_act,
                                    torch_pad)

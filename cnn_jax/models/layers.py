@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax.config_base import ConfigError, did_you_mean
+from cnn_jax.errors import ConfigError, did_you_mean
 from cnn_jax.models import layer_set
 from cnn_jax.models.layer_set import max_pool
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.config_base import ConfigError, did_you_mean
+from cnn_jax.errors import ConfigError, did_you_mean
 # Re-exported: these lived here before models/layers.py held them.
 from cnn_jax.models.layer_set import Conv
 from cnn_jax.models.layers import (ModuleDef, batch_norm, classifier_head,  # noqa: F401

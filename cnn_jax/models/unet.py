@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.config_base import ConfigError
+from cnn_jax.errors import ConfigError
 from cnn_jax.models.layer_set import Conv
 from cnn_jax.models.layer_set import max_pool
 

@@ -12,8 +12,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import adaptive_avg_pool, batch_norm, norm_act
 from cnn_jax.models.layer_set import Conv, max_pool
+from cnn_jax.models.layers import adaptive_avg_pool, batch_norm, norm_act
 
 # convs per stage; the stage widths are (64, 128, 256, 512, 512) for every depth.
 VGG_DEPTHS: dict[int, tuple[int, ...]] = {
