@@ -17,8 +17,9 @@ import pathlib
 import sys
 
 from absl import app, flags
+import ml_collections
 
-from cnn_jax import cli, config_base, conv_arithmetic, models, report, sweep
+from cnn_jax import cli, config_base, conv_arithmetic, models, report, runtime, sweep
 from cnn_jax.models import cifar_zoo as zoo_models
 from configs import cifar_zoo
 from experiments import lecture_common as common
@@ -119,6 +120,16 @@ def headline(rows: list[dict], config) -> str:
   return (f'test accuracy after {steps:,} {unit} of {config.batch_size}: ' + ', '.join(
       f"{r['model']} {r['results']['test_accuracy']:.1%}" for r in done)
           + ('' if len(done) == len(rows) else f' ({len(done)} of {len(rows)} models trained)'))
+
+
+def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+  """The report in `report_dir` (reports/cifar_zoo) computed again from its per-run records:
+  each model's results.json and config.json give the headline. It has no claim checks (a table)."""
+  names = [r['model'] for r in common.read_json(report_dir / 'results.json')['rows']]
+  rows = [{'model': n, 'results': common.read_results(report_dir / n)} for n in names]
+  config = next(ml_collections.ConfigDict(common.read_json(report_dir / n / 'config.json'))
+                for n in names if (report_dir / n / 'config.json').exists())
+  return common.Recomputed(common.Checks(), headline(rows, config))
 
 
 def batch_norm_reading(rows: list[dict]) -> str:
@@ -254,5 +265,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  runtime.start()  # first: may restart the program, then sets XLA up
   define_flags()
   app.run(main, flags_parser=cli.parse_flags)

@@ -18,7 +18,7 @@ import pathlib
 from absl import app, flags
 import numpy as np
 
-from cnn_jax import cli, report, sweep
+from cnn_jax import cli, report, runtime, sweep
 from experiments import lecture_common as common
 
 FLAGS = common.FLAGS
@@ -176,6 +176,24 @@ def headline(agg: dict, sizes) -> str:
           f"{f['shift_accuracy'][3]['mean']:.0%}")
 
 
+def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+  """The report in `report_dir` (reports/cnn_vs_fc) computed again from its per-run records:
+  each member's results (members.csv) and shift test (shift_eval.json) aggregated over seeds
+  give the checks and the headline. The training-set size of 'all' is results.json's."""
+  shifts = common.read_json(report_dir / 'shift_eval.json')
+  num_train = {(s['model'], s['train_subset']): s['num_train']
+               for s in common.read_json(report_dir / 'results.json')['settings']}
+  table = collections.defaultdict(list)
+  for m in common.read_members(report_dir / 'members.csv'):
+    if m['status'] == 'completed':
+      key = (m['model'], m['data.train_subset'])
+      table[key].append({'results': {**m, 'num_train': num_train[key]}, 'shift': {
+          int(k): v for k, v in shifts[m['name']]['shifts'].items()}})
+  agg = aggregate(table)
+  sizes = sorted({s for _, s in agg}, key=lambda s: s or 10 ** 9)
+  return common.Recomputed(claim_checks(agg, sizes), headline(agg, sizes))
+
+
 def main(argv):
   run = common.start_sweep(argv, 'cnn_vs_fc', 'C25: LeNet-5 vs a fully-connected net')
   workdir = run.workdir
@@ -247,5 +265,6 @@ def plot(agg: dict, sizes, out: pathlib.Path) -> pathlib.Path:
 
 
 if __name__ == '__main__':
+  runtime.start()  # first: may restart the program, then sets XLA up
   define_flags()
   app.run(main, flags_parser=cli.parse_flags)

@@ -25,7 +25,7 @@ import sys
 from absl import app, flags
 
 from configs import cifar_resnet
-from cnn_jax import cli, config_base, report
+from cnn_jax import cli, config_base, report, runtime
 from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common as common
 
@@ -792,5 +792,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  runtime.start()  # first: may restart the program, then sets XLA up
   define_flags()
   app.run(main, flags_parser=cli.parse_flags)

@@ -16,7 +16,7 @@ import pathlib
 from absl import app
 import numpy as np
 
-from cnn_jax import cli, report, sweep
+from cnn_jax import cli, report, runtime, sweep
 from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common as common
 
@@ -51,6 +51,12 @@ def read_variants(run: common.SweepRun) -> dict[str, dict]:
         'val_accuracy': [r['accuracy'] for r in val], 'best_epoch': results['best_epoch'],
         'test_accuracy': results['test_accuracy'], 'wall_time_s': results['wall_time_s'],
         'examples_seen': results['steps'] * m.config.batch_size})
+  return summarise(variants)
+
+
+def summarise(variants: dict[str, dict]) -> dict[str, dict]:
+  """Adds to each variant, from its runs' validation curves, the mean curves over seeds and
+  each run's lowest validation loss and final / lowest ratio."""
   for v in variants.values():
     curves = np.asarray([r['val_loss'] for r in v['runs']])
     v['mean_val_loss'] = curves.mean(0).tolist()
@@ -148,13 +154,27 @@ Wall times are per run and include validation after every epoch and one checkpoi
 SGD with batch 1 pays a dispatch per example, which dominates on a CPU.
 
 {common.footer()}"""
-  headline = ', '.join(f"{k.split(' (')[0] if 'mini' not in k else 'mini-batch'} "
-                       f"{np.mean(v['min_val_loss']):.3f}" for k, v in variants.items())
   common.finish(workdir, text, {
       'experiment': 'gd_variants', 'claims': 'C13', 'preset': run.preset, 'command': command,
-      'train_wall_time_s': train_wall, **facts,
-      'headline': f'lowest val loss at equal examples seen: {headline}',
+      'train_wall_time_s': train_wall, **facts, 'headline': headline(variants),
       'variants': variants}, OUTPUTS, checks, FLAGS.report_dir)
+
+
+def headline(variants: dict[str, dict]) -> str:
+  return 'lowest val loss at equal examples seen: ' + ', '.join(
+      f"{k.split(' (')[0] if 'mini' not in k else 'mini-batch'} {np.mean(v['min_val_loss']):.3f}"
+      for k, v in variants.items())
+
+
+def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+  """The report in `report_dir` (reports/gd_variants) computed again from its results.json:
+  each run's validation curve, best epoch and examples seen give the summaries, the checks and
+  the headline."""
+  record = common.read_json(report_dir / 'results.json')
+  runs = {k: {'runs': v['runs']} for k, v in record['variants'].items()}
+  variants = summarise(runs)
+  num_epochs = len(next(iter(variants.values()))['runs'][0]['val_loss'])
+  return common.Recomputed(claim_checks(variants, num_epochs), headline(variants))
 
 
 def plot(variants: dict, out: pathlib.Path, subset: int) -> pathlib.Path:
@@ -178,5 +198,6 @@ def plot(variants: dict, out: pathlib.Path, subset: int) -> pathlib.Path:
 
 
 if __name__ == '__main__':
+  runtime.start()  # first: may restart the program, then sets XLA up
   common.define_flags('gd_variants', '128 images, 5 epochs.', seeds_of='variant')
   app.run(main, flags_parser=cli.parse_flags)

@@ -24,7 +24,7 @@ import pathlib
 from absl import app, flags
 import numpy as np
 
-from cnn_jax import cli, report, sweep, xla_setup
+from cnn_jax import cli, report, runtime, sweep
 from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common as common
 
@@ -304,6 +304,25 @@ diverged.
 {plot}"""
 
 
+def headline(data: dict, depth: int) -> str:
+  he = ratio_stats(data[('relu', 'He (2/n)')]['act_var'])
+  lecun = ratio_stats(data[('relu', 'LeCun (1/n)')]['act_var'])
+  return (f"ReLU: He keeps Var within x{he['max_over_min']:.2f} over {depth} layers; "
+          f"LeCun x{lecun['per_layer_ratio']:.2f} per layer")
+
+
+def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+  """The report in `report_dir` (reports/init_variance) computed again from its results.json:
+  the variance curves of the dense stack give its checks and the headline; the trained runs'
+  checks come from their per-init summary (their curves are not committed)."""
+  record = common.read_json(report_dir / 'results.json')
+  data = {tuple(key.split('/', 1)): d for key, d in record['curves'].items()}
+  rows, _ = checks(data, record['depth'])
+  if record.get('training'):
+    rows += training_checks(record['training'])
+  return common.Recomputed(common.Checks.of(rows), headline(data, record['depth']))
+
+
 def main(argv):
   common.check_argv(argv)
   clock = common.Clock()
@@ -364,20 +383,16 @@ def main(argv):
 {training_text or 'The CIFAR-10 half (plain-20 trained under each init) was skipped (--train=False).'}
 
 {common.footer()}"""
-  he = ratio_stats(data[('relu', 'He (2/n)')]['act_var'])
-  lecun = ratio_stats(data[('relu', 'LeCun (1/n)')]['act_var'])
   common.finish(workdir, text, {
       'experiment': 'init_variance', 'claims': 'C12', 'preset': preset, 'command': command,
-      **p, **facts,
-      'headline': (f"ReLU: He keeps Var within x{he['max_over_min']:.2f} over {p['depth']} layers; "
-                   f"LeCun x{lecun['per_layer_ratio']:.2f} per layer"),
+      **p, **facts, 'headline': headline(data, p['depth']),
       'curves': {f'{act}/{init}': d for (act, init), d in data.items()},
       'training': train_summary},
       OUTPUTS, rows, FLAGS.report_dir)
 
 
 if __name__ == '__main__':
-  xla_setup.restart_with_fast_malloc()
+  runtime.start()  # first: may restart the program, then sets XLA up
   common.define_flags('init_variance', '20 layers of width 256; plain-20 8 steps on 256 images.',
                       seeds_of='initialisation')
   flags.DEFINE_bool('train', True, 'Also train the CIFAR-10 plain-20 under each initialisation.')

@@ -5,11 +5,13 @@ restoring a trained model.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import time
 
@@ -230,6 +232,13 @@ class Checks:
   def all_hold(self) -> bool:
     return all_hold(self.rows)
 
+  @classmethod
+  def of(cls, rows, facts=()) -> Checks:
+    """Checks holding these rows (counted) and facts, e.g. a report's or a function's lists."""
+    checks = cls()
+    checks.rows, checks.facts = [list(r) for r in rows], [list(r) for r in facts]
+    return checks
+
 
 def _rows_and_facts(checks) -> tuple[list, list]:
   """A Checks' (rows, facts); a plain list of rows has no facts."""
@@ -258,6 +267,71 @@ def checks_record(checks) -> dict:
 
 def write_json(path: pathlib.Path, data: dict) -> None:
   path.write_text(json.dumps(data, indent=2, default=float) + '\n')
+
+
+# ---------------------------------------------------------- a committed report, computed again
+
+
+@dataclasses.dataclass
+class Recomputed:
+  """A committed report (reports/<name>/) computed again from its files by its experiment's own
+  functions (each experiment's `recompute(report_dir)`): the claim checks (counted rows and
+  facts), the README headline and any other figure the README shows. `stored` lists the counted
+  checks (by quantity) whose per-run records the report does not commit: their rows are the
+  report's own, read from its results.json, until a rerun commits the records."""
+  checks: Checks
+  headline: str
+  stored: tuple[str, ...] = ()
+  figures: dict = dataclasses.field(default_factory=dict)
+
+
+def read_json(path: pathlib.Path) -> dict:
+  return json.loads(pathlib.Path(path).read_text())
+
+
+def stored_rows(record: dict, quantity: str) -> list[list[str]]:
+  """The counted rows of a results.json whose quantity starts with `quantity`."""
+  return [row for row in record.get('checks', []) if row[1].startswith(quantity)]
+
+
+def read_members(path: pathlib.Path) -> list[dict]:
+  """A sweep's members.csv (one row per member): numbers as numbers, empty cells as None."""
+  def value(text: str):
+    if text == '':
+      return None
+    try:
+      return int(text)
+    except ValueError:
+      try:
+        return float(text)
+      except ValueError:
+        return text
+  with pathlib.Path(path).open(newline='') as f:
+    return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+CHECK_KEYS = ('all_checks_hold', 'checks', 'facts')
+# report.md's claim-checks table and the facts table after it, as `checks_section` writes them.
+CHECKS_SECTION = re.compile(r'## Claim checks[^\n]*\n\n(?:\|[^\n]*\n)+'
+                            rf'(?:\n## {re.escape(FACTS_TITLE)}\n\n(?:\|[^\n]*\n)+)?')
+
+
+def with_checks(record: dict, checks: Checks) -> dict:
+  """`record` (a results.json) with 'all_checks_hold', 'checks' and 'facts' from `checks`, where
+  its own stood; every other entry as it was, in its place."""
+  keys = list(record)
+  at = min([keys.index(k) for k in CHECK_KEYS if k in record], default=len(keys))
+  items = [(k, v) for k, v in record.items() if k not in CHECK_KEYS]
+  return dict(items[:at] + list(checks_record(checks).items()) + items[at:])
+
+
+def with_checks_section(text: str, checks: Checks) -> str | None:
+  """report.md `text` with its claim-checks section (and facts table) written from `checks`;
+  None if it has no such section."""
+  found = CHECKS_SECTION.search(text)
+  if found is None:
+    return None
+  return text[:found.start()] + checks_section(checks) + text[found.end():]
 
 
 def copy_outputs(workdir: pathlib.Path, report_dir: str | None, names) -> None:

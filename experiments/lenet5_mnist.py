@@ -20,7 +20,7 @@ from absl import app, flags
 import ml_collections
 from ml_collections import config_flags
 
-from cnn_jax import cli, report
+from cnn_jax import cli, report, runtime
 from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common as common
 
@@ -71,6 +71,23 @@ def claim_checks(results: dict, config) -> common.Checks:
              f"epoch {results['best_epoch']} of {results['epochs']}",
              results['best_epoch'] is not None, fact=True)
   return checks
+
+
+def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+  """The report in `report_dir` (reports/lenet5_mnist) computed again from its committed records:
+  the test accuracy from the run's metrics.jsonl (its test record), the checks on it with the
+  run's results.json and config.json, and the mean ± std over seeds from seeds.json's
+  per-seed test accuracies."""
+  results = common.read_json(report_dir / 'results.json')
+  test = [r for r in read_metrics(report_dir / 'metrics.jsonl') if r['split'] == 'test']
+  results = {**results, 'test_accuracy': test[-1]['accuracy']}
+  config = ml_collections.ConfigDict(common.read_json(report_dir / 'config.json'))
+  seeds = (common.read_json(report_dir / 'seeds.json')
+           if (report_dir / 'seeds.json').exists() else {'test_accuracies': []})
+  over_seeds = {**common.stat(seeds['test_accuracies']), 'n': len(seeds['test_accuracies'])}
+  return common.Recomputed(
+      claim_checks(results, config), f"test accuracy {results['test_accuracy']:.2%}",
+      figures={'test_accuracy': results['test_accuracy'], 'seeds': over_seeds})
 
 
 def write_report(workdir: pathlib.Path, results: dict, config,
@@ -149,5 +166,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  runtime.start()  # first: may restart the program, then sets XLA up
   define_flags()
   app.run(main, flags_parser=cli.parse_flags)

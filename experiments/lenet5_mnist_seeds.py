@@ -19,7 +19,7 @@ import re
 from absl import app, flags
 import numpy as np
 
-from cnn_jax import cli, report, sweep
+from cnn_jax import cli, report, runtime, sweep
 from experiments import lecture_common as common
 
 
@@ -101,5 +101,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  runtime.start()  # first: may restart the program, then sets XLA up
   define_flags()
   app.run(main, flags_parser=cli.parse_flags)

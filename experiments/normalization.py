@@ -27,7 +27,7 @@ import pathlib
 from absl import app, flags
 import numpy as np
 
-from cnn_jax import cli, report, sweep
+from cnn_jax import cli, report, runtime, sweep
 from cnn_jax.metric_writers import read_metrics
 from cnn_jax.models import layers
 from experiments import lecture_common as common
@@ -382,6 +382,15 @@ def headline(runs: dict) -> str:
              if bn_single and None not in bn_single else ''))
 
 
+def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+  """The report in `report_dir` (reports/normalization) computed again from its results.json:
+  each run's results and test-time evaluation give the checks and the headline; the axes facts
+  are the report's `axes_check` (no training)."""
+  record = common.read_json(report_dir / 'results.json')
+  return common.Recomputed(claim_checks(record['axes_check'], record['runs']),
+                           headline(record['runs']))
+
+
 def main(argv):
   run = common.start_sweep(argv, 'normalization', 'C11: normalisation layers in cifar_cnn',
                            config_args=tuple(FLAGS.set))
@@ -453,5 +462,6 @@ Per-member records: [members.csv](members.csv), [sweep.md](sweep.md),
 
 
 if __name__ == '__main__':
+  runtime.start()  # first: may restart the program, then sets XLA up
   define_flags()
   app.run(main, flags_parser=cli.parse_flags)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax import conv_arithmetic as ca
-from cnn_jax import models
+from cnn_jax import models, runtime
 
 from cnn_jax.models import published
 from cnn_jax.models.layer_set import max_pool
@@ -410,4 +410,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
+  runtime.start()  # first: may restart the program, then sets XLA up
   main()

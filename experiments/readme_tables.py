@@ -1,36 +1,50 @@
 """Regenerates the result tables in README.md from the committed reports (never typed by hand).
 
-    python -m experiments.readme_tables
+    python -m experiments.readme_tables             # README.md's tables
+    python -m experiments.readme_tables --recheck   # first, each report's stale checks entries
 
-Each table sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->` markers.
+Each table sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->` markers. The headlines and
+"checks hold" cells of the LeNet-5 and experiments tables are computed again from each report's
+committed files by its experiment's `recompute` (`recompute` here), never read from a stored
+verdict; `mismatches` says where the committed results.json, report.md or README disagree with
+that, and `--recheck` rewrites a results.json's 'checks'/'facts'/'all_checks_hold' and a
+report.md's claim-checks section from it (no measured number changes).
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import json
+import math
 import pathlib
 import re
+import sys
 
 from cnn_jax import models
 from cnn_jax.models import published
 from cnn_jax.report import markdown_table
+from experiments import lecture_common as common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def seeds_cell(seeds: dict) -> str:
+  """'99.06% ± 0.10% (5 seeds)' from {'mean', 'std', 'n'} over seeds; '—' with none."""
+  if not seeds['n']:
+    return '—'
+  return (f"{seeds['mean']:.2%}" + ('' if math.isnan(seeds['std']) else f" ± {seeds['std']:.2%}")
+          + f" ({seeds['n']} seeds)")
+
+
 def lenet5_table() -> str:
   r = json.loads((ROOT / 'reports/lenet5_mnist/results.json').read_text())
-  seeds_path = ROOT / 'reports/lenet5_mnist/seeds.json'
-  seeds = '—'
-  if seeds_path.exists():
-    s = json.loads(seeds_path.read_text())
-    if s['mean'] is not None:
-      seeds = (f"{s['mean']:.2%}" + (f" ± {s['std']:.2%}" if s['std'] is not None else '')
-               + f" ({s['seeds_done']} seeds)")
+  got = recompute('lenet5_mnist').figures
   return markdown_table(
       ['experiment', 'claims', 'test accuracy', 'over seeds', 'lecture', 'best epoch', 'wall time',
        'train images/s', 'hardware', 'command'],
-      [[f"[{r['name']}](reports/lenet5_mnist/report.md)", 'C13-C15', f"{r['test_accuracy']:.2%}",
-        seeds, 'about 99%', f"{r['best_epoch']} of {r['epochs']}", f"{r['wall_time_s']:.0f} s",
+      [[f"[{r['name']}](reports/lenet5_mnist/report.md)", 'C13-C15', f"{got['test_accuracy']:.2%}",
+        seeds_cell(got['seeds']), 'about 99%', f"{r['best_epoch']} of {r['epochs']}",
+        f"{r['wall_time_s']:.0f} s",
         f"{r['train_images_per_s']:,.0f}",
         f"{r['device_count']} x {r['device_kind']}, host {r.get('host_cpu', '?')}",
         f"`{r['command']}`"]])
@@ -76,6 +90,11 @@ def checks_cell(record: dict) -> str:
   return f'{held} of {len(checks)}' if checks else '— (no checks: a table)'
 
 
+def experiment_cells(got: common.Recomputed) -> list[str]:
+  """The "headline (measured)" and "checks hold" cells of a recomputed report."""
+  return [got.headline, checks_cell(common.checks_record(got.checks))]
+
+
 def experiments_table() -> str:
   rows = []
   for name, (claims, what, command) in EXPERIMENTS.items():
@@ -88,15 +107,123 @@ def experiments_table() -> str:
     # and has no experiment wall time of its own to show.
     regenerated = '--report_only' in r['command']
     wall = r.get('train_wall_time_s') or (None if regenerated else r.get('experiment_wall_time_s'))
-    headline = r.get('headline') or '; '.join(  # segmentation: test figures per model
-        f"{m}: test mIoU {t['mean_iou']:.3f}, pixel accuracy {t['pixel_accuracy']:.1%}"
-        for m, t in r.get('test', {}).items())
-    rows.append([f'[{name}](reports/{name}/report.md)', claims, what, headline,
-                 checks_cell(r),
+    rows.append([f'[{name}](reports/{name}/report.md)', claims, what,
+                 *experiment_cells(recompute(name)),
                  f'{wall:.0f} s' if wall else '—',
                  f"`{command if regenerated else r['command']}`"])
   return markdown_table(['experiment', 'claims', 'what', 'headline (measured)', 'checks hold',
                          'wall time', 'command'], rows)
+
+
+# ------------------------------------------------- every README row, computed again from its files
+
+REPORTS = ('lenet5_mnist', *EXPERIMENTS)
+# Reports whose results.json and report.md `--recheck` leaves alone, and why.
+KEPT = {'degradation_cpu': 'its rows, in its own table, are rewritten with its report by '
+                           '`python -m experiments.degradation --report_only` from the same '
+                           'committed records'}
+
+
+@functools.lru_cache(maxsize=None)
+def recompute(name: str, root: pathlib.Path = ROOT) -> common.Recomputed:
+  """Report `name` computed again from root/reports/<name>/ by its experiment's `recompute`."""
+  report_dir = root / 'reports' / name
+  if name == 'degradation_cpu':
+    return recompute_degradation(report_dir)
+  return importlib.import_module(f'experiments.{name}').recompute(report_dir)
+
+
+def recompute_degradation(report_dir: pathlib.Path) -> common.Recomputed:
+  """The degradation report computed again from its committed per-run records (each run's
+  config.json, metrics.jsonl and results.json) by experiments/degradation.py's own functions.
+  It belongs in that file as its `recompute`; it waits here while that file is being rewritten."""
+  from experiments import degradation  # pylint: disable=g-import-not-at-top
+  # pylint: disable=protected-access
+  record = common.read_json(report_dir / 'results.json')
+  names = list(record['final_errors'])
+  runs = {n: degradation.load_run(report_dir / n) for n in names}
+  facts = degradation._facts(runs, names, record['preset'], ())
+  rows = degradation.claim_checks(runs, facts['n_train'], facts['n_test'])
+  again = degradation._record(runs, names, record['preset'], facts,
+                              degradation.seed_summary(runs), [], rows, {})
+  return common.Recomputed(common.Checks.of(again['checks']), again['headline'])
+
+
+def _row_key(name: str):
+  """How a stored check row is compared with a recomputed one: whole, but for degradation's,
+  whose committed wording predates its current one ("binomial SE"): claim, check and verdict."""
+  return (lambda r: (r[0], r[1], r[-1])) if name == 'degradation_cpu' else tuple
+
+
+def readme_cells(text: str, name: str) -> list[str]:
+  """The cells of README `text`'s row for report `name`."""
+  start = f'| [{name}](reports/{name}/report.md) |'
+  line = next((l for l in text.splitlines() if l.startswith(start)), None)
+  return [] if line is None else line.strip('| ').split(' | ')
+
+
+def _figure_mismatches(name: str, got: common.Recomputed, root: pathlib.Path) -> list[str]:
+  """LeNet-5: the README's test accuracy and mean over seeds against the run's results.json and
+  seeds.json; other reports: the README's headline and "checks hold" cells."""
+  readme = readme_cells((root / 'README.md').read_text(), name)
+  if name != 'lenet5_mnist':
+    want = experiment_cells(got)
+    return [] if readme[3:5] == want else [f'README row {readme[3:5]} != recomputed {want}']
+  out, fig = [], got.figures
+  stored = common.read_json(root / 'reports' / name / 'results.json')['test_accuracy']
+  if stored != fig['test_accuracy']:
+    out.append(f"results.json test accuracy {stored} != metrics.jsonl's {fig['test_accuracy']}")
+  seeds_path = root / 'reports' / name / 'seeds.json'
+  seeds = common.read_json(seeds_path) if seeds_path.exists() else {'mean': None, 'std': None}
+  if seeds['mean'] is not None and ([seeds['mean'], seeds['std']] != [
+      fig['seeds']['mean'], None if math.isnan(fig['seeds']['std']) else fig['seeds']['std']]):
+    out.append(f'seeds.json mean/std {seeds["mean"]}/{seeds["std"]} != {fig["seeds"]}')
+  want = [f"{fig['test_accuracy']:.2%}", seeds_cell(fig['seeds'])]
+  return out + ([] if readme[2:4] == want else [f'README row {readme[2:4]} != recomputed {want}'])
+
+
+def mismatches(name: str, root: pathlib.Path = ROOT) -> list[str]:
+  """Where report `name`'s committed files disagree with their recomputation: results.json's
+  headline, counted checks, facts and verdict, report.md's claim-checks section (and facts)
+  and the README's row. Empty when all agree."""
+  got, report_dir = recompute(name, root), root / 'reports' / name
+  record = common.read_json(report_dir / 'results.json')
+  out = _figure_mismatches(name, got, root)
+  if record.get('headline', got.headline) != got.headline:
+    out.append(f"results.json headline {record['headline']!r} != recomputed {got.headline!r}")
+  if 'checks' in record:
+    key = _row_key(name)
+    for entry, rows in (('checks', got.checks.rows), ('facts', got.checks.facts)):
+      if list(map(key, record.get(entry, []))) != list(map(key, rows)):
+        out.append(f'results.json {entry!r} differ from the recomputed ones: {rows}')
+    if record.get('all_checks_hold', got.checks.all_hold) != got.checks.all_hold:
+      out.append(f"results.json all_checks_hold {record['all_checks_hold']} is stale")
+  section = common.CHECKS_SECTION.search((report_dir / 'report.md').read_text())
+  if name not in KEPT and (section or got.checks.rows) and (
+      section is None or section.group(0) != common.checks_section(got.checks)):
+    out.append('report.md claim checks differ from the recomputed ones')
+  return out
+
+
+def recheck(root: pathlib.Path = ROOT, names=REPORTS) -> list[pathlib.Path]:
+  """Rewrites, from the recomputation, each report's stale 'all_checks_hold', 'checks' and
+  'facts' in results.json (every other entry as it was) and its claim-checks section in
+  report.md (the rest as it was); returns the files written."""
+  written = []
+  for name in names:
+    if name in KEPT:
+      continue
+    got, report_dir = recompute(name, root), root / 'reports' / name
+    record = common.read_json(report_dir / 'results.json')
+    if 'checks' in record and common.with_checks(record, got.checks) != record:
+      common.write_json(report_dir / 'results.json', common.with_checks(record, got.checks))
+      written.append(report_dir / 'results.json')
+    text = (report_dir / 'report.md').read_text()
+    new = common.with_checks_section(text, got.checks)
+    if new is not None and new != text:
+      (report_dir / 'report.md').write_text(new)
+      written.append(report_dir / 'report.md')
+  return written
 
 
 def params_table() -> str:
@@ -192,11 +319,21 @@ def render(text: str) -> str:
   return text
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+  if argv not in ([], ['--recheck']):
+    raise SystemExit('usage: python -m experiments.readme_tables [--recheck]')
+  if argv:
+    for path in recheck():
+      print(f'rewrote the checks of {path.relative_to(ROOT)}')
+    for name, why in KEPT.items():
+      print(f'left {name} as it is: {why}')
   readme = ROOT / 'README.md'
   readme.write_text(render(readme.read_text()))
   print(f'updated {readme} ({", ".join(TABLES)}); {len(models.names())} models registered')
+  for name in REPORTS:
+    for problem in mismatches(name):
+      print(f'{name}: {problem}', file=sys.stderr)
 
 
 if __name__ == '__main__':
-  main()
+  main(sys.argv[1:])

@@ -15,6 +15,7 @@ the lecture's statement computed from those numbers.
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import pathlib
@@ -22,7 +23,7 @@ import sys
 
 from absl import app, flags
 
-from cnn_jax import cli, config_base, report, sweep, transfer
+from cnn_jax import cli, config_base, report, runtime, sweep, transfer
 from configs import transfer as transfer_config
 from experiments import lecture_common as common
 
@@ -264,14 +265,35 @@ Per-member figures: `sweep.md`, `members.csv`; every run's `results.json`, `conf
       'test_accuracy': {f'{n}/{m}': s for (n, m), s in acc.items()},
       'best_method': {n: m for n, m, _ in best}, 'trainable_params': trainable,
       'statement_holds': holds, 'train_wall_time_s': train_wall,
-      'headline': ('best method by images per class: ' + '; '.join(
-          f'{n}: {m} {a:.1%}' for n, m, a in best) + (
-              f" (scratch at {sizes[0]}: {acc[(sizes[0], 'scratch')]['mean']:.1%})"
-              if (sizes[0], 'scratch') in acc else '')) if best else 'no run finished yet',
+      'headline': headline(acc, best, sizes),
       'done': summary['done'], 'total': summary['total'], **clock.facts(),
   }
   common.finish(workdir, text, record, OUTPUTS, check_rows, report_dir)
   return workdir / 'report.md'
+
+
+def headline(acc: dict, best: list[tuple], sizes: list[str]) -> str:
+  """The README's line: the best method per size (from `checks`), and from-scratch at the
+  smallest."""
+  if not best:
+    return 'no run finished yet'
+  scratch = acc.get((sizes[0], 'scratch'))
+  return ('best method by images per class: ' + '; '.join(f'{n}: {m} {a:.1%}' for n, m, a in best)
+          + (f" (scratch at {sizes[0]}: {scratch['mean']:.1%})" if scratch else ''))
+
+
+def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+  """The report in `report_dir` (reports/transfer) computed again from its per-run records:
+  each member's test accuracy (members.csv), mean ± std over seeds per size and method, gives
+  the checks and the headline."""
+  record = common.read_json(report_dir / 'results.json')
+  values = collections.defaultdict(list)
+  for m in common.read_members(report_dir / 'members.csv'):
+    if m['status'] == 'completed':
+      values[(label(m['per_class']), m['method'])].append(m['test_accuracy'])
+  acc = {k: {**common.stat(v), 'values': v} for k, v in values.items()}
+  rows, best = checks(acc, record['per_class'], record['methods'])
+  return common.Recomputed(common.Checks.of(rows), headline(acc, best, record['per_class']))
 
 
 def main(argv):
@@ -308,5 +330,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  runtime.start()  # first: may restart the program, then sets XLA up
   define_flags()
   app.run(main, flags_parser=cli.parse_flags)

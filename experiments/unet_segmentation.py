@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import unet_segmentation
-from cnn_jax import cli, config_base, report, tasks
+from cnn_jax import cli, config_base, report, runtime, tasks
 from cnn_jax.datasets import mnist_segmentation
 from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common
@@ -220,6 +220,27 @@ def claim_checks(test_miou: dict[str, float], recomputed_miou: dict[str, float],
   return checks
 
 
+def headline(test: dict[str, dict]) -> str:
+  """The README's line: each net's test mIoU and pixel accuracy."""
+  return '; '.join(f"{m}: test mIoU {t['mean_iou']:.3f}, pixel accuracy {t['pixel_accuracy']:.1%}"
+                   for m, t in test.items())
+
+
+def recompute(report_dir: pathlib.Path) -> lecture_common.Recomputed:
+  """The report in `report_dir` (reports/unet_segmentation) computed again from its files: each
+  net's test figures from its run's results.json, the per-class test IoU (recomputed from the best
+  checkpoint when the report was written) and the baselines from the report's results.json."""
+  record = lecture_common.read_json(report_dir / 'results.json')
+  runs = {m: lecture_common.read_json(report_dir / m / 'results.json') for m in record['test']}
+  test = {m: {'pixel_accuracy': r['test_accuracy'], 'mean_iou': r['test_mean_iou']}
+          for m, r in runs.items()}
+  again = {m: float(np.nanmean(np.asarray(iou, np.float64)))
+           for m, iou in record['per_class_iou'].items()}
+  checks = claim_checks({m: t['mean_iou'] for m, t in test.items()}, again,
+                        max(b['mean_iou'] for b in record['baselines'].values()))
+  return lecture_common.Recomputed(checks, headline(test))
+
+
 def _iou_cells(iou) -> list[str]:
   return [f'{v:.2f}' if v == v else '–' for v in iou]
 
@@ -334,11 +355,12 @@ recognise digits; a net above it recognises which digit each pixel belongs to.
 {lecture_common.footer()}"""
   path = workdir / 'report.md'
   path.write_text(text)
+  test = {m: {'pixel_accuracy': r['test_accuracy'], 'mean_iou': r['test_mean_iou']}
+          for m, r in runs.items()}
   lecture_common.write_json(workdir / 'results.json', {
       'experiment': 'unet_segmentation', 'claims': 'C23', 'preset': preset, 'status': status,
       'command': command, 'train_wall_time_s': sum(r['wall_time_s'] for r in runs.values()),
-      'test': {m: {'pixel_accuracy': r['test_accuracy'], 'mean_iou': r['test_mean_iou']}
-               for m, r in runs.items()},
+      'headline': headline(test), 'test': test,
       'per_class_iou': {m: r['iou'] for m, r in recomputed.items()},
       'baselines': base, **lecture_common.checks_record(checks)})
   return path
@@ -381,5 +403,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  runtime.start()  # first: may restart the program, then sets XLA up
   define_flags()
   app.run(main, flags_parser=cli.parse_flags)

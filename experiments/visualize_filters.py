@@ -30,7 +30,7 @@ import pathlib
 from absl import app, flags
 import numpy as np
 
-from cnn_jax import cli, report, sweep, xla_setup
+from cnn_jax import cli, report, runtime, sweep
 from experiments import lecture_common as common
 
 
@@ -344,6 +344,21 @@ def per_filter_table(kernels: np.ndarray, stats, individual_p95: float) -> str:
         f'{np.linalg.norm(kernels[:, :, 0, i]):.3f}'] for i, s in enumerate(stats)])
 
 
+def oriented(osi: list[float], random_osi_all: np.ndarray) -> tuple[float, int]:
+  """The 95th percentile of single random filters' OSI, and how many of `osi` lie above it."""
+  p95 = float(np.percentile(random_osi_all, 95))
+  return p95, sum(o > p95 for o in osi)
+
+
+def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+  """The report in `report_dir` (reports/visualize_filters) computed again from its
+  results.json (the filters' figures) and the random baseline (seeded): checks and headline."""
+  record = common.read_json(report_dir / 'results.json')
+  _, random_all = random_osi(len(record['filters']))
+  _, n_above = oriented([f['osi'] for f in record['filters']], random_all)
+  return common.Recomputed(claim_checks(record), headline(record, n_above))
+
+
 def headline(record: dict, n_above: int) -> str:
   cifar = record.get('cifar')
   return (f"MNIST: mean OSI {record['trained_mean_osi']:.2f} vs random 95th pct "
@@ -370,8 +385,7 @@ def main(argv):
   stats = [orientation(kernels[:, :, 0, i]) for i in range(kernels.shape[-1])]
   random_means, random_all = random_osi(kernels.shape[-1])
   trained_mean = float(np.mean([s[0] for s in stats]))
-  individual_p95 = float(np.percentile(random_all, 95))
-  n_above = sum(s[0] > individual_p95 for s in stats)
+  individual_p95, n_above = oriented([s[0] for s in stats], random_all)
 
   # C1 responses to the first test digit of four classes.
   test_x, test_y = splits.test
@@ -432,6 +446,6 @@ C1 responses (after ReLU) to the first test digit of classes 0, 1, 4 and 7.
 
 
 if __name__ == '__main__':
-  xla_setup.restart_with_fast_malloc()
+  runtime.start()  # first: may restart the program, then sets XLA up
   define_flags()
   app.run(main)
