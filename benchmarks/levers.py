@@ -294,7 +294,7 @@ def scan_child(model: str, steps: int, chunk: int) -> dict[str, float]:
   config = ts.bench_config(model, batch)
   with tempfile.TemporaryDirectory() as workdir:
     run, state = train.setup(config, pathlib.Path(workdir))
-    step = run.p_train_step._jitted  # pylint: disable=protected-access  (one process: the jit)
+    step = run.data.step._jitted  # pylint: disable=protected-access  (one process: the jit)
 
     def chunk_fn(state, totals, images, labels, perm, start, rng):
       def body(carry, i):
@@ -303,8 +303,8 @@ def scan_child(model: str, steps: int, chunk: int) -> dict[str, float]:
 
     p_chunk = jax.jit(chunk_fn, donate_argnums=(0, 1))
     totals = train.zero_totals(run.replicated)
-    perm = run.p_permutation(run.data_rng, 0)
-    data = run.train_arrays
+    perm = run.data.permutation(run.data.data_rng, 0)
+    data = run.data.train_arrays
     state, totals = step(state, totals, *data, perm, 0, run.step_rng)  # compile both
     state, totals = p_chunk(state, totals, *data, perm, 1, run.step_rng)
     jax.block_until_ready(totals)

@@ -129,7 +129,7 @@ class JaxBench:
     self.run, self.state = train.setup(config, pathlib.Path(self._workdir.name))
     run = self.run
     self.totals = train.zero_totals(run.replicated)
-    self.perm = run.p_permutation(run.data_rng, 0)
+    self.perm = run.data.permutation(run.data.data_rng, 0)  # the on-device source's first epoch
     start = time.perf_counter()
     self._steps(1)
     self.compile_s = time.perf_counter() - start  # compile + one step
@@ -143,8 +143,8 @@ class JaxBench:
   def _steps(self, count: int) -> None:
     run = self.run
     for i in range(count):
-      self.state, self.totals = run.p_train_step(
-          self.state, self.totals, *run.train_arrays, self.perm, i % run.steps_per_epoch,
+      self.state, self.totals = run.data.step(
+          self.state, self.totals, *run.data.train_arrays, self.perm, i % run.steps_per_epoch,
           run.step_rng)
     self.jax.block_until_ready(self.totals)
 

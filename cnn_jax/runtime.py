@@ -71,9 +71,21 @@ _applied: dict = {}
 
 
 def start() -> dict:
-  """An entry point's first call: the allocator (may restart the program), then `configure()`."""
+  """An entry point's first call: every variable checked (a bad one stops the program with one
+  line naming the fix), the allocator (may restart the program), then `configure()`."""
+  try:
+    check_environment()
+  except ValueError as err:
+    sys.exit(f'error: {err}')
   restart_with_fast_malloc()
   return configure()
+
+
+def check_environment() -> None:
+  """Parses every variable this module reads; ValueError naming the first bad one."""
+  for parse in (xla_defaults_on, malloc_choice, cpu_kernels_default, conv_kernel_gradient,
+                sync_timeout_ms, cluster):
+    parse()
 
 
 def configure() -> dict:

@@ -5,8 +5,8 @@ epoch, keeps the latest and the best checkpoint, stops early on the validation o
 finally evaluates the best checkpoint once on the test set. Rerunning it on the same workdir
 resumes from the latest checkpoint and reaches the same result as an uninterrupted run.
 
-The loop reads in three parts: `setup` (data on the devices, the jitted steps, the restored
-state), `train_loop` with `eval_point` (validation, selection of the best checkpoint,
+The loop reads in three parts: `setup` (the data source, the model, the jitted steps of
+cnn_jax.steps, the restored state), `train_loop` with `eval_point` (validation, selection of the best checkpoint,
 reduce-on-plateau, early stopping) and the checkpoint cadence, and `final_results`. The run's
 bookkeeping is a `RunState`, saved as JSON beside every checkpoint.
 """
@@ -24,17 +24,16 @@ import threading
 import time
 from typing import Any, Callable
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import tqdm
-from flax.training import train_state
 
-from cnn_jax import (checkpointing, config_base, datasets, diagnostics, input_pipeline, models,
-                     optim, parallel, precision, report, runtime, streaming, tasks, transfer)
+from cnn_jax import (checkpointing, config_base, data_source, datasets, diagnostics,
+                     input_pipeline, models, optim, parallel, precision, report, runtime,
+                     streaming, tasks, transfer)
+from cnn_jax.steps import StepConfig, TrainState, create_train_state, zero_totals
 from cnn_jax.config_base import ConfigError
 from cnn_jax.kernels import layer_set as cpu_layer_set
 from cnn_jax.metric_writers import MetricWriter
@@ -48,166 +47,6 @@ def stop_requested(step: int) -> bool:
   """The default `should_stop`: a SIGTERM or Ctrl-C has arrived in this process."""
   del step
   return STOP_REQUESTED.is_set()
-
-
-class TrainState(train_state.TrainState):
-  batch_stats: Any
-  plateau: optim.PlateauState
-
-
-@flax.struct.dataclass
-class StepConfig:
-  """Static settings of the jitted steps."""
-  batch_size: int = flax.struct.field(pytree_node=False)
-  num_classes: int = flax.struct.field(pytree_node=False)
-  label_smoothing: float = flax.struct.field(pytree_node=False)
-  aux_loss_weight: float = flax.struct.field(pytree_node=False)
-  preprocess: input_pipeline.Preprocess = flax.struct.field(pytree_node=False)
-  batch_sharding: Any = flax.struct.field(pytree_node=False)
-  # What the model predicts (cnn_jax.tasks): its loss and metrics. None = classification.
-  task: Any = flax.struct.field(pytree_node=False, default=None)
-  ten_crop: bool = flax.struct.field(pytree_node=False, default=False)  # evaluate 10 views
-
-  def get_task(self):
-    return self.task if self.task is not None else tasks.Classification(self.num_classes)
-
-
-cross_entropy = tasks.cross_entropy  # per label, any leading shape
-
-
-def _variables(state, params=None):
-  variables = {'params': state.params if params is None else params}
-  if state.batch_stats:
-    variables['batch_stats'] = state.batch_stats
-  return variables
-
-
-def train_step(state: TrainState, totals: dict, images, labels, perm, step_in_epoch, rng,
-               cfg: StepConfig):
-  """One SGD step on the `step_in_epoch`-th batch of the epoch order `perm` of the dataset
-  (`images`, `labels`) that lives on the devices."""
-  # The batch's indices are split over the devices first, so each device gathers only its own
-  # part of the batch from its copy of the dataset (in a multi-process run, each process only
-  # materialises its devices' share).
-  idx = jax.lax.dynamic_slice_in_dim(perm, step_in_epoch * cfg.batch_size, cfg.batch_size)
-  idx = jax.lax.with_sharding_constraint(idx, cfg.batch_sharding)
-  x = jax.lax.with_sharding_constraint(images[idx], cfg.batch_sharding)
-  y = jax.lax.with_sharding_constraint(labels[idx], cfg.batch_sharding)
-  return batch_step(state, totals, x, y, rng, cfg)
-
-
-def batch_step(state: TrainState, totals: dict, x, y, rng, cfg: StepConfig):
-  """One SGD step on the uint8 batch (x, y), sharded over the batch axis (the streamed pipeline
-  calls it directly).
-
-  `totals` accumulates loss and accuracy on the device until the loop reads them at a log
-  point, so no step waits for the host; it also keeps the first step whose loss was not finite.
-  The task (`cfg.task`) gives the input, the loss and the accuracy (per pixel for segmentation).
-  """
-  task = cfg.get_task()
-  aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
-  x, y = task.inputs(cfg.preprocess, x, y, aug_rng, train=True)
-
-  def loss_fn(params):
-    logits, updates = state.apply_fn(_variables(state, params), x, train=True,
-                                     rngs={'dropout': dropout_rng},
-                                     mutable=['batch_stats', 'aux_logits'])
-    loss = task.losses(logits, y, cfg.label_smoothing).mean()
-    # Auxiliary classifiers (GoogLeNet) sow their logits; their losses are added with a weight.
-    for aux in jax.tree.leaves(updates.get('aux_logits', {})):
-      loss += cfg.aux_loss_weight * task.losses(aux, y, cfg.label_smoothing).mean()
-    return loss, (logits, updates)
-
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  param_updates = jax.tree.map(lambda u: u * state.plateau.scale, param_updates)
-  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
-                        opt_state=opt_state, batch_stats=updates.get('batch_stats', {}))
-  n = jnp.float32(cfg.batch_size)
-  first_bad = totals['first_nonfinite_step']
-  totals = {
-      'loss': totals['loss'] + loss * n,
-      'correct': totals['correct'] + jnp.sum(task.correct(logits, y)),
-      'count': totals['count'] + n,
-      'first_nonfinite_step': jnp.where((first_bad < 0) & ~jnp.isfinite(loss), state.step,
-                                        first_bad),
-  }
-  return state, totals
-
-
-def evaluate(state: TrainState, images, labels, mask, cfg: StepConfig) -> dict:
-  """The task's metrics over a padded split (classification: loss and accuracy; segmentation:
-  also mean IoU), totals summed on the device in one jitted scan over its batches."""
-  task = cfg.get_task()
-  num_batches = images.shape[0] // cfg.batch_size
-
-  def body(totals, i):
-    take = lambda a: jax.lax.with_sharding_constraint(
-        jax.lax.dynamic_slice_in_dim(a, i * cfg.batch_size, cfg.batch_size), cfg.batch_sharding)
-    return evaluate_batch(state, totals, take(images), take(labels), take(mask), cfg), None
-
-  totals, _ = jax.lax.scan(body, task.zero_totals(), jnp.arange(num_batches))
-  return task.metrics(totals)
-
-
-def evaluate_batch(state: TrainState, totals, images, labels, mask, cfg: StepConfig):
-  """Adds one padded batch (uint8 images, labels, mask of the real examples) to the totals."""
-  task = cfg.get_task()
-  if cfg.ten_crop:  # the views' softmax averaged; its log serves as the logits
-    probs = [jax.nn.softmax(state.apply_fn(_variables(state), v, train=False).astype(jnp.float32))
-             for v in cfg.preprocess.ten_crop_views(images)]
-    return task.accumulate(totals, jnp.log(sum(probs) / len(probs)), labels, mask)
-  x, y = task.inputs(cfg.preprocess, images, labels, None, train=False)
-  logits = state.apply_fn(_variables(state), x, train=False)
-  return task.accumulate(totals, logits, y, mask)
-
-
-class StreamedEval:
-  """Evaluation of a streamed split: its batches decoded on the host, summed on the devices."""
-
-  def __init__(self, stream: streaming.Stream, split: str, cfg: StepConfig, sharding):
-    task = cfg.get_task()
-    self.stream, self.split, self.batch_size = stream, split.removesuffix('_10crop'), cfg.batch_size
-    self.zero = jax.jit(task.zero_totals, out_shardings=sharding)
-    self.add = parallel.CompiledTogether(jax.jit(functools.partial(evaluate_batch, cfg=cfg),
-                                                 donate_argnums=(1,)), f'evaluate_{split}')
-    self.metrics = jax.jit(task.metrics, out_shardings=sharding)
-
-  def __call__(self, state: TrainState) -> dict:
-    totals = self.zero()
-    for batch in self.stream.eval_batches(self.split, self.batch_size):
-      totals = self.add(state, totals, *batch)
-    return self.metrics(totals)
-
-
-def _fresh_totals() -> dict:
-  totals = {k: jnp.zeros((), jnp.float32) for k in ('loss', 'correct', 'count')}
-  totals['first_nonfinite_step'] = jnp.full((), -1, jnp.int32)  # -1: every loss was finite
-  return totals
-
-
-@functools.lru_cache(maxsize=None)
-def _fresh_totals_on(sharding):
-  # Made on the devices by a jitted function: a device_put from the host would make every
-  # process compare its values with the others' first (a collective) at each log point.
-  return jax.jit(_fresh_totals, out_shardings=sharding)
-
-
-def zero_totals(sharding=None) -> dict:
-  """Fresh metric totals; placed like the step's outputs so the step compiles once."""
-  return _fresh_totals() if sharding is None else _fresh_totals_on(sharding)()
-
-
-def create_train_state(model, tx, input_shape, rng, sharding, apply_fn=None) -> TrainState:
-  """Initialises parameters (in train mode, so train-only heads exist) on every device."""
-  def init(rng):
-    dummy = jnp.zeros((2,) + tuple(input_shape), jnp.float32)
-    variables = model.init({'params': rng, 'dropout': rng}, dummy, train=True)
-    state = TrainState.create(apply_fn=apply_fn or model.apply, params=variables['params'], tx=tx,
-                              batch_stats=variables.get('batch_stats', {}),
-                              plateau=optim.PlateauState.create())
-    return state.replace(step=jnp.zeros((), jnp.int32))  # strong int32, as after an update
-  return jax.jit(init, out_shardings=sharding)(rng)
 
 
 def check_input_shape(name: str, model, shape, label_shape=None) -> None:
@@ -280,15 +119,9 @@ class Run:
   ckpts: checkpointing.Checkpoints
   writer: MetricWriter
   replicated: Any
-  train_arrays: tuple | None  # (images, labels) on the devices; None when streamed
-  eval_arrays: dict  # split -> (batch size, (images, labels, mask) on the devices)
-  p_train_step: Callable
-  p_permutation: Callable
-  p_evaluate: dict
-  data_rng: jax.Array
+  data: data_source.DataSource  # the batches: on the devices, or decoded on the host
   step_rng: jax.Array
   diagnose: Callable | None = None
-  stream: streaming.Stream | None = None  # data.pipeline='stream': batches decoded on the host
   layers: layer_set.LayerSet = layer_set.STOCK  # what the model computes with (config.cpu_kernels)
   load_start: float | None = dataclasses.field(default_factory=lambda: _load_average())  # sitting's
   last_tick: float = dataclasses.field(default_factory=time.time)
@@ -298,10 +131,7 @@ class Run:
     return self.splits.num_train
 
   def evaluate(self, split: str, state: TrainState) -> dict:
-    arrays = self.eval_arrays[split][1]
-    metrics = (self.p_evaluate[split](state) if self.stream is not None else
-               self.p_evaluate[split](state, *arrays))
-    return {k: parallel.host_scalar(v) for k, v in metrics.items()}
+    return {k: parallel.host_scalar(v) for k, v in self.data.evaluate(split, state).items()}
 
   def wall_time(self) -> float:
     """The run's wall time up to now, summed over resumes."""
@@ -366,9 +196,7 @@ def _close(run: Run, quiet: bool) -> None:
   """Finishes background writes and closes files; while an error propagates, a second error
   here (the same full disk) is not allowed to replace it."""
   first_error = None
-  closers = (run.ckpts.wait, run.ckpts.close, run.writer.close)
-  if run.stream is not None:
-    closers += (run.stream.close,)
+  closers = (run.ckpts.wait, run.ckpts.close, run.writer.close, run.data.close)
   for close in closers:
     try:
       close()
@@ -379,14 +207,53 @@ def _close(run: Run, quiet: bool) -> None:
 
 
 def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run, TrainState]:
-  """Data on the devices, the model, the jitted steps; the state restored from the latest
-  checkpoint when there is one."""
+  """The data, the model, the jitted steps; the state restored from the latest checkpoint when
+  there is one."""
+  splits, preprocess, model = _data_and_model(config)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.batch_size)
+  steps_per_epoch = splits.num_train // config.batch_size
+  if steps_per_epoch == 0:
+    n = jax.device_count()
+    raise ConfigError(f'config.batch_size={config.batch_size} exceeds the {splits.num_train} '
+                      f'training images. Did you mean {splits.num_train // n * n} or less?')
+  total_steps = config.num_steps or config.num_epochs * steps_per_epoch
+  lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch, total_steps)
+  root_rng = jax.random.key(config.seed)
+  init_rng, data_rng, step_rng = (jax.random.fold_in(root_rng, i) for i in range(3))
+  replicated = parallel.replicated(mesh)
+  layers = cpu_layer_set.for_config(config)  # the CPU kernels, or JAX's own ops
+  apply_fn = layer_set.bind(model.apply, layers)
+  state = create_train_state(model, optim.create_optimizer(config, lr_fn),
+                             preprocess.output_shape(splits.image_shape), init_rng, replicated,
+                             apply_fn=apply_fn)
+  # Transfer learning: source weights under a new head, frozen parts (config.init_from,
+  # config.trainable); the workdir's own checkpoint, restored below, takes precedence.
+  state = transfer.prepare(config, config.model, model, state, replicated, workdir)
+  num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+  step_cfg = StepConfig(batch_size=config.batch_size, num_classes=splits.num_classes,
+                        label_smoothing=config.label_smoothing,
+                        aux_loss_weight=config.aux_loss_weight, preprocess=preprocess,
+                        batch_sharding=parallel.batch_sharded(mesh),
+                        task=tasks.for_model(config.model, splits.num_classes))
+  data = data_source.create(splits, config, step_cfg, replicated, data_rng, steps_per_epoch)
+  state, ckpts, writer, book = _restore(config, workdir, state)
+  run = Run(config=config, workdir=workdir, splits=splits, steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps, lr_fn=lr_fn, num_params=num_params, book=book, ckpts=ckpts,
+            writer=writer, replicated=replicated, data=data, step_rng=step_rng, layers=layers)
+  if config.gradient_diagnostics:
+    run.diagnose = diagnostics.make_diagnostics_fn(
+        apply_fn, preprocess, step_cfg, *data.diagnostics_batch(config.batch_size))
+    if int(state.step) == 0:
+      writer.write(0, 'diagnostics', run.diagnose(state))
+  return run, state
+
+
+def _data_and_model(config):
+  """The dataset's splits, the preprocessing and the model, checked to fit each other."""
   streamed = config.data.pipeline == 'stream'
   try:  # DataError: the files; ValueError: the config
     splits = streaming.load_dataset(config.data) if streamed else datasets.load(config.data)
-  except ValueError as e:
-    raise ConfigError(str(e)) from e
-  try:
     preprocess = input_pipeline.Preprocess.from_config(config.data, splits)
   except ValueError as e:
     raise ConfigError(str(e)) from e
@@ -399,30 +266,12 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run
     raise ConfigError('config.data.crop_size and config.data.pca_jitter_std are for classification;'
                       ' a segmentation mask would not follow them. Set both to 0 (use '
                       'data.random_crop_padding and data.horizontal_flip, which move the mask).')
+  return splits, preprocess, model
 
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.batch_size)
-  num_train = splits.num_train
-  steps_per_epoch = num_train // config.batch_size
-  if steps_per_epoch == 0:
-    raise ConfigError(f'config.batch_size={config.batch_size} exceeds the {num_train} training '
-                      f'images. Did you mean {num_train // jax.device_count() * jax.device_count()}'
-                      ' or less?')
-  total_steps = config.num_steps or config.num_epochs * steps_per_epoch
-  lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch, total_steps)
-  tx = optim.create_optimizer(config, lr_fn)
 
-  root_rng = jax.random.key(config.seed)
-  init_rng, data_rng, step_rng = (jax.random.fold_in(root_rng, i) for i in range(3))
-  replicated = parallel.replicated(mesh)
-  layers = cpu_layer_set.for_config(config)  # the CPU kernels, or JAX's own ops
-  state = create_train_state(model, tx, input_shape, init_rng, replicated,
-                             apply_fn=layer_set.bind(model.apply, layers))
-  # Transfer learning: source weights under a new head, frozen parts (config.init_from,
-  # config.trainable); the workdir's own checkpoint, restored below, takes precedence.
-  state = transfer.prepare(config, config.model, model, state, replicated, workdir)
-  num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-
+def _restore(config, workdir: pathlib.Path, state: TrainState):
+  """(state, checkpoints, metric writer, bookkeeping): the latest checkpoint's state and
+  bookkeeping when there is one; config.json written."""
   parallel.barrier('setup')  # the processes meet before orbax's first barrier
   ckpts = checkpointing.Checkpoints(workdir)
   writer = MetricWriter(workdir)
@@ -442,65 +291,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[Run
     ckpts.close()
     writer.close()
     raise
-
-  step_cfg = StepConfig(batch_size=config.batch_size, num_classes=splits.num_classes,
-                        label_smoothing=config.label_smoothing,
-                        aux_loss_weight=config.aux_loss_weight, preprocess=preprocess,
-                        batch_sharding=parallel.batch_sharded(mesh),
-                        task=tasks.for_model(config.model, splits.num_classes))
-  p_permutation = jax.jit(functools.partial(input_pipeline.epoch_permutation,
-                                            num_examples=num_train), out_shardings=replicated)
-  if streamed:  # batches decoded on the host, in the order the on-device pipeline would use
-    stream = streaming.Stream(
-        splits, config.batch_size, steps_per_epoch, data_rng, step_cfg.batch_sharding,
-        workers=config.data.stream_workers,
-        prefetch=config.data.stream_prefetch,
-        train_eval=streaming.Subset(splits.train, train_eval_indices(num_train, config.data)))
-    train_arrays, eval_arrays, p_evaluate = None, {}, {}
-    for split, count in (('val', len(splits.val)), ('test', len(splits.test)),
-                         ('train_eval', len(stream.train_eval))):
-      if count:
-        bs = _eval_batch_size(config.eval_batch_size, count)
-        eval_arrays[split] = (bs, None)
-        p_evaluate[split] = StreamedEval(stream, split, step_cfg.replace(batch_size=bs), replicated)
-    if config.ten_crop_test and 'test' in eval_arrays:
-      bs = eval_arrays['test'][0]
-      eval_arrays['test_10crop'] = (bs, None)
-      p_evaluate['test_10crop'] = StreamedEval(
-          stream, 'test_10crop', step_cfg.replace(batch_size=bs, ten_crop=True), replicated)
-    p_train_step = jax.jit(functools.partial(batch_step, cfg=step_cfg), donate_argnums=(0, 1))
-  else:  # the dataset lives on the devices; batches are gathered inside jit
-    stream = None
-    train_arrays = input_pipeline.device_put_replicated(splits.train, replicated)
-    eval_arrays = {}
-    for split, (images, labels) in (('val', splits.val), ('test', splits.test),
-                                    ('train_eval', train_eval_subset(splits.train, config.data))):
-      if len(images):
-        bs = _eval_batch_size(config.eval_batch_size, len(images))
-        eval_arrays[split] = (bs, input_pipeline.device_put_replicated(
-            input_pipeline.padded_eval_arrays(images, labels, bs), replicated))
-    if config.ten_crop_test and 'test' in eval_arrays:
-      eval_arrays['test_10crop'] = eval_arrays['test']
-    p_evaluate = {split: parallel.CompiledTogether(jax.jit(functools.partial(
-        evaluate, cfg=step_cfg.replace(batch_size=bs, ten_crop=split == 'test_10crop'))),
-        f'evaluate_{split}') for split, (bs, _) in eval_arrays.items()}
-    p_train_step = jax.jit(functools.partial(train_step, cfg=step_cfg), donate_argnums=(0, 1))
-  run = Run(
-      config=config, workdir=workdir, splits=splits, steps_per_epoch=steps_per_epoch,
-      total_steps=total_steps, lr_fn=lr_fn, num_params=num_params, book=book, ckpts=ckpts,
-      writer=writer, replicated=replicated, train_arrays=train_arrays, eval_arrays=eval_arrays,
-      p_train_step=parallel.CompiledTogether(p_train_step, 'train_step'),
-      p_permutation=p_permutation, p_evaluate=p_evaluate,
-      data_rng=data_rng, step_rng=step_rng, stream=stream, layers=layers)
-  if config.gradient_diagnostics:
-    diag_x, diag_y = (streaming.decode_batch(splits.train, np.arange(config.batch_size))
-                      if streamed else
-                      (splits.train[0][:config.batch_size], splits.train[1][:config.batch_size]))
-    run.diagnose = diagnostics.make_diagnostics_fn(layer_set.bind(model.apply, layers), preprocess,
-                                                   step_cfg, diag_x, diag_y)
-    if int(state.step) == 0:
-      writer.write(0, 'diagnostics', run.diagnose(state))
-  return run, state
+  return state, ckpts, writer, book
 
 
 def train_loop(run: Run, state: TrainState,
@@ -512,23 +303,15 @@ def train_loop(run: Run, state: TrainState,
   bar = _progress_bar(config, run.total_steps, start_step)
   totals = zero_totals(run.replicated)
   interval_start, interval_images, first_interval = time.time(), 0, True
-  perm = None
   stop_wanted = False  # this process was asked to stop; the processes agree at check points
   check_every = 1 if parallel.process_count() == 1 else config.stop_check_every_steps
   halted = False
-  if run.stream is not None:
-    run.stream.start(start_step, run.total_steps)
+  run.data.start(start_step, run.total_steps)
   for step in range(start_step, run.total_steps):
     if book.stopped_early:
       break
-    epoch, step_in_epoch = divmod(step, run.steps_per_epoch)
-    if run.stream is not None:
-      inputs = run.stream.next_train()
-    else:
-      if perm is None or step_in_epoch == 0:
-        perm = run.p_permutation(run.data_rng, epoch)
-      inputs = (*run.train_arrays, perm, step_in_epoch)
-    state, totals = run.p_train_step(state, totals, *inputs, run.step_rng)
+    epoch = step // run.steps_per_epoch
+    state, totals = run.data.train_step(state, totals, step, run.step_rng)
     done = step + 1
     interval_images += config.batch_size
     end_of_epoch = done % run.steps_per_epoch == 0 or done == run.total_steps
@@ -592,14 +375,14 @@ def eval_point(run: Run, state: TrainState, done: int, epoch: int, bar=None) -> 
   """Everything done at an evaluation point: the curves (train_eval, test_curve, diagnostics),
   then validation, selection of the best checkpoint, reduce-on-plateau and early stopping."""
   config, book, writer = run.config, run.book, run.writer
-  if 'train_eval' in run.eval_arrays:
+  if 'train_eval' in run.data.splits:
     writer.write(done, 'train_eval', run.evaluate('train_eval', state))
-  if config.eval_test_curve and 'test' in run.eval_arrays:
+  if config.eval_test_curve and 'test' in run.data.splits:
     # wall_time_s: the run's wall time so far, summed over resumes (time to accuracy).
     writer.write(done, 'test_curve', {**run.evaluate('test', state), 'wall_time_s': run.wall_time()})
   if run.diagnose is not None:
     writer.write(done, 'diagnostics', run.diagnose(state))
-  if 'val' not in run.eval_arrays:
+  if 'val' not in run.data.splits:
     return state
   val = run.evaluate('val', state)
   writer.write(done, 'val', val)
@@ -649,7 +432,7 @@ def final_results(run: Run, state: TrainState, command: str | None) -> dict:
   """Test figures from the best checkpoint (the latest when there is no validation split), the
   run's figures and environment; written to results.json by process 0."""
   config, book, splits = run.config, run.book, run.splits
-  best = run.ckpts.restore('best', state) if 'val' in run.eval_arrays else None
+  best = run.ckpts.restore('best', state) if 'val' in run.data.splits else None
   final_state = best[0] if best is not None else state
   results = {
       'status': 'stopped_early' if book.stopped_early else 'completed',
@@ -667,15 +450,15 @@ def final_results(run: Run, state: TrainState, command: str | None) -> dict:
   }
   if best is not None:
     results.update({f'val_{k}': v for k, v in run.evaluate('val', final_state).items()})
-  if 'train_eval' in run.eval_arrays:  # training error of the last state, without augmentation
+  if 'train_eval' in run.data.splits:  # training error of the last state, without augmentation
     results.update({f'final_train_eval_{k}': v
                     for k, v in run.evaluate('train_eval', state).items()})
     results['num_train_eval'] = min(config.data.train_eval_size, run.num_train)
-  if 'test' in run.eval_arrays:
+  if 'test' in run.data.splits:
     test = run.evaluate('test', final_state)
     run.writer.write(int(state.step), 'test', test)
     results.update({f'test_{k}': v for k, v in test.items()})
-  if 'test_10crop' in run.eval_arrays:  # AlexNet's test-time averaging over 10 views
+  if 'test_10crop' in run.data.splits:  # AlexNet's test-time averaging over 10 views
     results.update({f'test_10crop_{k}': v
                     for k, v in run.evaluate('test_10crop', final_state).items()})
   run.tick()
@@ -700,28 +483,9 @@ def _load_average() -> float | None:
   return os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
 
 
-def train_eval_subset(train, data_config):
-  """The fixed train images whose error, without augmentation, is the training error."""
-  images, labels = train
-  idx = train_eval_indices(len(images), data_config)
-  return images[idx], labels[idx]
-
-
-def train_eval_indices(num_train: int, data_config) -> np.ndarray:
-  size = min(data_config.train_eval_size, num_train)
-  return np.sort(np.random.default_rng(data_config.split_seed + 1).permutation(num_train)[:size])
-
-
 def _count(split) -> int:
   """Examples in a split: (images, labels) arrays or a streamed source."""
   return len(split[0]) if isinstance(split, tuple) else len(split)
-
-
-def _eval_batch_size(requested: int, num_examples: int) -> int:
-  """At most `requested`, no larger than the split, and a multiple of the device count."""
-  n = jax.device_count()
-  size = min(requested, num_examples)
-  return max(n, -(-size // n) * n)
 
 
 def _progress_bar(config, total_steps, start_step):

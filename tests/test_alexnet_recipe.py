@@ -10,7 +10,7 @@ import optax
 import pytest
 from PIL import Image
 
-from cnn_jax import augment, config_base, datasets, input_pipeline, models, optim, train
+from cnn_jax import augment, config_base, datasets, input_pipeline, models, optim, steps, train
 from cnn_jax.datasets import image_folder
 from cnn_jax.metric_writers import read_metrics
 from configs import alexnet_imagenet
@@ -296,20 +296,20 @@ def test_ten_crop_evaluation_averages_the_views_softmax():
 
   model = Linear()
   params = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))['params']
-  state = train.TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(0.1),
+  state = steps.TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(0.1),
                                   batch_stats={}, plateau=optim.PlateauState.create())
   pre = input_pipeline.Preprocess(mean=(0.5,) * 3, std=(0.25,) * 3, crop_size=4)
   images = np.random.default_rng(0).integers(0, 255, (5, 6, 6, 3), dtype=np.uint8)
   labels, mask = np.array([0, 1, 2, 0, 1]), np.array([1, 1, 1, 1, 0], bool)
-  cfg = train.StepConfig(batch_size=5, num_classes=3, label_smoothing=0.0, aux_loss_weight=0.0,
+  cfg = steps.StepConfig(batch_size=5, num_classes=3, label_smoothing=0.0, aux_loss_weight=0.0,
                          preprocess=pre, batch_sharding=None, ten_crop=True)
   task = cfg.get_task()
-  got = task.metrics(train.evaluate_batch(state, task.zero_totals(), images, labels, mask, cfg))
+  got = task.metrics(steps.evaluate_batch(state, task.zero_totals(), images, labels, mask, cfg))
   probs = np.mean([jax.nn.softmax(model.apply({'params': params}, v))
                    for v in pre.ten_crop_views(jnp.asarray(images))], axis=0)[:4]
   np.testing.assert_allclose(got['loss'], -np.mean(np.log(probs[np.arange(4), labels[:4]])),
                              rtol=1e-5)
   assert got['accuracy'] == pytest.approx(np.mean(probs.argmax(-1) == labels[:4]))
-  single = task.metrics(train.evaluate_batch(state, task.zero_totals(), images, labels, mask,
+  single = task.metrics(steps.evaluate_batch(state, task.zero_totals(), images, labels, mask,
                                              cfg.replace(ten_crop=False)))
   assert abs(float(single['loss']) - float(got['loss'])) > 1e-4  # the views do change it

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import input_pipeline, train
+from cnn_jax import data_source, input_pipeline
 from cnn_jax.datasets import splits as splits_lib
 from configs import cifar_resnet
 from tests.helpers import cifar_like_folder, run_module
@@ -60,8 +60,8 @@ def test_train_eval_subset_is_fixed_and_sized():
   c = cifar_resnet.get_config('resnet20').data
   images = np.arange(1000)[:, None, None, None].astype(np.uint8)
   labels = np.arange(1000, dtype=np.int32)
-  a, la = train.train_eval_subset((images, labels), c)
-  b, _ = train.train_eval_subset((images, labels), c)
+  a, la = data_source.train_eval_subset((images, labels), c)
+  b, _ = data_source.train_eval_subset((images, labels), c)
   assert len(a) == min(c.train_eval_size, 1000) and np.array_equal(a, b)
   assert len(set(la.tolist())) == len(la)  # distinct images
 

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cnn_jax import checkpointing, train
+from cnn_jax import checkpointing, steps, train
 from cnn_jax.checkpointing import CheckpointError, WorkdirError, WorkdirLocked
 from scripts import fault_report as fr
 
@@ -139,7 +139,7 @@ def _restore_state(workdir):
   from cnn_jax import models, optim, parallel  # pylint: disable=g-import-not-at-top
   config = fr.make_config()
   tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 20, 20))
-  target = train.create_train_state(models.create('lenet5', num_classes=10), tx, (32, 32, 1),
+  target = steps.create_train_state(models.create('lenet5', num_classes=10), tx, (32, 32, 1),
                                     jax.random.key(0), parallel.replicated(parallel.make_mesh()))
   ckpts = checkpointing.Checkpoints(workdir)
   try:

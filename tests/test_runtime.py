@@ -208,3 +208,14 @@ def test_each_variable_is_parsed_with_an_error_naming_the_fix(monkeypatch, name,
            'JAX_NUM_PROCESSES': runtime.cluster}[name]
   with pytest.raises(ValueError, match=message):
     parse()
+
+
+def test_a_bad_variable_stops_the_program_with_one_line(tmp_path):
+  script = 'from cnn_jax import runtime; runtime.start(); print("started")'
+  env = {**os.environ, 'PYTHONPATH': ROOT, 'CNN_JAX_CPU_KERNELS': 'conv3d'}
+  out = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 1 and 'started' not in out.stdout
+  assert out.stderr.strip().splitlines() == [
+      "error: CNN_JAX_CPU_KERNELS='conv3d' names unknown kernels ['conv3d']; use 1 (all), 0 "
+      "(none) or a comma list of ['conv2d', 'batch_norm']."]

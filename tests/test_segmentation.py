@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from cnn_jax import config_base, datasets, input_pipeline, models, parallel, tasks, train
+from cnn_jax import config_base, datasets, input_pipeline, models, parallel, steps, tasks, train
 from cnn_jax.datasets import oxford_pet
 from cnn_jax.models import unet
 from configs import unet_segmentation
@@ -95,7 +95,7 @@ def test_align_crops_the_mask_to_a_smaller_output_and_the_output_to_a_smaller_ma
 
 def _state(model, shape):
   mesh = parallel.make_mesh()
-  return train.create_train_state(model, optax.sgd(0.0), shape, jax.random.key(0),
+  return steps.create_train_state(model, optax.sgd(0.0), shape, jax.random.key(0),
                                   parallel.replicated(mesh)), mesh
 
 
@@ -108,10 +108,10 @@ def test_train_step_crops_the_mask_for_a_valid_unet():
   images = jnp.asarray(rng.integers(0, 256, (4, 20, 20, 1)), jnp.uint8)
   masks = jnp.asarray(rng.integers(0, 3, (4, 20, 20)), jnp.uint8)
   pre = input_pipeline.Preprocess(mean=(0.5,), std=(0.25,))
-  cfg = train.StepConfig(4, 3, 0.0, 0.0, pre, parallel.batch_sharded(mesh),
+  cfg = steps.StepConfig(4, 3, 0.0, 0.0, pre, parallel.batch_sharded(mesh),
                          task=tasks.Segmentation(3))
-  _, totals = jax.jit(functools.partial(train.train_step, cfg=cfg))(
-      state, train.zero_totals(), images, masks, jnp.arange(4), 0, jax.random.key(1))
+  _, totals = jax.jit(functools.partial(steps.train_step, cfg=cfg))(
+      state, steps.zero_totals(), images, masks, jnp.arange(4), 0, jax.random.key(1))
   logits = model.apply({'params': state.params}, pre(images, None, train=False))
   assert logits.shape == (4, 4, 4, 3)
   centre = masks[:, 8:12, 8:12].astype(jnp.int32)

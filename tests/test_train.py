@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from cnn_jax import checkpointing, train
+from cnn_jax import checkpointing, steps, train
 from cnn_jax.metric_writers import read_metrics
 from tests.helpers import tiny_config
 
@@ -67,7 +67,7 @@ def _state_like(config):
   from cnn_jax import models, optim, parallel  # pylint: disable=g-import-not-at-top
   model = models.create(config.model, num_classes=10)
   tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 20, 20))
-  return train.create_train_state(model, tx, (32, 32, 1), jax.random.key(0),
+  return steps.create_train_state(model, tx, (32, 32, 1), jax.random.key(0),
                                   parallel.replicated(parallel.make_mesh()))
 
 
@@ -122,16 +122,16 @@ def test_auxiliary_logits_are_added_to_the_loss():
 
   mesh = parallel.make_mesh()
   model = WithAux()
-  state = train.create_train_state(model, optax.sgd(0.0), (4, 4, 1), jax.random.key(0),
+  state = steps.create_train_state(model, optax.sgd(0.0), (4, 4, 1), jax.random.key(0),
                                    parallel.replicated(mesh))
   images = jnp.arange(8 * 16, dtype=jnp.uint8).reshape(8, 4, 4, 1)
   labels = jnp.arange(8) % 10
   pre = input_pipeline.Preprocess(mean=(0.0,), std=(1.0,), normalize=False)
   losses = {}
   for weight in (0.0, 0.3):
-    cfg = train.StepConfig(8, 10, 0.0, weight, pre, parallel.batch_sharded(mesh))
-    _, totals = jax.jit(functools.partial(train.train_step, cfg=cfg))(
-        state, train.zero_totals(), images, labels, jnp.arange(8), 0, jax.random.key(1))
+    cfg = steps.StepConfig(8, 10, 0.0, weight, pre, parallel.batch_sharded(mesh))
+    _, totals = jax.jit(functools.partial(steps.train_step, cfg=cfg))(
+        state, steps.zero_totals(), images, labels, jnp.arange(8), 0, jax.random.key(1))
     losses[weight] = float(totals['loss'] / totals['count'])
   x = images.reshape(8, -1).astype(jnp.float32) / 255.0
   ce = lambda name: float(optax.softmax_cross_entropy_with_integer_labels(

@@ -11,7 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from cnn_jax import checkpointing, config_base, input_pipeline, models, optim, parallel, train
+from cnn_jax import (checkpointing, config_base, input_pipeline, models, optim, parallel, steps,
+                     train)
 from cnn_jax import transfer
 from cnn_jax.config_base import ConfigError
 from cnn_jax.datasets import splits as splits_lib
@@ -38,7 +39,7 @@ def _config(**kw):
 def _state(num_classes, seed, tx=None, name='resnet8', **model_kwargs):
   model = models.create(name, num_classes=num_classes, widths=WIDTHS, **model_kwargs)
   tx = tx or optax.sgd(0.1, momentum=0.9)
-  return model, train.create_train_state(model, tx, (32, 32, 3), jax.random.key(seed), _sharding())
+  return model, steps.create_train_state(model, tx, (32, 32, 3), jax.random.key(seed), _sharding())
 
 
 def _randomise_stats(state, seed):
@@ -120,11 +121,11 @@ def test_torchvision_file_is_a_source(tmp_path):
 
 
 def _step_fn(num_classes):
-  cfg = train.StepConfig(batch_size=16, num_classes=num_classes, label_smoothing=0.0,
+  cfg = steps.StepConfig(batch_size=16, num_classes=num_classes, label_smoothing=0.0,
                          aux_loss_weight=0.3,
                          preprocess=input_pipeline.Preprocess(mean=(0.5,) * 3, std=(0.25,) * 3),
                          batch_sharding=parallel.batch_sharded(MESH))
-  step = jax.jit(lambda s, t, x, y, p, r: train.train_step(s, t, x, y, p, 0, r, cfg))
+  step = jax.jit(lambda s, t, x, y, p, r: steps.train_step(s, t, x, y, p, 0, r, cfg))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 255, (16, 32, 32, 3), np.uint8))
   labels = jnp.asarray(rng.integers(0, num_classes, 16), jnp.int32)
@@ -132,7 +133,7 @@ def _step_fn(num_classes):
   def run(state, n):
     for i in range(n):
       perm = jnp.asarray(np.random.default_rng(i).permutation(16))  # the same for every run
-      state, _ = step(state, train.zero_totals(), images, labels, perm, jax.random.key(i))
+      state, _ = step(state, steps.zero_totals(), images, labels, perm, jax.random.key(i))
     return state
   return run, images
 
@@ -224,7 +225,7 @@ def test_transfer_run_resumes_like_an_uninterrupted_one(tmp_path):
 def test_mismatched_source_lists_every_problem(source_dir, tmp_path):
   workdir, _ = source_dir
   model = models.create('resnet20', num_classes=3, widths=(4, 8, 32))
-  fresh = train.create_train_state(model, optax.sgd(0.1), (32, 32, 3), jax.random.key(0),
+  fresh = steps.create_train_state(model, optax.sgd(0.1), (32, 32, 3), jax.random.key(0),
                                    _sharding())
   with pytest.raises(ConfigError) as e:
     transfer.prepare(_config(init_from=str(workdir)), 'resnet20', model, fresh, _sharding())

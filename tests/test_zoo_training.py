@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from cnn_jax import input_pipeline, models, parallel, train
+from cnn_jax import input_pipeline, models, optim, parallel, steps, train
 from tests.helpers import tiny_config
 
 SEGMENTATION = {'unet', 'unet_same'}  # per-pixel outputs: not for the classification loop
@@ -31,16 +31,16 @@ def test_train_step_traces_for_every_classifier(name):
   model = models.create(name, num_classes=10, **kwargs)
   mesh = parallel.make_mesh()
   pre = input_pipeline.Preprocess(mean=(0.5,) * shape[-1], std=(0.25,) * shape[-1])
-  cfg = train.StepConfig(2, 10, 0.0, 0.3, pre, parallel.batch_sharded(mesh))
+  cfg = steps.StepConfig(2, 10, 0.0, 0.3, pre, parallel.batch_sharded(mesh))
   tx = optax.sgd(0.1, momentum=0.9)
 
   def init_and_step(rng):
     variables = model.init({'params': rng, 'dropout': rng}, jnp.zeros((2,) + shape), train=True)
-    state = train.TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+    state = steps.TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                                     batch_stats=variables.get('batch_stats', {}),
-                                    plateau=train.optim.PlateauState.create())
+                                    plateau=optim.PlateauState.create())
     images = jnp.zeros((4,) + shape, jnp.uint8)
-    return train.train_step(state, train.zero_totals(), images, jnp.zeros((4,), jnp.int32),
+    return steps.train_step(state, steps.zero_totals(), images, jnp.zeros((4,), jnp.int32),
                             jnp.arange(4), 0, rng, cfg)
 
   state, totals = jax.eval_shape(init_and_step, jax.random.key(0))
