@@ -5,7 +5,7 @@ SETUP := scripts/setup_env.sh
 # the entry points restart themselves on jemalloc where installed, else on this.
 HUGE_PAGES := GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1
 
-.PHONY: setup degradation-toy degradation-cpu lenet5-mnist lenet5-mnist-quick test test-all param-table readme bench bench-gpu clean
+.PHONY: setup degradation-toy degradation-cpu degradation-quarter unet-long lenet5-mnist lenet5-mnist-quick test test-all param-table readme bench bench-gpu clean
 
 setup:
 	@$(SETUP)
@@ -19,6 +19,13 @@ degradation-toy: setup
 
 degradation-cpu: setup
 	$(PY) -m experiments.degradation --preset=cpu --models=plain20,plain56,resnet56,resnet20 --report_dir=reports/degradation_cpu
+
+# He et al. at a quarter of the schedule (~12 CPU-hours on 2 cores; resumes; scripts/cpu_queue.sh).
+degradation-quarter: setup
+	$(PY) -m experiments.degradation --preset=quarter --models=resnet20,resnet56,plain56,plain20,resnet20_seed1,resnet20_seed2 --workdir=workdirs/degradation_quarter --report_dir=reports/degradation_quarter
+
+unet-long: setup
+	$(PY) -m experiments.unet_segmentation --preset=long --workdir=workdirs/unet_segmentation_long --report_dir=reports/unet_segmentation_long
 
 lenet5-mnist-quick: setup
 	$(PY) -m experiments.lenet5_mnist --config=configs/lenet5_mnist.py:quick

@@ -194,6 +194,41 @@ def _curve_rows(run_dir: pathlib.Path) -> list[list[str]]:
   return rows
 
 
+PLATEAU_TOLERANCE = 0.005  # mIoU: a gain no larger than this in the last quarter is no gain
+
+
+def plateau(curve: list[tuple[int, float]], tolerance: float = PLATEAU_TOLERANCE) -> dict:
+  """Where a run stopped improving, from its validation mIoU per evaluation [(step, mIoU)]:
+  plateaued when the best of the last quarter of the evaluations is at most `tolerance` above the
+  best before it."""
+  if len(curve) < 4:
+    return {'plateaued': None, 'evaluations': len(curve)}
+  cut = len(curve) - max(1, len(curve) // 4)
+  before, last = curve[:cut], curve[cut:]
+  best_before = max(before, key=lambda r: r[1])
+  best_last = max(last, key=lambda r: r[1])
+  best = max(curve, key=lambda r: r[1])
+  return {'plateaued': best_last[1] - best_before[1] <= tolerance, 'evaluations': len(curve),
+          'gain_last_quarter': best_last[1] - best_before[1], 'last_quarter_from': last[0][0],
+          'best_step': best[0], 'best': best[1],
+          'first_within_tolerance': next(s for s, v in curve if v >= best[1] - tolerance)}
+
+
+def plateau_text(model: str, p: dict) -> str:
+  if p['plateaued'] is None:
+    return f'{model}: {p["evaluations"]} evaluations, too few to tell.'
+  verdict = ('plateaued' if p['plateaued'] else
+             'still improving: a longer run (or a larger learning rate late) would gain more')
+  return (f"{model}: {verdict}. Best validation mIoU {p['best']:.3f} at step {p['best_step']:,}"
+          f" (within {PLATEAU_TOLERANCE} of it from step {p['first_within_tolerance']:,}); gain in "
+          f"the last quarter (from step {p['last_quarter_from']:,}): {p['gain_last_quarter']:+.3f}.")
+
+
+def _val_miou_curve(run_dir: pathlib.Path) -> list[tuple[int, float]]:
+  return [(r['step'], r['mean_iou']) for r in read_metrics(run_dir / 'metrics.jsonl')
+          if r['split'] == 'val']
+
+
 def _load_note(workdir: pathlib.Path, runs: dict) -> str:
   """Whether the machine was busy while the runs trained (recorded by `main`)."""
   notes = []
@@ -324,6 +359,7 @@ def write_report(workdir: pathlib.Path, models: list[str], preset: str,
                        for m in runs)
   status = ('all runs finished' if len(runs) == len(models) else
             f'{len(runs)} of {len(models)} runs finished')
+  plateaus = {m: plateau(_val_miou_curve(workdir / m)) for m in runs}
   text = _header(workdir, runs, measured['data'], next(iter(configs.values())), preset, command,
                  status) + f"""
 ## Results
@@ -348,6 +384,11 @@ recognise digits; a net above it recognises which digit each pixel belongs to.
 
 {curves}
 
+Where each run stopped improving (validation mIoU; a gain of at most {PLATEAU_TOLERANCE} in the
+last quarter of the evaluations counts as none):
+
+{chr(10).join(f'- {plateau_text(m, p)}' for m, p in plateaus.items())}
+
 ## Per-run commands
 
 {chr(10).join(sorted({f"- `{r['command']}`" for r in runs.values()}))}
@@ -362,7 +403,7 @@ recognise digits; a net above it recognises which digit each pixel belongs to.
       'command': command, 'train_wall_time_s': sum(r['wall_time_s'] for r in runs.values()),
       'headline': headline(test), 'test': test,
       'per_class_iou': {m: r['iou'] for m, r in recomputed.items()},
-      'baselines': base, **lecture_common.checks_record(checks)})
+      'baselines': base, 'plateau': plateaus, **lecture_common.checks_record(checks)})
   return path
 
 

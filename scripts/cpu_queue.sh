@@ -34,5 +34,12 @@ done
 #   --models=alexnet,vgg11_bn,vgg16_bn,zfnet,resnet18,densenet_bc_100_12,googlenet
 # step benchmarks.time_to_accuracy --task=resnet20_cifar10 --frameworks=jax \
 #   --workdir=workdirs/tta_resnet20 --out=benchmarks/results/time_to_accuracy_resnet20.json
+# Issue 24: He et al. at a quarter of the schedule (about 12 CPU-hours on 2 AVX2 cores; the
+# runs go one after another, ResNet-20's extra seeds last), then the U-Net trained to a plateau.
+step experiments.degradation --preset=quarter \
+  --models=resnet20,resnet56,plain56,plain20,resnet20_seed1,resnet20_seed2 \
+  --workdir=workdirs/degradation_quarter --report_dir=reports/degradation_quarter
+step experiments.unet_segmentation --preset=long --workdir=workdirs/unet_segmentation_long \
+  --report_dir=reports/unet_segmentation_long
 step experiments.readme_tables
 echo "=== $(date -u +%FT%TZ) queue done"

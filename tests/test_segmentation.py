@@ -253,3 +253,21 @@ def test_report_from_the_toy_runs(toy_runs):
   assert len(agree) == 2 and all(c[-1] == 'yes' for c in agree)
   assert not any('recomputes' in c[1] for c in summary['checks']) and len(summary['checks']) == 2
   assert (workdir / 'predictions.png').stat().st_size > 10_000
+
+
+def test_long_preset_trains_the_cpu_nets_longer_with_a_test_curve():
+  cpu, long = unet_segmentation.get_config('unet,cpu'), unet_segmentation.get_config('unet,long')
+  assert long.num_epochs == 30 and long.eval_test_curve and not cpu.eval_test_curve
+  assert long.model_kwargs.to_dict() == cpu.model_kwargs.to_dict()
+  assert long.data.image_size == cpu.data.image_size and long.selection_metric == 'val_loss'
+
+
+def test_plateau_is_read_from_the_validation_curve():
+  from experiments import unet_segmentation as experiment  # pylint: disable=g-import-not-at-top
+  flat = [(s, v) for s, v in zip(range(1, 9), (.1, .3, .5, .6, .62, .62, .621, .622))]
+  rising = [(s, v) for s, v in zip(range(1, 9), (.1, .3, .5, .6, .62, .65, .7, .75))]
+  assert experiment.plateau(flat)['plateaued'] is True
+  got = experiment.plateau(rising)
+  assert got['plateaued'] is False and got['gain_last_quarter'] == pytest.approx(0.1)
+  assert experiment.plateau(flat[:3])['plateaued'] is None
+  assert 'still improving' in experiment.plateau_text('unet', got)
