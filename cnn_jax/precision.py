@@ -1,8 +1,8 @@
 """The computation dtype. `config.dtype='auto'` computes in bfloat16 (parameters, optimizer state
 and BatchNorm statistics stay float32) only where the hardware has bfloat16 arithmetic, detected
 rather than assumed: TPUs, NVIDIA GPUs from compute capability 8.0 (Ampere), and CPUs with
-AVX512_BF16 or AMX-BF16 (x86) or BF16 (Arm). Elsewhere bfloat16 is emulated and slower (see
-benchmarks/results/levers.md), so 'auto' stays float32.
+AVX512_BF16 or AMX-BF16 (x86) or BF16 (Arm). Elsewhere bfloat16 is emulated and slower
+(docs/cpu.md), so 'auto' stays float32.
 """
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ import sys
 
 CPU_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=dot,reduce',)
 # Where the CPU kernels will not run (turned off, or several host devices), XLA runs every layer
-# and YNN's elementwise fusions pay again (ResNet-20: 1.2x, levers.md section 9).
+# and YNN's elementwise fusions pay again (docs/cpu.md).
 CPU_FLAGS_XLA_OPS = ('--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce',)
 KERNELS_OFF = ('0', 'none', 'off', 'false', '')  # CNN_JAX_CPU_KERNELS values that turn all off
 CPU_KERNEL_NAMES = ('conv2d', 'batch_norm')  # cnn_jax.kernels.library.KERNELS

@@ -1,8 +1,8 @@
 """The CPU layer set's convolution: im2col for maps no bigger than the kernel, oneDNN elsewhere.
 
 A 3x3 convolution of a 2x2 (or 1x1) map, as in VGG's last stage on 32x32 inputs, is little
-arithmetic, but XLA's CPU backend runs it on a generic path about 100x slower than the same
-layer on a 4x4 map. When a spatial axis of the input is smaller than the kernel's (stride 1, no
+arithmetic, but XLA's CPU backend runs it on a generic path far slower than the same layer on a
+4x4 map (docs/cpu.md). When a spatial axis of the input is smaller than the kernel's (stride 1, no
 dilation, no groups, channels-last), `conv_general_dilated` computes the layer as one matrix
 product over the kernel's shifted views (im2col), which is small exactly when the map is. A
 layer whose (padded) input is exactly the kernel's size, so that its output is 1x1 (LeNet-5's

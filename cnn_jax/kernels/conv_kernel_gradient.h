@@ -1,6 +1,6 @@
 // Kernel gradient of a stride-1 2-D convolution written directly with AVX2 FMAs, for
-// conv_onednn.cc: on AVX2 CPUs (without AVX-512) it runs 20-35% faster than oneDNN's own
-// (jit:avx2) kernel gradient for 16 to 64 channels (benchmarks/results/levers.md, section 11).
+// conv_onednn.cc on AVX2 CPUs without AVX-512, where it beats oneDNN's own (jit:avx2) kernel
+// gradient (docs/cpu.md).
 //
 // With stride 1, the kernel tap (i, j) pairs output position (oh, ow) with input position
 // (oh + i * dil_h - pad_t, ow + j * dil_w - pad_l); over the output positions whose input lies

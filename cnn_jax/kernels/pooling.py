@@ -1,7 +1,7 @@
 """The CPU layer set's max pooling: `flax.linen.max_pool`'s forward with a backward XLA runs fast.
 
-`nn.max_pool` is `lax.reduce_window`; its gradient is XLA's `select_and_scatter`, which on CPU
-is 10-80x slower than the forward pass (docs/cpu.md). `max_pool` keeps the same forward and
+`nn.max_pool` is `lax.reduce_window`; its gradient is XLA's `select_and_scatter`, which XLA's
+CPU backend runs far slower than the forward pass (docs/cpu.md). `max_pool` keeps the same forward and
 computes the same gradient, the first maximum of each window in row-major order as
 select_and_scatter does (ties included), from equality masks over `stride x stride` phases of
 the input: slices, selects and plain pads, which XLA fuses into a few loops.
