@@ -1,4 +1,4 @@
-"""Op-level profile of one training step: where the time of `cnn_jax.train.train_step` goes.
+"""Op-level profile of one training step: where the time of `cnn_jax.steps.train_step` goes.
 
     python -m benchmarks.profile_step [--model=resnet20] [--steps=3] [--out=benchmarks/results/profile_resnet20.md]
 
@@ -98,27 +98,29 @@ def profile(model_name: str, steps: int) -> dict:
   import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from cnn_jax import config_base, input_pipeline, models, optim, parallel, train  # pylint: disable=g-import-not-at-top
-  from benchmarks.train_step import BATCH, _shape  # pylint: disable=g-import-not-at-top
+  from cnn_jax import config_base, input_pipeline, models, optim, parallel  # pylint: disable=g-import-not-at-top
+  from cnn_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  from benchmarks.train_step import BATCH, input_shape  # pylint: disable=g-import-not-at-top
   from cnn_jax import kernels, runtime  # pylint: disable=g-import-not-at-top
 
-  batch, shape = BATCH.get(model_name, 64), _shape(model_name)
+  batch, shape = BATCH.get(model_name, 64), input_shape(model_name)
   config = config_base.base_config()
   config.momentum, config.weight_decay = 0.9, 1e-4
   tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, 100))
   mesh = parallel.make_mesh()
   model = models.create(model_name, num_classes=10)
-  state = train.create_train_state(model, tx, shape, jax.random.key(0), parallel.replicated(mesh))
+  state = steps_lib.create_train_state(model, tx, shape, jax.random.key(0),
+                                       parallel.replicated(mesh))
   n = batch * 4
   images = jax.random.randint(jax.random.key(1), (n,) + shape, 0, 255).astype(jnp.uint8)
   labels = jax.random.randint(jax.random.key(2), (n,), 0, 10)
   augment = shape[-1] == 3
   pre = input_pipeline.Preprocess(mean=(0.5,) * shape[-1], std=(0.25,) * shape[-1],
                                   random_crop_padding=4 if augment else 0, horizontal_flip=augment)
-  cfg = train.StepConfig(batch, 10, 0.0, 0.0, pre, parallel.batch_sharded(mesh))
-  step = jax.jit(functools.partial(train.train_step, cfg=cfg), donate_argnums=(0, 1))
+  cfg = steps_lib.StepConfig(batch, 10, 0.0, 0.0, pre, parallel.batch_sharded(mesh))
+  step = jax.jit(functools.partial(steps_lib.train_step, cfg=cfg), donate_argnums=(0, 1))
   perm, rng = jnp.arange(n), jax.random.key(3)
-  totals = train.zero_totals(parallel.replicated(mesh))
+  totals = steps_lib.zero_totals(parallel.replicated(mesh))
   compiled = step.lower(state, totals, images, labels, perm, 0, rng).compile()
   hlo = parse_hlo(compiled.as_text())
   for i in range(2):

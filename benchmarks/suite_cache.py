@@ -20,10 +20,11 @@ import json
 import os
 import pathlib
 import re
-import subprocess
 import sys
 import tempfile
 import time
+
+from benchmarks import harness
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -34,12 +35,11 @@ def _cache_size(path: pathlib.Path) -> tuple[int, int]:
 
 
 def run_suite(cache: pathlib.Path, min_compile_secs: str, pytest_args: list[str]) -> dict:
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=min_compile_secs)
+  env = {'JAX_COMPILATION_CACHE_DIR': str(cache),
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': min_compile_secs}
   start = time.perf_counter()
-  out = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
-                        *pytest_args], cwd=ROOT, env=env, capture_output=True, text=True,
-                       check=False)
+  out = harness.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+                     *pytest_args], env, cwd=ROOT)
   wall = time.perf_counter() - start
   lines = [l for l in out.stdout.strip().splitlines() if l.strip()]
   summary = next((l.strip('= ') for l in reversed(lines) if re.search(r'\d+ (passed|failed)', l)),

@@ -10,7 +10,8 @@ Tasks (recipe = the project's config, evaluated on the test set after every epoc
   85%.
 The clock starts before the data are loaded, so it includes loading, compilation and every
 evaluation; the PyTorch twin (eager, fp32, channels-last, all cores) reads the same arrays,
-same split and normalisation, and is timed the same way. Each run is a fresh process.
+same split and normalisation, and is timed the same way. Each run is a fresh process
+(benchmarks.harness.call).
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
+
+from benchmarks import harness
 
 TASKS = {
     'lenet5_mnist': ('configs/lenet5_mnist.py', 0.99),
@@ -101,6 +103,9 @@ def torch_run(task: str) -> dict:
   return {'curve': curve, 'torch_version': torch.__version__}
 
 
+RUNS = {'jax': jax_run, 'pytorch': torch_run}  # --frameworks: each a child's function
+
+
 def first_reaching(curve, target):
   for step, seconds, accuracy in curve:
     if accuracy >= target:
@@ -108,40 +113,50 @@ def first_reaching(curve, target):
   return None
 
 
-def main():
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--task', default='lenet5_mnist', choices=sorted(TASKS))
   parser.add_argument('--frameworks', default='jax,pytorch')
   parser.add_argument('--out', default=None)
   parser.add_argument('--workdir', default=None,
                       help='Keep the JAX run here (metrics.jsonl: follow its progress).')
-  parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  if args.child:
-    print(json.dumps(jax_run(args.task, args.workdir) if args.child == 'jax'
-                     else torch_run(args.task)))
-    return
+  args = parser.parse_args(argv)
+  args.frameworks = args.frameworks.split(',')
+  unknown = [fw for fw in args.frameworks if fw not in RUNS]
+  if unknown:
+    parser.error(f'--frameworks: unknown {unknown}; choose from {sorted(RUNS)}.')
+  return args
+
+
+def framework_run(fw: str, args: argparse.Namespace, target: float) -> dict | None:
+  """One framework's run in a fresh process, with the first point at `target`; None (said on
+  stderr) where it failed."""
+  kwargs = {'task': args.task, **({'workdir': args.workdir} if fw == 'jax' else {})}
+  try:
+    run = harness.call(harness.Child.of(RUNS[fw], **kwargs))
+  except harness.ChildFailed as e:
+    print(f'# {fw}: failed: {e.tail}', file=sys.stderr)
+    return None
+  run['reached'] = reached = first_reaching(run['curve'], target)
+  final = run['curve'][-1]
+  print(f"{fw}: " + (f"{target:.1%} at step {reached['step']} after {reached['seconds']:.0f} s"
+                     if reached else f'never reached {target:.1%}')
+        + f"; final {final[2]:.2%} after {final[1]:.0f} s", flush=True)
+  return run
+
+
+def main(argv: list[str] | None = None):
+  args = parse_args(argv)
   from cnn_jax import report  # pylint: disable=g-import-not-at-top
   target = TASKS[args.task][1]
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   results = {'task': args.task, 'target': target, 'config': TASKS[args.task][0],
              'environment': report.environment(),
-             'command': 'python -m benchmarks.time_to_accuracy ' + ' '.join(sys.argv[1:])}
-  for fw in args.frameworks.split(','):
-    out = subprocess.run([sys.executable, '-m', 'benchmarks.time_to_accuracy', f'--task={args.task}',
-                          f'--child={fw}'] + ([f'--workdir={args.workdir}'] if args.workdir else []),
-                         env=env, capture_output=True, text=True, check=False)
-    if out.returncode:
-      print(f'# {fw}: failed: {out.stderr.strip().splitlines()[-3:]}', file=sys.stderr)
-      continue
-    run = json.loads(out.stdout.strip().splitlines()[-1])
-    run['reached'] = first_reaching(run['curve'], target)
-    results[fw] = run
-    reached = run['reached']
-    final = run['curve'][-1]
-    print(f"{fw}: " + (f"{target:.1%} at step {reached['step']} after {reached['seconds']:.0f} s"
-                       if reached else f'never reached {target:.1%}')
-          + f"; final {final[2]:.2%} after {final[1]:.0f} s", flush=True)
+             'command': 'python -m benchmarks.time_to_accuracy '
+                        + ' '.join(sys.argv[1:] if argv is None else argv)}
+  for fw in args.frameworks:
+    run = framework_run(fw, args, target)
+    if run is not None:
+      results[fw] = run
   if args.out:
     pathlib.Path(args.out).write_text(json.dumps(results, indent=2) + '\n')
 

@@ -8,7 +8,7 @@
         --dtype=bfloat16 --torch_mode=compile --json=benchmarks/results/gpu.json
 
 Per model it starts one process for each of these (so XLA flags and memory figures are its own):
-* `jax (defaults)`: the loop's jitted `cnn_jax.train.train_step` as built by the loop's own
+* `jax (defaults)`: the loop's jitted `cnn_jax.steps.train_step` as built by the loop's own
   `train.setup` from the model's experiment config (configs/lenet5_mnist.py,
   configs/cifar_resnet.py): the real data on the device, batches gathered and augmented inside
   jit, donated state; with the project's settings: XLA flags (cnn_jax/runtime.py), the CPU
@@ -23,11 +23,11 @@ Per model it starts one process for each of these (so XLA flags and memory figur
   if there is one, else on all CPU cores; eager (default) or `--torch_mode=compile`; on the same
   allocator as `jax (defaults)`.
 Each process compiles, warms up and calibrates its window (at least `--steps` steps and
-`--min_seconds`), one process at a time; then they take turns: every round times one window of
-each (and the loop's window right after the bare step's), in reverse order every other round,
-for `--repeats` rounds. The machines this runs on vary by 10-30% from minute to minute; taking
-turns puts a slow spell on every contender alike, where separate runs minutes apart (this
-benchmark until 2026-12-06) could not. Each figure is the median window, the ratio to PyTorch
+`--min_seconds`), one process at a time; then they take turns (benchmarks.harness.interleaved):
+every round times one window of each (and the loop's window right after the bare step's), in
+reverse order every other round, for `--repeats` rounds. The machines this runs on vary by
+10-30% from minute to minute; taking turns puts a slow spell on every contender alike, where
+separate runs minutes apart (this benchmark until 2026-12-06) could not. Each figure is the median window, the ratio to PyTorch
 the median of the rounds' ratios, the loop / step ratio likewise.
 `--dtype=bfloat16` makes both compute in bfloat16 with float32 parameters (PyTorch by autocast).
 It prints and (with --json) writes images/s, the ratio to PyTorch, compile time (persistent
@@ -35,6 +35,10 @@ cache off), peak memory (resident on a CPU, the device's own on an accelerator),
 GFLOP/s = 6 x MACs x images/s (forward 2 x MACs, backward twice the forward) and, where the
 device's peak is known (PEAK_BF16_FLOPS, or --peak_tflops), MFU: that rate over the peak. The
 README table is generated from the committed JSON.
+
+As a library (benchmarks.levers, benchmarks.profile_step): the timers `JaxBench` and `TorchBench`,
+a lone child's figures `jax_child` / `torch_child`, `bench_config`, and `lone` / `contender`, the
+harness's children that run them.
 """
 from __future__ import annotations
 
@@ -44,28 +48,26 @@ import json
 import os
 import pathlib
 import resource
-import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 
+from benchmarks import harness
 from cnn_jax import runtime
 
 BATCH = {'lenet5': 64, 'resnet20': 128, 'resnet56': 128, 'plain20': 128, 'plain56': 128,
          'resnet50': 256}
 SHAPE = {'lenet5': (32, 32, 1), 'resnet50': (224, 224, 3)}
 SHAPE_DEFAULT = (32, 32, 3)
-MIN_SECONDS = 5.0  # a lone child's timing window at least this long (--min_seconds)
+MIN_SECONDS = 5.0  # a lone child's timing window at least this long
 WINDOW_S = 2.0  # an interleaved window at least this long (the parent's --min_seconds)
 ROUNDS = 8  # rounds of interleaved windows (--repeats)
-GAP_S = 0.2  # idle between two windows, so that one child's spinning threads settle
 VARIANTS = {'defaults': {}, 'xla': {'CNN_JAX_CPU_KERNELS': '0'},
             'none': {'CNN_JAX_XLA_DEFAULTS': '0', 'CNN_JAX_CPU_KERNELS': '0'}}
 
 
-def _shape(name):
+def input_shape(name: str) -> tuple[int, int, int]:
   return SHAPE.get(name, SHAPE_DEFAULT)
 
 
@@ -100,15 +102,15 @@ def bench_config(name: str, batch: int, dtype: str = 'float32'):
   config.gradient_diagnostics = False
   config.checkpoint_every_steps = 0
   config.progress_bar = False
-  if _shape(name)[0] != 32:
-    config.data.image_size = _shape(name)[0]  # e.g. ResNet-50 at 224: CIFAR padded, same cost
+  if input_shape(name)[0] != 32:
+    config.data.image_size = input_shape(name)[0]  # e.g. ResNet-50 at 224: CIFAR padded, same cost
   return config
 
 
-def _timed_steps(steps: int, block_seconds: float) -> int:
-  """Steps to time: at least `steps`, and enough for MIN_SECONDS at one calibration block's
+def _timed_steps(steps: int, block_seconds: float, min_seconds: float) -> int:
+  """Steps to time: at least `steps`, and enough for `min_seconds` at one calibration block's
   pace (a LeNet-5 step takes ~10 ms: 20 steps would be a 0.2 s window, all noise)."""
-  return max(steps, int(np.ceil(steps * MIN_SECONDS / max(block_seconds, 1e-6))))
+  return max(steps, int(np.ceil(steps * min_seconds / max(block_seconds, 1e-6))))
 
 
 class JaxBench:
@@ -116,7 +118,8 @@ class JaxBench:
   on construction; then timing windows of `self.n` steps, bare (`step`) or inside
   `train.train_loop` (`loop`: log points, stop checks, epoch permutations)."""
 
-  def __init__(self, name: str, steps: int, batch: int, dtype: str = 'float32'):
+  def __init__(self, name: str, steps: int, batch: int, dtype: str = 'float32',
+               min_seconds: float = MIN_SECONDS):
     import tempfile  # pylint: disable=g-import-not-at-top
     import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (XLA settings first)
     import jax  # pylint: disable=g-import-not-at-top
@@ -136,7 +139,7 @@ class JaxBench:
     self._steps(1)  # warm-up
     start = time.perf_counter()  # calibration block, also more warm-up
     self._steps(steps)
-    self.n = _timed_steps(steps, time.perf_counter() - start)
+    self.n = _timed_steps(steps, time.perf_counter() - start, min_seconds)
     run.config.log_every_steps = self.n
     self.os_costs, self._loop_warm = None, False
 
@@ -177,7 +180,7 @@ class JaxBench:
     jax = self.jax
     stats = jax.devices()[0].memory_stats() or {}  # an accelerator's own memory; None on CPU
     peak = stats['peak_bytes_in_use'] / 2**20 if 'peak_bytes_in_use' in stats else _peak_rss_mb()
-    from cnn_jax import kernels, runtime  # pylint: disable=g-import-not-at-top
+    from cnn_jax import kernels  # pylint: disable=g-import-not-at-top
     return {'compile_s': self.compile_s, 'peak_rss_mb': peak, **(self.os_costs or {}),
             'xla_flags': os.environ.get('XLA_FLAGS', ''),
             'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
@@ -205,14 +208,14 @@ class TorchBench:
   `dtype` float32 or bfloat16 (autocast: bfloat16 compute, float32 parameters)."""
 
   def __init__(self, name: str, steps: int, batch: int, mode: str = 'eager',
-               dtype: str = 'float32'):
+               dtype: str = 'float32', min_seconds: float = MIN_SECONDS):
     import contextlib  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
     from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
     self.torch, self.batch, self.mode, self.dtype = torch, batch, mode, dtype
     self.device = device = 'cuda' if torch.cuda.is_available() else 'cpu'
     torch.set_num_threads(os.cpu_count())
-    h, w, c = _shape(name)
+    h, w, c = input_shape(name)
     self.model = model = torch_models.create(name).to(device, memory_format=torch.channels_last)
     self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     self.x = torch.randn(batch, c, h, w, device=device).to(memory_format=torch.channels_last)
@@ -228,7 +231,7 @@ class TorchBench:
     self._steps(3)
     start = time.perf_counter()  # calibration block, also more warm-up
     self._steps(steps)
-    self.n = _timed_steps(steps, time.perf_counter() - start)
+    self.n = _timed_steps(steps, time.perf_counter() - start, min_seconds)
     self.os_costs = None
 
   def _steps(self, count: int) -> None:
@@ -266,23 +269,24 @@ def torch_child(name: str, steps: int, batch: int, mode: str = 'eager',
   return {'images_per_s': bench.step(), **bench.summary()}
 
 
-REPLY = '@@ '  # marks the served child's answers on its stdout (anything else there is ignored)
+def lone(name: str, steps: int, batch: int = 0, dtype: str = 'float32', env: dict | None = None,
+         malloc: str | None = None) -> harness.Child:
+  """The harness child of `jax_child` (batch 0: the model's benchmark batch), for
+  `harness.call` and `harness.fresh_rounds`."""
+  return harness.Child.of(jax_child, env=env, malloc=malloc, name=name, steps=steps,
+                          batch=batch or BATCH[name], dtype=dtype)
 
 
-def serve(bench) -> None:
-  """A child that times windows on request, so that the parent can interleave the windows of
-  several children (module docstring): reads `step`, `loop` or `done` lines from stdin and
-  answers each with one JSON line (images/s; for `done`, the summary) on stdout."""
-  print(REPLY + json.dumps({'ready': True, 'steps_per_window': bench.n}), flush=True)
-  try:
-    for line in sys.stdin:
-      command = line.strip()
-      if command == 'done':
-        break
-      print(REPLY + json.dumps({'images_per_s': getattr(bench, command)()}), flush=True)
-  finally:
-    bench.close()
-  print(REPLY + json.dumps(bench.summary()), flush=True)
+def contender(kind: str, name: str, steps: int, batch: int = 0, env: dict | None = None,
+              window_s: float = WINDOW_S, dtype: str = 'float32',
+              torch_mode: str = 'eager') -> harness.Child:
+  """The harness child of a timer (`kind` 'jax': JaxBench, 'torch': TorchBench) with windows of
+  at least `window_s` seconds, for `harness.interleaved`."""
+  common = dict(env=env, name=name, steps=steps, batch=batch or BATCH[name], dtype=dtype,
+                min_seconds=window_s)
+  if kind == 'jax':
+    return harness.Child.of(JaxBench, **common)
+  return harness.Child.of(TorchBench, mode=torch_mode, **common)
 
 
 # Dense bfloat16 tensor-core peaks, FLOP/s (vendor data sheets, SXM parts), for MFU; keyed by a
@@ -310,121 +314,10 @@ def model_facts(name: str) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from cnn_jax import conv_arithmetic, models  # pylint: disable=g-import-not-at-top
   model = models.create(name, num_classes=10 if name != 'resnet50' else 1000)
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + _shape(name)),
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + input_shape(name)),
                                                 train=False))
   params = sum(int(x.size) for x in jax.tree.leaves(variables['params']))
-  return {'num_params': params, 'macs': conv_arithmetic.count_flops(model, _shape(name)).macs}
-
-
-def _child_env(env_extra: dict) -> dict:
-  """A child's environment: this one, the user's own XLA_FLAGS (not the project's, which the
-  child adds itself unless `env_extra` turns them off or sets its own), `env_extra`."""
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
-  user_flags = runtime.user_xla_flags()  # this process's before runtime.start() added the project's
-  if user_flags:
-    env['XLA_FLAGS'] = user_flags
-  env.update(env_extra)
-  if env.get('CNN_JAX_XLA_DEFAULTS') == '0':  # none of the project's settings: system malloc
-    env = runtime.with_malloc('system', env)
-  return env
-
-
-class ChildFailed(RuntimeError):
-  pass
-
-
-class ServedChild:
-  """A `--serve` child process (see `serve`): started, compiled and calibrated on construction;
-  `ask('step' | 'loop')` times one window, `finish()` returns its summary."""
-
-  def __init__(self, label: str, window_s: float, kind: str, name: str, steps: int, batch: int,
-               env_extra: dict, extra_args: tuple[str, ...] = ()):
-    import tempfile  # pylint: disable=g-import-not-at-top
-    self.label = label
-    self._log = tempfile.TemporaryFile(mode='w+')
-    self._proc = subprocess.Popen(
-        [sys.executable, '-m', 'benchmarks.train_step', f'--child={kind}:{name}', '--serve',
-         f'--steps={steps}', f'--batch={batch}', f'--min_seconds={window_s}', *extra_args],
-        env=_child_env(env_extra), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=self._log, text=True)
-    self.ready = self._read()
-
-  def _read(self) -> dict:
-    for line in self._proc.stdout:
-      if line.startswith(REPLY):
-        return json.loads(line[len(REPLY):])
-    self._proc.wait()
-    self._log.seek(0)
-    tail = self._log.read().strip().splitlines()[-3:]
-    raise ChildFailed(f'{self.label}: exited with {self._proc.returncode}: {tail}')
-
-  def ask(self, command: str) -> float:
-    self._proc.stdin.write(command + '\n')
-    self._proc.stdin.flush()
-    return self._read()['images_per_s']
-
-  def finish(self) -> dict:
-    self._proc.stdin.write('done\n')
-    self._proc.stdin.flush()
-    summary = self._read()
-    self._proc.wait()
-    return summary
-
-  def kill(self) -> None:
-    if self._proc.poll() is None:
-      self._proc.kill()
-      self._proc.wait()
-
-
-def interleaved(children: dict[str, tuple], rounds: int, loop_of: str | None = None,
-                window_s: float = WINDOW_S, gap_s: float = GAP_S) -> tuple[dict, dict]:
-  """Starts every child (label -> ServedChild arguments after the window length), one after
-  another, then times their windows of `window_s` seconds or more in turns: each round runs one
-  window of every child (in reverse order every other round), the `loop_of` child's loop window
-  right after its step window. Returns (results, windows): per label the median images/s, every
-  window's figure ('runs') and the child's summary, None for a child that failed (the others go
-  on); and per label that finished, its windows' images/s. The turns put a slow spell of the machine on every child alike,
-  which separate runs minutes apart cannot (module docstring)."""
-  served, windows, loops = {}, {}, []
-  for label, spec in children.items():
-    try:
-      served[label] = ServedChild(f'{label} ({spec[1]})', window_s, *spec)
-      windows[label] = []
-    except ChildFailed as e:
-      print(f'# {e}', file=sys.stderr, flush=True)
-  try:
-    for r in range(rounds):
-      for label in (list(served) if r % 2 == 0 else list(served)[::-1]):
-        try:
-          windows[label].append(served[label].ask('step'))
-          time.sleep(gap_s)
-          if label == loop_of:
-            loops.append(served[label].ask('loop'))
-            time.sleep(gap_s)
-        except ChildFailed as e:
-          print(f'# {e}', file=sys.stderr, flush=True)
-          served.pop(label).kill()
-          windows.pop(label)
-    summaries = {label: child.finish() for label, child in served.items()}
-  finally:
-    for child in served.values():
-      child.kill()
-  out = {label: None for label in children}
-  for label, summary in summaries.items():
-    ips = windows[label]
-    out[label] = {**summary, 'images_per_s': statistics.median(ips), 'runs': ips}
-    if label == loop_of and loops:
-      out[label].update(loop_images_per_s=statistics.median(loops), loop_windows=loops,
-                        loop_over_step=statistics.median(l / s for l, s in zip(loops, ips)))
-  return out, windows
-
-
-def paired_ratio(a: list[float] | None, b: list[float] | None) -> float | None:
-  """The median of the rounds' a / b ratios (windows of one round are minutes apart at most)."""
-  if not a or not b:
-    return None
-  return statistics.median(x / y for x, y in zip(a, b))
+  return {'num_params': params, 'macs': conv_arithmetic.count_flops(model, input_shape(name)).macs}
 
 
 def machine() -> dict:
@@ -435,7 +328,6 @@ def machine() -> dict:
     flags = ' '.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f' {f}' in text)
   except OSError:
     pass
-  from cnn_jax import runtime  # pylint: disable=g-import-not-at-top
   return {'host_cpu': report.host_cpu(), 'isa': flags, 'malloc': runtime.current_malloc(),
           'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d')}
 
@@ -483,91 +375,87 @@ def table(rows: list[dict], variants: list[str]) -> str:
   return markdown_table(headers, body)
 
 
-def main():
-  global MIN_SECONDS  # pylint: disable=global-statement
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--models', default='lenet5,resnet20,resnet56,plain56')
-  parser.add_argument('--steps', type=int, default=10,
-                      help='steps per window at least (and the calibration block)')
-  parser.add_argument('--batch', type=int, default=0, help='0 = the model\'s benchmark batch')
-  parser.add_argument('--variants', default='defaults,xla,none',
-                      help='defaults: project settings; xla: without the CPU kernels; '
-                           'none: XLA defaults (before)')
-  parser.add_argument('--min_seconds', type=float, default=None,
-                      help=f'each timing window at least this long (default {WINDOW_S:g}; '
-                           f'a lone child: {MIN_SECONDS:g})')
-  parser.add_argument('--repeats', type=int, default=ROUNDS,
-                      help='rounds of interleaved windows (every variant and PyTorch, and the '
-                           'loop); figures are medians')
-  parser.add_argument('--no_torch', action='store_true')
-  parser.add_argument('--json', default=None, help='Also write the results to this file.')
-  parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
-  parser.add_argument('--serve', action='store_true', help=argparse.SUPPRESS)
-  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
-                      help='compute dtype of both frameworks (parameters stay float32)')
-  parser.add_argument('--torch_mode', default='eager', choices=('eager', 'compile'),
-                      help='PyTorch eager or torch.compile')
-  parser.add_argument('--peak_tflops', type=float, default=0.0,
-                      help='peak FLOP/s (TFLOP/s) for the MFU column where the device is not in '
-                           'PEAK_BF16_FLOPS (e.g. a CPU)')
-  args = parser.parse_args()
-  MIN_SECONDS = args.min_seconds or (MIN_SECONDS if args.child and not args.serve else WINDOW_S)
-  if args.child:
-    kind, name = args.child.split(':')
-    batch = args.batch or BATCH[name]
-    if args.serve:
-      serve(JaxBench(name, args.steps, batch, args.dtype) if kind == 'jax' else
-            TorchBench(name, args.steps, batch, args.torch_mode, args.dtype))
-    elif kind == 'jax':
-      print(json.dumps(jax_child(name, args.steps, batch, args.dtype)))
-    else:
-      print(json.dumps(torch_child(name, args.steps, batch, args.torch_mode, args.dtype)))
-    return
-  variants = args.variants.split(',')
-  unknown = [m for m in args.models.split(',') if m not in BATCH]
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--models', default='lenet5,resnet20,resnet56,plain56')
+  p.add_argument('--steps', type=int, default=10,
+                 help='steps per window at least (and the calibration block)')
+  p.add_argument('--batch', type=int, default=0, help='0 = the model\'s benchmark batch')
+  p.add_argument('--variants', default='defaults,xla,none',
+                 help='defaults: project settings; xla: without the CPU kernels; '
+                      'none: XLA defaults (before)')
+  p.add_argument('--min_seconds', type=float, default=WINDOW_S,
+                 help='each timing window at least this long')
+  p.add_argument('--repeats', type=int, default=ROUNDS,
+                 help='rounds of interleaved windows (every variant and PyTorch, and the '
+                      'loop); figures are medians')
+  p.add_argument('--no_torch', action='store_true')
+  p.add_argument('--json', default=None, help='Also write the results to this file.')
+  p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                 help='compute dtype of both frameworks (parameters stay float32)')
+  p.add_argument('--torch_mode', default='eager', choices=('eager', 'compile'),
+                 help='PyTorch eager or torch.compile')
+  p.add_argument('--peak_tflops', type=float, default=0.0,
+                 help='peak FLOP/s (TFLOP/s) for the MFU column where the device is not in '
+                      'PEAK_BF16_FLOPS (e.g. a CPU)')
+  return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  """The command's arguments; a usage error (exit 2) for a model without a twin or an unknown
+  variant."""
+  p = parser()
+  args = p.parse_args(argv)
+  args.models, args.variants = args.models.split(','), args.variants.split(',')
+  unknown = [m for m in args.models if m not in BATCH]
   if unknown:
-    parser.error(f'--models: no benchmark twin for {unknown}; choose from {sorted(BATCH)}.')
-  unknown = [v for v in variants if v not in VARIANTS]
+    p.error(f'--models: no benchmark twin for {unknown}; choose from {sorted(BATCH)}.')
+  unknown = [v for v in args.variants if v not in VARIANTS]
   if unknown:
-    parser.error(f'--variants: unknown {unknown}; choose from {sorted(VARIANTS)}.')
+    p.error(f'--variants: unknown {unknown}; choose from {sorted(VARIANTS)}.')
+  return args
+
+
+def measure_model(name: str, args: argparse.Namespace) -> dict:
+  """One model's table row: every variant's and PyTorch's windows, taking turns."""
+  batch = args.batch or BATCH[name]
+  row = {'model': name, 'batch': batch, **model_facts(name)}
+  children = {v: contender('jax', name, args.steps, batch, VARIANTS[v], args.min_seconds,
+                           args.dtype) for v in args.variants}
+  if not args.no_torch:
+    children['pytorch'] = contender('torch', name, args.steps, batch, {}, args.min_seconds,
+                                    args.dtype, args.torch_mode)
+  results, windows = harness.interleaved(
+      children, args.repeats, loop_of='defaults' if 'defaults' in args.variants else None)
+  row['jax'] = {v: results[v] for v in args.variants}
+  row['pytorch'] = results.get('pytorch')
+  row['ratio'] = harness.paired_ratio(windows.get('defaults'), windows.get('pytorch'))
+  kind = next((r['device_kind'] for r in row['jax'].values() if r and 'device_kind' in r), None)
+  row['peak_flops'] = peak_flops(kind, args.peak_tflops)
+  pt = (row['pytorch'] or {}).get('images_per_s')
+  print(f"{name}: " + ', '.join(f"jax[{v}] {_fmt((row['jax'][v] or {}).get('images_per_s'))}"
+                                for v in args.variants)
+        + f", pytorch {_fmt(pt)} img/s, ratio {_fmt(row['ratio'], '.2f')}", flush=True)
+  return row
+
+
+def main(argv: list[str] | None = None):
+  args = parse_args(argv)
   info = machine()
   print(f"# train-step throughput on {info['host_cpu']} [{info['isa']}], {info['date']}; "
-        f'windows of >= {args.steps} steps and >= {MIN_SECONDS:g} s, {args.repeats} interleaved '
-        'rounds, medians', flush=True)
-  rows = []
-  for name in args.models.split(','):
-    batch = args.batch or BATCH[name]
-    row = {'model': name, 'batch': batch, **model_facts(name)}
-    children = {v: ('jax', name, args.steps, batch, VARIANTS[v],
-                     (f'--dtype={args.dtype}',)) for v in variants}
-    if not args.no_torch:
-      children['pytorch'] = ('torch', name, args.steps, batch, {},
-                             (f'--torch_mode={args.torch_mode}', f'--dtype={args.dtype}'))
-    results, windows = interleaved(children, args.repeats,
-                                   loop_of='defaults' if 'defaults' in variants else None,
-                                   window_s=MIN_SECONDS)
-    row['jax'] = {v: results[v] for v in variants}
-    row['pytorch'] = results.get('pytorch')
-    row['ratio'] = paired_ratio(windows.get('defaults'), windows.get('pytorch'))
-    kind = next((r['device_kind'] for r in row['jax'].values() if r and 'device_kind' in r), None)
-    row['peak_flops'] = peak_flops(kind, args.peak_tflops)
-    rows.append(row)
-    pt = (row['pytorch'] or {}).get('images_per_s')
-    print(f"{name}: " + ', '.join(f"jax[{v}] {_fmt((row['jax'][v] or {}).get('images_per_s'))}"
-                                  for v in variants)
-          + f", pytorch {_fmt(pt)} img/s, ratio {_fmt(row['ratio'], '.2f')}", flush=True)
-  text = table(rows, variants)
-  print(text)
+        f'windows of >= {args.steps} steps and >= {args.min_seconds:g} s, {args.repeats} '
+        'interleaved rounds, medians', flush=True)
+  rows = [measure_model(name, args) for name in args.models]
+  print(table(rows, args.variants))
   if args.json:
-    command = 'python -m benchmarks.train_step ' + ' '.join(sys.argv[1:])
+    command = 'python -m benchmarks.train_step ' + ' '.join(sys.argv[1:] if argv is None else argv)
     with open(args.json, 'w') as f:
-      json.dump({'machine': info, 'command': command, 'variants': variants, 'rows': rows,
-                 'repeats': args.repeats, 'interleaved': True, 'window_s': MIN_SECONDS,
+      json.dump({'machine': info, 'command': command, 'variants': args.variants, 'rows': rows,
+                 'repeats': args.repeats, 'interleaved': True, 'window_s': args.min_seconds,
                  'torch': {'mode': args.torch_mode, 'dtype': args.dtype}}, f, indent=2)
       f.write('\n')
 
 
 if __name__ == '__main__':
-  from cnn_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.start()  # first: may restart the program, then sets XLA up
   main()
