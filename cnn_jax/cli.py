@@ -7,7 +7,6 @@ environment problem and shows its traceback.
 """
 from __future__ import annotations
 
-import ast
 import re
 import shlex
 import signal
@@ -16,7 +15,7 @@ import sys
 from absl import flags, logging
 
 from cnn_jax import config_base, parallel, train
-from cnn_jax.config_base import ConfigError
+from cnn_jax.config_base import ConfigError, literal  # noqa: F401  (unet_segmentation's cli.literal)
 from cnn_jax.datasets.splits import DataError
 
 MODEL_KWARGS_PREFIX = '--config.model_kwargs.'
@@ -33,9 +32,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   When a `--config` flag is defined, the parsed config is validated here, before anything runs.
   """
   is_model_kwarg = lambda arg: arg.startswith(MODEL_KWARGS_PREFIX) and '=' in arg
-  model_kwargs = dict(arg[len(MODEL_KWARGS_PREFIX):].split('=', 1) for arg in argv
-                      if is_model_kwarg(arg))
-  model_kwargs = {key: literal(value) for key, value in model_kwargs.items()}
+  # 'model_kwargs.FIELD=VALUE', applied by the one override parser once the flags are parsed
+  model_kwargs = [arg[len('--config.'):] for arg in argv if is_model_kwarg(arg)]
   rest = [arg for arg in argv if not is_model_kwarg(arg)]
   saved_argv = sys.argv[:]
   sys.argv[:] = [arg for arg in sys.argv if not is_model_kwarg(arg)]  # config_flags reads it too
@@ -46,9 +44,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       raise _override_error(rest, e) from e
     config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
     if config is not None:
-      if model_kwargs:
-        with config.unlocked():
-          config.model_kwargs.update(model_kwargs)
+      config_base.apply_overrides(config, model_kwargs)
       config_base.validate(config)
     return remaining
   except ConfigError as e:
@@ -83,14 +79,6 @@ def _override_error(argv: list[str], error: Exception) -> ConfigError:
 def exit_on_config_error(error: ConfigError) -> None:
   print(f'Config error: {error}', file=sys.stderr, flush=True)
   sys.exit(CONFIG_EXIT_CODE)
-
-
-def literal(text: str):
-  """'True' -> True, '3' -> 3, 'B' -> 'B'."""
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
 
 
 def command_line(module: str) -> str:

@@ -4,10 +4,13 @@ An experiment config (configs/*.py) starts from `base_config()`, overrides what 
 needs and returns the locked dict. Every hyper-parameter lives here, with a one-line comment;
 none is hard-coded in the library. `validate()` rejects keys the schema does not know and values
 outside their allowed set with a `ConfigError` that names the nearest valid key or value, at any
-nesting depth (`data.dataset`, `model_kwargs.shortcut`).
+nesting depth (`data.dataset`, `model_kwargs.shortcut`). `apply_overrides()` is the one parser
+of 'KEY=VALUE' overrides (an experiment's `--set`, a sweep's members and `--config.KEY=VALUE`):
+its mistakes are ConfigErrors too.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import numbers
@@ -207,6 +210,57 @@ def unknown_key_message(key: str, valid: list[str]) -> str:
   where = f'config.{parent}' if parent else 'the config (top level)'
   return (f'Unknown config key {key!r}. Did you mean {" or ".join(map(repr, best))}? '
           f'Valid keys of {where}: {", ".join(s[len(prefix):] for s in siblings)}.')
+
+
+# ------------------------------------------------------------------ KEY=VALUE overrides
+
+
+def literal(text: str):
+  """An override's value as Python reads it: 'True' -> True, '3' -> 3, '(1, 2)' -> (1, 2);
+  anything else ('B', '/data/cifar10') is the string itself."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """config[dotted key] = value, for a leaf key of the schema or `model_kwargs.FIELD` (the field
+  is checked against the model by `validate`). ConfigError for an unknown key, naming the nearest
+  valid ones, or for a value of the wrong type, naming the type the key expects."""
+  if key.startswith('model_kwargs.') and key.count('.') == 1:
+    with config.unlocked():
+      config.model_kwargs[key.split('.', 1)[1]] = value
+    return
+  schema = base_config()
+  valid = all_keys(schema)
+  if key not in valid:
+    raise ConfigError(unknown_key_message(key, valid))
+  *parents, leaf = key.split('.')
+  target = config
+  for part in parents:
+    target = target[part]
+  try:
+    target[leaf] = value
+  except TypeError as e:
+    default = _get(schema, key)
+    raise ConfigError(f'config.{key}={value!r}: {e} (config.{key} expects '
+                      f'{type(default).__name__} values, e.g. {default!r}).') from e
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    items: Iterable[str]) -> ml_collections.ConfigDict:
+  """Sets each 'KEY=VALUE' of `items` in `config`, in order, and returns it: KEY dotted
+  ('data.data_dir', 'model_kwargs.shortcut'), VALUE read by `literal`. ConfigError for an item
+  without '=' or a key, an unknown key (naming the nearest valid keys) or a value of the wrong type.
+  Nothing else is validated: `validate` checks the whole config afterwards."""
+  for item in items:
+    key, sep, value = str(item).partition('=')
+    if not sep or not key.strip():
+      raise ConfigError(f'A config override is KEY=VALUE, e.g. data.data_dir=/data/cifar10; got '
+                        f'{item!r}.')
+    set_key(config, key.strip(), literal(value))
+  return config
 
 
 def check_key(key: str) -> None:

@@ -43,6 +43,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cnn_jax import cli, config_base, models, runtime, train
+from cnn_jax.config_base import ConfigError
 from cnn_jax.report import markdown_table
 
 # Numbers of results.json that are aggregated over seeds, in table order.
@@ -51,8 +52,9 @@ METRICS = ('test_accuracy', 'test_loss', 'val_accuracy', 'val_loss', 'final_trai
 ERROR_FILE = 'sweep_error.txt'
 
 
-class SweepError(ValueError):
-  """A sweep that cannot run as written (syntax, unknown key, bad value)."""
+class SweepError(ConfigError):
+  """A sweep that cannot run as written (its axes' syntax, a member's config, two members of one
+  name). A ConfigError: an unknown key or a bad value (config_base.apply_overrides) is one too."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,17 +83,10 @@ def parse_axis(text: str) -> tuple[str, list]:
   try:
     parsed = ast.literal_eval(values)
   except (ValueError, SyntaxError):  # bare words: [lenet5,mlp]
-    parsed = [_literal(v.strip()) for v in values[1:-1].split(',') if v.strip()]
+    parsed = [config_base.literal(v.strip()) for v in values[1:-1].split(',') if v.strip()]
   if not isinstance(parsed, (list, tuple)) or not parsed:
     raise SweepError(f'--sweep={text!r}: the values must be a non-empty list.')
   return key, list(parsed)
-
-
-def _literal(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
 
 
 def expand(base: Sequence[dict] | None, axes: Sequence[tuple[str, list]], seeds: int) -> list[dict]:
@@ -102,25 +97,6 @@ def expand(base: Sequence[dict] | None, axes: Sequence[tuple[str, list]], seeds:
   if seeds:
     grid = [{**g, 'seed': s} for g in grid for s in range(seeds)]
   return grid
-
-
-def set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-  """config[dotted key] = value, for keys of the schema or `model_kwargs.FIELD`."""
-  if key.startswith('model_kwargs.'):
-    with config.unlocked():
-      config.model_kwargs[key.split('.', 1)[1]] = value
-    return
-  valid = config_base.all_keys(config_base.base_config())
-  if key not in valid:
-    raise SweepError(config_base.unknown_key_message(key, valid))
-  *parents, leaf = key.split('.')
-  target = config
-  for p in parents:
-    target = target[p]
-  try:
-    target[leaf] = value
-  except TypeError as e:
-    raise SweepError(f'config.{key}={value!r}: {e}') from e
 
 
 def member_name(overrides: dict) -> str:
@@ -137,7 +113,7 @@ def build_members(config: ml_collections.ConfigDict, overrides: Sequence[dict]) 
   for i, ov in enumerate(overrides):
     c = copy.deepcopy(config)
     for key, value in ov.items():
-      set_key(c, key, value)
+      config_base.set_key(c, key, value)
     try:
       config_base.validate(c)
       if c.model_kwargs:  # module fields are checked by the registry, not the schema
@@ -181,13 +157,7 @@ class Sweep:
 
   def base_config(self) -> ml_collections.ConfigDict:
     module, arg = load_config_file(self.config_file)
-    config = module.get_config(arg)
-    for item in self.config_args:
-      key, sep, value = item.partition('=')
-      if not sep:
-        raise SweepError(f'Expected KEY=VALUE, got {item!r}.')
-      set_key(config, key, _literal(value))
-    return config
+    return config_base.apply_overrides(module.get_config(arg), self.config_args)
 
   def members(self, config: ml_collections.ConfigDict | None = None) -> list[Member]:
     module, arg = load_config_file(self.config_file)
@@ -405,9 +375,8 @@ def main(argv):
   spec = Sweep(FLAGS['config'].config_filename, tuple(FLAGS.sweep), FLAGS.seeds, config_args)
   try:
     members = spec.members(copy.deepcopy(FLAGS.config))
-  except SweepError as e:
-    print(f'Error: {e}', file=sys.stderr)
-    sys.exit(2)
+  except ConfigError as e:  # a SweepError, or an unknown key or bad value of an override
+    cli.exit_on_config_error(e)
   if FLAGS.member is not None and not 0 <= FLAGS.member < len(members):
     print(f'Error: --member={FLAGS.member} is not in [0, {len(members) - 1}].', file=sys.stderr)
     sys.exit(2)

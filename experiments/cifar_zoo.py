@@ -12,19 +12,16 @@ time and test accuracy, with the DenseNet-BC and VGG rows beside their papers' C
 """
 from __future__ import annotations
 
-import math
 import pathlib
-import sys
 
-from absl import app, flags
+from absl import app
 import ml_collections
 
-from cnn_jax import cli, config_base, conv_arithmetic, models, report, runtime, sweep
+from cnn_jax import cli, conv_arithmetic, models, report, runtime
 from cnn_jax.models import cifar_zoo as zoo_models
 from configs import cifar_zoo
 from experiments import lecture_common as common
 
-FLAGS = flags.FLAGS
 RECORDS = ('results.json', 'config.json')
 
 # Published CIFAR-10 test errors (%, with the standard crop + flip augmentation) and protocols.
@@ -38,25 +35,23 @@ PAPER = {
 
 
 def define_flags() -> None:
-  flags.DEFINE_enum('preset', 'cpu', ['', *cifar_zoo.PRESETS],
-                    'configs/cifar_zoo.py preset ("" = the 200-epoch recipe).')
-  flags.DEFINE_list('models', list(cifar_zoo.MODELS), f'Any of {", ".join(cifar_zoo.MODELS)}.')
-  flags.DEFINE_string('workdir', None, 'Default: workdirs/cifar_zoo_<preset>.')
-  flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
-  flags.DEFINE_bool('report_only', False, 'Only write the report from the workdirs.')
-  flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE for every run, e.g. '
-                            '--set=data.data_dir=/data/cifar10.')
+  """The harness's flags; defined only when run as a script, so tests can import the module."""
+  common.define_flags('cifar_zoo', 'a few steps on a CIFAR subset, seconds.', sweep_flags=False,
+                      presets=('', *cifar_zoo.PRESETS), default_preset='cpu',
+                      preset_help='configs/cifar_zoo.py preset ("" = the 200-epoch recipe).',
+                      models=tuple(cifar_zoo.MODELS),
+                      models_help=f'Any of {", ".join(cifar_zoo.MODELS)}.')
+
+
+def check_model(name: str) -> None:
+  if name not in cifar_zoo.MODELS:
+    raise ValueError(f'Unknown model {name!r}; choose from {list(cifar_zoo.MODELS)}.')
 
 
 def model_config(model: str, preset: str, overrides=()):
-  config = cifar_zoo.get_config(f'{model},{preset}' if preset else model)
-  for item in overrides:
-    key, sep, value = item.partition('=')
-    if not sep:
-      raise app.UsageError(f'--set expects KEY=VALUE, got {item!r}.')
-    sweep.set_key(config, key, cli.literal(value))
-  config_base.validate(config)
-  return config
+  """configs/cifar_zoo.py:<model>,<preset> with the --set `overrides`, validated."""
+  return common.configured(cifar_zoo.get_config(f'{model},{preset}' if preset else model),
+                           overrides)
 
 
 def macs(config) -> int:
@@ -147,11 +142,8 @@ def batch_norm_reading(rows: list[dict]) -> str:
   return 'Test accuracy ' + '; '.join(parts) + '.' if parts else ''
 
 
-def write_report(workdir: pathlib.Path, names: list[str], preset: str, clock, command: str,
-                 overrides=(), report_dir: str | None = None) -> pathlib.Path:
-  rows = rows_of(workdir, names, preset, overrides)
-  config = model_config(names[0], preset, overrides)
-  first = next((r['results'] for r in rows if r['results']), None)
+def results_table(rows: list[dict]) -> str:
+  """Per model: registry name, BatchNorm, parameters, MACs, speed, wall time, test accuracy."""
   table = []
   for r in rows:
     res = r['results']
@@ -162,9 +154,13 @@ def write_report(workdir: pathlib.Path, names: list[str], preset: str, clock, co
         f"{res['wall_time_s'] / 60:.1f} min" if res else '…',
         f"{100 * res['test_accuracy']:.2f}" if res else 'not run',
         f"{100 * (1 - res['test_accuracy']):.2f}" if res else '…'])
-  main_table = report.markdown_table(
+  return report.markdown_table(
       ['model', 'registry name', 'BatchNorm', 'params', 'MACs / image', 'train images/s',
        'wall time', 'test accuracy %', 'test error %'], table)
+
+
+def paper_table(rows: list[dict]) -> str:
+  """The models with a published CIFAR-10 error: ours beside the paper's, with its protocol."""
   paper_rows = []
   for r in rows:
     if r['model'] in PAPER:
@@ -172,14 +168,15 @@ def write_report(workdir: pathlib.Path, names: list[str], preset: str, clock, co
       res = r['results']
       err_here = f"{100 * (1 - res['test_accuracy']):.2f}" if res else 'not run'
       paper_rows.append([r['model'], err_here, f'{err:.2f}', source, protocol])
-  paper_table = report.markdown_table(
+  return report.markdown_table(
       ['model', 'test error % here', 'paper test error %', 'source', "paper's protocol"],
       paper_rows)
-  fig = plot(rows, workdir / 'accuracy_vs_params.png',
-             f'CIFAR-10, one reduced protocol ({preset or "recipe"})')
-  done = sum(r['results'] is not None for r in rows)
+
+
+def _header(rows: list[dict], config, preset: str, facts: dict, command: str) -> str:
+  first = next((r['results'] for r in rows if r['results']), None)
   steps = config.num_steps or config.num_epochs
-  text = common.header(
+  return common.header(
       title='The classic architectures on CIFAR-10', claims='C16-C19', command=command,
       data=(f"{first['dataset'] if first else 'CIFAR-10'}: {_n(first, 'num_train')} training, "
             f"{_n(first, 'num_val')} validation and {_n(first, 'num_test')} test images; 4-pixel "
@@ -192,14 +189,28 @@ def write_report(workdir: pathlib.Path, names: list[str], preset: str, clock, co
                 'validation checkpoint. MACs: multiply-adds of convolutions and dense layers per '
                 'image at inference (cnn_jax.conv_arithmetic.count_flops). How each ImageNet '
                 'network was adapted to 32x32: cnn_jax/models/cifar_zoo.py.'),
-      train_wall_s=sum(r['results']['wall_time_s'] for r in rows if r['results']),
-      facts=clock.facts(), generator='experiments/cifar_zoo.py')
-  text += f"""
+      train_wall_s=train_wall_time(rows), facts=facts, generator='experiments/cifar_zoo.py')
+
+
+def train_wall_time(rows: list[dict]) -> float:
+  return sum(r['results']['wall_time_s'] for r in rows if r['results'])
+
+
+def make_report(workdir: pathlib.Path, names: list[str], preset: str, facts: dict, command: str,
+                overrides=()) -> tuple[str, dict]:
+  """report.md's text and results.json's record from the runs' results in `workdir`; draws
+  accuracy_vs_params.png there. `facts`: the experiment's clock (common.Session.facts)."""
+  rows = rows_of(workdir, names, preset, overrides)
+  config = model_config(names[0], preset, overrides)
+  fig = plot(rows, workdir / 'accuracy_vs_params.png',
+             f'CIFAR-10, one reduced protocol ({preset or "recipe"})')
+  done = sum(r['results'] is not None for r in rows)
+  text = _header(rows, config, preset, facts, command) + f"""
 {done} of {len(rows)} models trained.
 
 ## Results
 
-{main_table}
+{results_table(rows)}
 
 {batch_norm_reading(rows)}
 
@@ -207,7 +218,7 @@ def write_report(workdir: pathlib.Path, names: list[str], preset: str, clock, co
 
 ## Beside the papers
 
-{paper_table}
+{paper_table(rows)}
 
 The protocols differ: the papers train to convergence on all 50,000 training images (hundreds of
 epochs); this table's runs are the reduced protocol above, so their errors are far higher. The
@@ -220,7 +231,11 @@ best-known CIFAR adaptation of VGG-16 with BatchNorm.
 {zoo_models.__doc__.strip()}
 
 {common.footer()}"""
-  record = {
+  return text, _record(rows, config, preset, command)
+
+
+def _record(rows: list[dict], config, preset: str, command: str) -> dict:
+  return {
       'experiment': 'cifar_zoo', 'claims': 'C16-C19', 'preset': preset, 'command': command,
       'rows': [{k: v for k, v in r.items() if k != 'results'} | (
           {k: r['results'].get(k) for k in ('test_accuracy', 'val_accuracy', 'wall_time_s',
@@ -228,39 +243,19 @@ best-known CIFAR adaptation of VGG-16 with BatchNorm.
           if r['results'] else {}) for r in rows],
       'paper': {k: {'test_error_pct': v[0], 'source': v[1], 'protocol': v[2]}
                 for k, v in PAPER.items()},
-      'headline': headline(rows, config),
-      'train_wall_time_s': sum(r['results']['wall_time_s'] for r in rows if r['results']),
-      **clock.facts(),
+      'headline': headline(rows, config), 'train_wall_time_s': train_wall_time(rows),
   }
-  common.finish(workdir, text, record,
-                ['report.md', 'results.json', 'accuracy_vs_params.png']
-                + [f'{m}/{name}' for m in names for name in RECORDS], report_dir=report_dir)
-  return workdir / 'report.md'
 
 
 def main(argv):
-  common.check_argv(argv)
-  cli.setup_process()
-  clock = common.Clock()
-  preset, names = FLAGS.preset, FLAGS.models
-  unknown = [m for m in names if m not in cifar_zoo.MODELS]
-  if unknown:
-    raise app.UsageError(f'Unknown model(s) {unknown}; choose from {list(cifar_zoo.MODELS)}.')
-  workdir = pathlib.Path(FLAGS.workdir or common.ROOT / 'workdirs'
-                         / f"cifar_zoo_{preset or 'recipe'}")
-  workdir.mkdir(parents=True, exist_ok=True)
-  clock.bind(workdir, FLAGS.report_only)
-  configs = {m: model_config(m, preset, FLAGS.set) for m in names}  # fail before training
-  command = cli.command_line('experiments.cifar_zoo').replace(' --report_only', '')
-  if not FLAGS.report_only:
-    for name in names:
-      run_dir = workdir / name
-      if sweep.is_done(run_dir):
-        print(f'{name}: finished, skipped ({run_dir}).', file=sys.stderr)
-        continue
-      print(f'{name}: training in {run_dir} ...', file=sys.stderr, flush=True)
-      cli.run_training(configs[name], run_dir, 'experiments.cifar_zoo')
-  path = write_report(workdir, names, preset, clock, command, FLAGS.set, FLAGS.report_dir)
+  session = common.start(argv, 'cifar_zoo', blank='recipe', check_model=check_model)
+  preset, names = session.preset, session.models
+  session.train(session.configs(  # every config before any training
+      lambda: {m: model_config(m, preset, session.overrides) for m in names}))
+  text, record = make_report(session.workdir, names, preset, session.facts(), session.command,
+                             session.overrides)
+  path = session.finish(text, record, ('report.md', 'results.json', 'accuracy_vs_params.png')
+                        + tuple(f'{m}/{name}' for m in names for name in RECORDS))
   print(f'report: {path}')
 
 

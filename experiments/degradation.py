@@ -20,31 +20,26 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-import sys
 
-from absl import app, flags
+from absl import app
 
 from configs import cifar_resnet
-from cnn_jax import cli, config_base, report, runtime
+from cnn_jax import cli, report, runtime
 from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common as common
 
 ROOT = common.ROOT
-FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """Command-line flags; defined only when run as a script, so tests can import the module."""
-  flags.DEFINE_enum('preset', 'cpu', ['', *cifar_resnet.PRESETS],
-                    'Protocol of configs/cifar_resnet.py ("" = the recipe, 45k/5k split).')
-  flags.DEFINE_list('models', ['plain20', 'plain56', 'resnet20', 'resnet56'],
-                    'Runs: any of plain{20,32,44,56,110}, resnet{20,32,44,56,110}, each with an '
-                    'optional _seed<N> (resnet20_seed1: seed 1 in its own workdir; no suffix: 0).')
-  flags.DEFINE_string('workdir', None, 'Default: workdirs/degradation_<preset>.')
-  flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
-  flags.DEFINE_bool('report_only', False, 'Only write the report from the workdirs.')
-  flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE for every run, e.g. '
-                            '--set=data.data_dir=/data/cifar10.')
+  """The harness's flags; defined only when run as a script, so tests can import the module."""
+  common.define_flags(
+      'degradation', 'a few steps on 512 images, seconds (plain8, resnet8).', sweep_flags=False,
+      presets=('', *cifar_resnet.PRESETS), default_preset='cpu',
+      preset_help='Protocol of configs/cifar_resnet.py ("" = the recipe, 45k/5k split).',
+      models=('plain20', 'plain56', 'resnet20', 'resnet56'),
+      models_help=('Runs: any of plain{20,32,44,56,110}, resnet{20,32,44,56,110}, each with an '
+                   'optional _seed<N> (resnet20_seed1: seed 1 in its own workdir; no suffix: 0).'))
 
 
 # He et al. 2016, Table 6: CIFAR-10 test error (%) of the ResNets; parameters.
@@ -52,7 +47,8 @@ PAPER_TEST_ERROR = {'resnet20': 8.75, 'resnet32': 7.51, 'resnet44': 7.17, 'resne
                     'resnet110': 6.43}
 PAPER_PARAMS = {'resnet20': '0.27M', 'resnet32': '0.46M', 'resnet44': '0.66M',
                 'resnet56': '0.85M', 'resnet110': '1.7M'}
-RECORDS = ('results.json', 'metrics.jsonl', 'config.json')
+RECORDS = ('results.json', 'metrics.jsonl', 'config.json')  # per run, copied to --report_dir
+OUTPUTS = ('report.md', 'results.json', 'figure6.png', 'diagnostics.png')
 PAPER_STEPS, PAPER_BOUNDARIES = cifar_resnet.PAPER_STEPS, cifar_resnet.PAPER_BOUNDARIES  # 64k
 
 
@@ -65,23 +61,13 @@ def parse_run(name: str) -> tuple[str, int]:
   return model, int(seed or 0)
 
 
-def model_config(name: str, preset: str, overrides: list[str]):
+def model_config(name: str, preset: str, overrides=()):
+  """Run `name`'s config (configs/cifar_resnet.py:<model>,<preset>, its seed) with the --set
+  `overrides`, validated."""
   model, seed = parse_run(name)
   config = cifar_resnet.get_config(f'{model},{preset}' if preset else model)
   config.seed = seed
-  for item in overrides:
-    key, sep, value = item.partition('=')
-    if not sep:
-      raise ValueError(f'--set expects KEY=VALUE, got {item!r}.')
-    target = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    if leaf not in target:
-      raise KeyError(config_base.unknown_key_message(key, config_base.all_keys(config)))
-    target[leaf] = cli.literal(value)
-  config_base.validate(config)
-  return config
+  return common.configured(config, overrides)
 
 
 def depth(name: str) -> int:
@@ -637,8 +623,10 @@ at the end (seed 0 runs; `cnn_jax/diagnostics.py`).
 """
 
 
-def write_report(workdir: pathlib.Path, models: list[str], preset: str,
-                 overrides: tuple[str, ...] = ()) -> pathlib.Path:
+def make_report(workdir: pathlib.Path, models: list[str], preset: str,
+                overrides: tuple[str, ...] = ()) -> tuple[str, dict]:
+  """report.md's text and results.json's record from the runs' files in `workdir`, finished or
+  partial; draws figure6.png and diagnostics.png there."""
   runs = {m: r for m in models if (r := load_run(workdir / m)) is not None}
   if not runs:
     raise SystemExit(f'No runs with metrics under {workdir}; train first (drop --report_only).')
@@ -651,12 +639,22 @@ def write_report(workdir: pathlib.Path, models: list[str], preset: str,
   checks = report.markdown_table(['claim', 'check', 'measured', 'difference', 'holds'], check_rows)
   checks += reading(check_rows, facts['config'], preset, entries, runs)
   tta = {name: time_to_accuracy(runs[name]) for name in tta_runs(runs)}
-  path = workdir / 'report.md'
-  path.write_text(_header(facts, models, preset)
-                  + _body(runs, entries, checks, tta, fig6, diag_png, facts))
-  common.write_json(workdir / 'results.json',
-                    _record(runs, models, preset, facts, summary, entries, check_rows, tta))
-  return path
+  text = (_header(facts, models, preset)
+          + _body(runs, entries, checks, tta, fig6, diag_png, facts))
+  return text, _record(runs, models, preset, facts, summary, entries, check_rows, tta)
+
+
+def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+  """The report in `report_dir` (reports/degradation_cpu) computed again from its committed
+  per-run records (each run's config.json, metrics.jsonl and results.json): the claim checks and
+  the headline."""
+  record = common.read_json(report_dir / 'results.json')
+  names = list(record['final_errors'])
+  runs = {n: load_run(report_dir / n) for n in names}
+  facts = _facts(runs, names, record['preset'], ())
+  rows = claim_checks(runs, facts['n_train'], facts['n_test'])
+  again = _record(runs, names, record['preset'], facts, seed_summary(runs), [], rows, {})
+  return common.Recomputed(common.Checks.of(again['checks']), again['headline'])
 
 
 def _record(runs, models, preset, facts, summary, entries, check_rows, tta) -> dict:
@@ -764,31 +762,13 @@ def _protocol(config, preset: str) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.setup_process()
-  preset, models = FLAGS.preset, FLAGS.models
-  for name in models:
-    try:
-      parse_run(name)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from None
-  workdir = pathlib.Path(FLAGS.workdir or ROOT / 'workdirs' / f"degradation_{preset or 'recipe'}")
-  workdir.mkdir(parents=True, exist_ok=True)
-  configs = {m: model_config(m, preset, FLAGS.set) for m in models}  # fail before training
-  if not FLAGS.report_only:
-    for model in models:
-      run_dir = workdir / model
-      if (run_dir / 'results.json').exists():
-        print(f'{model}: finished, skipped ({run_dir}).', file=sys.stderr)
-        continue
-      print(f'{model}: training in {run_dir} ...', file=sys.stderr, flush=True)
-      cli.run_training(configs[model], run_dir, 'experiments.degradation')
-  path = write_report(workdir, models, preset, FLAGS.set)
+  session = common.start(argv, 'degradation', blank='recipe', check_model=parse_run)
+  preset, models = session.preset, session.models
+  session.train(session.configs(  # every config before any training
+      lambda: {m: model_config(m, preset, session.overrides) for m in models}))
+  text, record = make_report(session.workdir, models, preset, session.overrides)
+  path = session.finish(text, record, OUTPUTS + tuple(f'{m}/{n}' for m in models for n in RECORDS))
   print(f'report: {path}')
-  common.copy_outputs(workdir, FLAGS.report_dir,
-                      ['report.md', 'results.json', 'figure6.png', 'diagnostics.png']
-                      + [f'{model}/{name}' for model in models for name in RECORDS])
 
 
 if __name__ == '__main__':

@@ -396,6 +396,4 @@ if __name__ == '__main__':
   common.define_flags('init_variance', '20 layers of width 256; plain-20 8 steps on 256 images.',
                       seeds_of='initialisation')
   flags.DEFINE_bool('train', True, 'Also train the CIFAR-10 plain-20 under each initialisation.')
-  flags.DEFINE_multi_string('set', [], 'Override for the training runs, KEY=VALUE, e.g. '
-                            '--set=data.data_dir=/data/cifar10.')
   app.run(main)

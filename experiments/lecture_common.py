@@ -1,7 +1,11 @@
-"""Helpers shared by the lecture-claim experiments (lr_sweep, cnn_vs_fc, gd_variants,
-init_variance, normalization, visualize_filters, lenet5_mnist_seeds, degradation): their flags,
-running a sweep, claim checks, the report header and footer, figures, writing the outputs, and
-restoring a trained model.
+"""The harness of the lecture-claim experiments: one runner owns their flags (--preset,
+--workdir, --report_dir, --report_only, --set, --models, and a sweep's --seeds and --parallel),
+the one `--set` parser (config_base.apply_overrides, one ConfigError), skipping finished runs and
+resuming the others, the experiment's clock, results.json and copying into --report_dir. An
+experiment is its science: its runs (a sweep: `start_sweep`; named runs: `start`, then
+`Session.configs`, `Session.train`), the analysis from the runs' records, its claim checks and its
+report, handed to `Session.finish` / `finish`. Also: the report header and footer, check tables,
+figures, recomputing a committed report, and restoring a trained model.
 """
 from __future__ import annotations
 
@@ -12,12 +16,16 @@ import math
 import os
 import pathlib
 import re
+import shlex
 import shutil
+import sys
 import time
+from typing import Callable
 
 from absl import app, flags
 
-from cnn_jax import cli, report, sweep
+from cnn_jax import cli, config_base, report, sweep
+from cnn_jax.config_base import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -25,18 +33,31 @@ DEFAULT_SEEDS = 3
 
 
 def define_flags(name: str, toy: str, *, sweep_flags: bool = True, seeds_of: str = 'setting',
-                 presets: tuple[str, ...] = ('full', 'toy')):
+                 presets: tuple[str, ...] = ('full', 'toy'), default_preset: str | None = None,
+                 preset_help: str = '', models: tuple[str, ...] | None = None,
+                 models_help: str = ''):
   """The flags every lecture experiment shares, read back as FLAGS.preset etc.: --preset, --workdir,
-  --report_dir, and for a sweep --seeds, --parallel and --report_only. Call it only when the
-  experiment runs as a script, so that tests can import several experiments."""
-  flags.DEFINE_enum('preset', 'full', list(presets), f'toy: {toy}')
+  --report_dir, --report_only, --set, --models when `models` lists its default runs, and for a
+  sweep --seeds and --parallel. Call it only when the experiment runs as a script, so that tests
+  can import several experiments."""
+  flags.DEFINE_enum('preset', presets[0] if default_preset is None else default_preset,
+                    list(presets), f'{preset_help + " " if preset_help else ""}toy: {toy}')
   flags.DEFINE_string('workdir', None, f'Default: workdirs/{name}[_<preset>].')
   flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
+  flags.DEFINE_bool('report_only', False, 'Only write the report from the workdir.')
+  flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE for every run, e.g. '
+                            '--set=data.data_dir=/data/cifar10.')
+  if models is not None:
+    flags.DEFINE_list('models', list(models), models_help)
   if sweep_flags:
     flags.DEFINE_integer('seeds', None, f'Seeds per {seeds_of} (default {DEFAULT_SEEDS}; '
                          'toy: 0 = one).')
     flags.DEFINE_integer('parallel', 1, 'Members run at once (subprocesses).')
-    flags.DEFINE_bool('report_only', False, 'Only write the report from the workdir.')
+
+
+def overrides() -> tuple[str, ...]:
+  """The --set overrides ('KEY=VALUE'), none where the script defines no --set."""
+  return tuple(FLAGS.set) if 'set' in FLAGS else ()
 
 
 def check_argv(argv) -> None:
@@ -44,10 +65,11 @@ def check_argv(argv) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
 
 
-def default_workdir(name: str, preset: str) -> pathlib.Path:
-  """--workdir, or workdirs/<name>[_<preset>] in the repository ('full': no suffix)."""
-  suffix = '' if preset in ('', 'full') else f'_{preset}'
-  return pathlib.Path(FLAGS.workdir or ROOT / 'workdirs' / (name + suffix))
+def default_workdir(name: str, preset: str, blank: str = '') -> pathlib.Path:
+  """--workdir, or workdirs/<name>[_<preset>] in the repository ('' and 'full': the suffix
+  `blank`, if any)."""
+  tag = blank if preset in ('', 'full') else preset
+  return pathlib.Path(FLAGS.workdir or ROOT / 'workdirs' / (name + (f'_{tag}' if tag else '')))
 
 
 def rel(path: pathlib.Path) -> pathlib.Path:
@@ -77,18 +99,108 @@ def start_sweep(argv, name: str, title: str, config_args: tuple[str, ...] = (),
                 preset: str | None = None, workdir: str | None = None) -> SweepRun:
   """The opening of a sweep experiment: runs (or resumes) configs/<name>.py[:<preset>] over --seeds in
   the workdir (default: `default_workdir`), one member a directory, then aggregates. --preset,
-  --seeds, --parallel and --report_only are read from the flags; `preset` replaces --preset."""
+  --seeds, --parallel, --report_only and --set (after `config_args`) are read from the flags;
+  `preset` replaces --preset."""
   check_argv(argv)
   cli.setup_process()
   clock = Clock()
   preset = FLAGS.preset if preset is None else preset
   seeds = (0 if preset == 'toy' else DEFAULT_SEEDS) if FLAGS.seeds is None else FLAGS.seeds
   spec = sweep.Sweep(f'configs/{name}.py' + ('' if preset in ('', 'full') else f':{preset}'),
-                     seeds=seeds, config_args=tuple(config_args))
+                     seeds=seeds, config_args=tuple(config_args) + overrides())
   workdir = pathlib.Path(workdir) if workdir else default_workdir(name, preset)
   clock.bind(workdir, FLAGS.report_only)
   members, summary = run_sweep(spec, workdir, FLAGS.parallel, FLAGS.report_only, title=title)
   return SweepRun(spec, workdir, members, summary, clock, preset, seeds)
+
+
+def configured(config, overrides=()):
+  """`config` with the 'KEY=VALUE' `overrides` (--set) applied by the one parser
+  (config_base.apply_overrides), validated; a mistake is a ConfigError naming the nearest key."""
+  config_base.validate(config_base.apply_overrides(config, overrides))
+  return config
+
+
+# ------------------------------------------------------------------ experiments of named runs
+
+
+@dataclasses.dataclass
+class Session:
+  """An experiment of named runs (degradation, cifar_zoo, transfer) as its command line started
+  it (see `start`). `configs` builds the runs' configs (a bad --set exits with its ConfigError
+  before anything trains), `train` trains each unfinished run in <workdir>/<run>, `finish`
+  writes report.md and results.json (with the clock's facts) and copies to --report_dir."""
+  name: str  # experiments.<name>
+  workdir: pathlib.Path
+  preset: str
+  overrides: tuple[str, ...]  # --set
+  models: list[str] | None  # --models, where the experiment has the flag
+  report_only: bool
+  report_dir: str | None
+  clock: Clock
+  _facts: dict | None = dataclasses.field(default=None, repr=False)
+
+  @property
+  def module(self) -> str:
+    return f'experiments.{self.name}'
+
+  @property
+  def command(self) -> str:
+    """The command that trains the runs and writes the report, as typed (less --report_only)."""
+    return cli.command_line(self.module).replace(' --report_only', '')
+
+  def configs(self, build: Callable[[], object]):
+    """`build()`: the runs' configs ({run name: config} in training order, or what holds them);
+    a ConfigError (an unknown --set key, a bad value) exits with its message and code 2."""
+    try:
+      return build()
+    except ConfigError as e:
+      cli.exit_on_config_error(e)
+
+  def train(self, configs: dict) -> None:
+    """Trains each run of `configs` in <workdir>/<name>, one after another: a run with
+    results.json is skipped, any other resumes from its checkpoint (cli.run_training: exit 130
+    when interrupted). Nothing under --report_only."""
+    if self.report_only:
+      return
+    for name, config in configs.items():
+      run_dir = self.workdir / name
+      if sweep.is_done(run_dir):
+        print(f'{name}: finished, skipped ({run_dir}).', file=sys.stderr)
+        continue
+      print(f'{name}: training in {run_dir} ...', file=sys.stderr, flush=True)
+      cli.run_training(config, run_dir, self.module)
+
+  def facts(self) -> dict:
+    """The experiment's wall time and machine load (Clock.facts), taken once."""
+    if self._facts is None:
+      self._facts = self.clock.facts()
+    return self._facts
+
+  def finish(self, text: str, record: dict, outputs, checks=None) -> pathlib.Path:
+    """`finish` in the workdir, the clock's facts added to `record`; returns report.md's path."""
+    finish(self.workdir, text, {**record, **self.facts()}, outputs, checks, self.report_dir)
+    return self.workdir / 'report.md'
+
+
+def start(argv, name: str, *, blank: str = '',
+          check_model: Callable[[str], object] | None = None) -> Session:
+  """The opening of an experiment of named runs: checks the command line (each of --models by
+  `check_model`, which raises ValueError for a bad name), quiets the logs and installs the
+  signal handlers, starts the clock and makes the workdir (`default_workdir`, `blank` naming the
+  preset '')."""
+  check_argv(argv)
+  models = list(FLAGS.models) if 'models' in FLAGS else None
+  for model in models or ():
+    try:
+      check_model(model)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
+  cli.setup_process()
+  workdir = default_workdir(name, FLAGS.preset, blank).resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  return Session(name, workdir, FLAGS.preset, overrides(), models, FLAGS.report_only,
+                 FLAGS.report_dir, Clock().bind(workdir, FLAGS.report_only))
 
 
 def read_results(run_dir: pathlib.Path) -> dict | None:
@@ -162,10 +274,12 @@ def busy_note(facts: dict) -> str:
 
 def run_sweep(spec: sweep.Sweep, workdir: pathlib.Path, parallel: int = 1,
               report_only: bool = False, title: str = '') -> tuple[list[sweep.Member], dict]:
-  """Runs the pending members of `spec` in `workdir/<member>` (resuming), then aggregates."""
-  import shlex  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  members = spec.members()
+  """Runs the pending members of `spec` in `workdir/<member>` (resuming), then aggregates. A
+  ConfigError (a bad --set) exits with its message and code 2 before anything runs."""
+  try:
+    members = spec.members()
+  except ConfigError as e:
+    cli.exit_on_config_error(e)
   workdir.mkdir(parents=True, exist_ok=True)
   if not report_only:
     if parallel > 1:

@@ -45,14 +45,12 @@ SAME_LOGITS = 1e-3  # logits equal up to float rounding
 
 
 def define_flags() -> None:
-  """The shared flags, --test_images and --set; defined only when run as a script."""
+  """The shared flags (--set among them) and --test_images; defined only when run as a script."""
   common.define_flags('normalization', '512 images, 16 steps per norm, one seed; quick: 150 '
                       'steps of batch 64 per run.', seeds_of='norm',
                       presets=('full', 'quick', 'toy'))
   flags.DEFINE_integer('test_images', None, 'Test images (fixed random order) for the test-time '
                        'comparison (default 2,000; toy 200).')
-  flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE for every run, e.g. '
-                            '--set=data.data_dir=/data/cifar10.')
 
 
 # ------------------------------------------------------------------------------ axes check
@@ -392,8 +390,7 @@ def recompute(report_dir: pathlib.Path) -> common.Recomputed:
 
 
 def main(argv):
-  run = common.start_sweep(argv, 'normalization', 'C11: normalisation layers in cifar_cnn',
-                           config_args=tuple(FLAGS.set))
+  run = common.start_sweep(argv, 'normalization', 'C11: normalisation layers in cifar_cnn')
   workdir, config = run.workdir, run.config
   num_images = FLAGS.test_images or (200 if run.preset == 'toy' else 2000)
   axes = axes_check()

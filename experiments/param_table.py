@@ -283,7 +283,13 @@ def lecture_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def render(data: dict[str, Any]) -> str:
-  m, c1, c2, c45, c8 = data['machine'], data['c1'], data['c2'], data['c4_c5'], data['c8']
+  """report.md: the models' table, the lecture's sizes and C18, then claims C1, C2, C4, C5, C8."""
+  out = _models_section(data) + _c18_section(data) + _claims_section(data)
+  return '\n'.join(out) + '\n'
+
+
+def _models_section(data: dict[str, Any]) -> list[str]:
+  m = data['machine']
   mismatched = [r['model'] for r in data['models'] if r.get('diff') not in (None, 0)]
   errors = [r['model'] for r in data['models'] if 'error' in r]
   out = [
@@ -309,7 +315,11 @@ def render(data: dict[str, Any]) -> str:
   ]
   if errors:
     out += ['', f"Models that raised (error recorded above): {', '.join(errors)}."]
-  out += [
+  return out
+
+
+def _c18_section(data: dict[str, Any]) -> list[str]:
+  out = [
       '',
       '## Whole-model sizes the lecture quotes',
       '',
@@ -326,7 +336,12 @@ def render(data: dict[str, Any]) -> str:
   for r in data['c18']:
     out.append(f"| {r['c']} | {r['one_7x7']:,} | {r['three_3x3']:,} | {r['one_7x7_over_c2']:g} "
                f"| {r['three_3x3_over_c2']:g} | {100 * r['saving']:.1f}% | {r['rf_one_7x7']} | {r['rf_three_3x3']} |")
-  out += [
+  return out
+
+
+def _claims_section(data: dict[str, Any]) -> list[str]:
+  c1, c2, c45, c8 = data['c1'], data['c2'], data['c4_c5'], data['c8']
+  out = [
       '',
       'Receptive fields are measured as the extent of the nonzero gradient of one output pixel with respect '
       f"to the input; the formula r = 1 + Σ(K−1)·Π s gives {ca.receptive_field([(3, 1)] * 3)} (C7).",
@@ -375,7 +390,7 @@ def render(data: dict[str, Any]) -> str:
       'Raw numbers: `param_table.json` (per-model trace time in `seconds`, per-layer counts via '
       '`count_flops(...).layers`).',
   ]
-  return '\n'.join(out) + '\n'
+  return out
 
 
 def run(out_dir: str, names: Sequence[str] | None = None, command: str = COMMAND) -> dict[str, Any]:

@@ -126,27 +126,10 @@ KEPT = {'degradation_cpu': 'its rows, in its own table, are rewritten with its r
 
 @functools.lru_cache(maxsize=None)
 def recompute(name: str, root: pathlib.Path = ROOT) -> common.Recomputed:
-  """Report `name` computed again from root/reports/<name>/ by its experiment's `recompute`."""
-  report_dir = root / 'reports' / name
-  if name == 'degradation_cpu':
-    return recompute_degradation(report_dir)
-  return importlib.import_module(f'experiments.{name}').recompute(report_dir)
-
-
-def recompute_degradation(report_dir: pathlib.Path) -> common.Recomputed:
-  """The degradation report computed again from its committed per-run records (each run's
-  config.json, metrics.jsonl and results.json) by experiments/degradation.py's own functions.
-  It belongs in that file as its `recompute`; it waits here while that file is being rewritten."""
-  from experiments import degradation  # pylint: disable=g-import-not-at-top
-  # pylint: disable=protected-access
-  record = common.read_json(report_dir / 'results.json')
-  names = list(record['final_errors'])
-  runs = {n: degradation.load_run(report_dir / n) for n in names}
-  facts = degradation._facts(runs, names, record['preset'], ())
-  rows = degradation.claim_checks(runs, facts['n_train'], facts['n_test'])
-  again = degradation._record(runs, names, record['preset'], facts,
-                              degradation.seed_summary(runs), [], rows, {})
-  return common.Recomputed(common.Checks.of(again['checks']), again['headline'])
+  """Report `name` computed again from root/reports/<name>/ by its experiment's `recompute`
+  (degradation_cpu's experiment is degradation)."""
+  module = 'degradation' if name == 'degradation_cpu' else name
+  return importlib.import_module(f'experiments.{module}').recompute(root / 'reports' / name)
 
 
 def _row_key(name: str):

@@ -8,10 +8,11 @@ Pretrains `configs/transfer.py:pretrain,<preset>` on CIFAR-10 classes 0-4 in `<w
 then for every images-per-class count of `--per_class` (0 = all), every method of `--methods`
 (configs/transfer.py METHODS: scratch, linear probe 'head', 'last_stage', fine-tuning 'all') and
 `--seeds` seeds trains `configs/transfer.py:transfer,<preset>` on classes 5-9 in
-`<workdir>/per_class=N,method=M,seed=S` (cnn_jax.sweep runs them: finished members are skipped,
-interrupted ones resume from their checkpoints). Then writes report.md, transfer.png and
-results.json: test accuracy, mean ± sample std over seeds, per size and method, and the checks of
-the lecture's statement computed from those numbers.
+`<workdir>/per_class=N,method=M,seed=S`, one after another (experiments/lecture_common.py runs
+them: finished runs are skipped, interrupted ones resume from their checkpoints). Then writes
+report.md, transfer.png and results.json: test accuracy, mean ± sample std over seeds, per size
+and method (aggregated as a sweep's members: sweep.md, members.csv), and the checks of the
+lecture's statement computed from those numbers.
 """
 from __future__ import annotations
 
@@ -19,11 +20,10 @@ import collections
 import json
 import math
 import pathlib
-import sys
 
 from absl import app, flags
 
-from cnn_jax import cli, config_base, report, runtime, sweep, transfer
+from cnn_jax import cli, report, runtime, sweep, transfer
 from configs import transfer as transfer_config
 from experiments import lecture_common as common
 
@@ -38,33 +38,22 @@ OUTPUTS = ('report.md', 'results.json', 'transfer.png', 'sweep.md', 'sweep.csv',
 
 
 def define_flags() -> None:
-  flags.DEFINE_enum('preset', 'quick', PRESETS, 'configs/transfer.py preset ("" = ResNet-20 '
-                    'protocol; quick = ResNet-8, the committed report; toy = seconds).')
-  flags.DEFINE_string('workdir', None, 'Default: workdirs/transfer_<preset>.')
-  flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
-  flags.DEFINE_bool('report_only', False, 'Only write the report from the workdir.')
+  """The harness's flags, and the sizes, methods and seeds of this one; defined only when run as a
+  script, so tests can import the module."""
+  common.define_flags('transfer', 'seconds (tests).', sweep_flags=False, presets=PRESETS,
+                      default_preset='quick', preset_help='configs/transfer.py preset ("" = '
+                      'ResNet-20 protocol; quick = ResNet-8, the committed report).')
   flags.DEFINE_integer('seeds', None, 'Seeds per size and method (default: 3; toy: 1).')
   flags.DEFINE_list('per_class', None, 'Images per class of the new task; 0 = all (default: '
                     '50,100,500,0; toy: 4,0).')
   flags.DEFINE_list('methods', list(transfer_config.METHODS), 'Any of '
                     f'{", ".join(transfer_config.METHODS)}.')
-  flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE for every run (pretraining '
-                            'included), e.g. --set=data.data_dir=/data/cifar10.')
-
-
-def _override(config, items) -> None:
-  for item in items:
-    key, sep, value = item.partition('=')
-    if not sep:
-      raise app.UsageError(f'--set expects KEY=VALUE, got {item!r}.')
-    sweep.set_key(config, key, cli.literal(value))
 
 
 def pretrain_config(preset: str, overrides=()):
-  c = transfer_config.get_config('pretrain' + (f',{preset}' if preset else ''))
-  _override(c, overrides)
-  config_base.validate(c)
-  return c
+  """configs/transfer.py:pretrain,<preset> with the --set `overrides`, validated."""
+  return common.configured(
+      transfer_config.get_config('pretrain' + (f',{preset}' if preset else '')), overrides)
 
 
 def members(preset: str, per_class, methods, seeds: int, pretrained: pathlib.Path,
@@ -75,11 +64,22 @@ def members(preset: str, per_class, methods, seeds: int, pretrained: pathlib.Pat
     for method in methods:
       for seed in range(seeds):
         c = transfer_config.member_config(preset, method, n, seed, str(pretrained))
-        _override(c, overrides)
-        config_base.validate(c)
         ov = {'per_class': n or 'all', 'method': method, 'seed': seed}
-        out.append(sweep.Member(len(out), sweep.member_name(ov), ov, c))
+        out.append(sweep.Member(len(out), sweep.member_name(ov), ov,
+                                common.configured(c, overrides)))
   return out
+
+
+def plan(preset: str) -> tuple[int, list[int], list[str]]:
+  """Seeds, images per class and methods from the flags (and the preset's defaults)."""
+  seeds = FLAGS.seeds if FLAGS.seeds is not None else DEFAULT_SEEDS[preset]
+  per_class = ([int(v) for v in FLAGS.per_class] if FLAGS.per_class is not None else
+               list(TOY_PER_CLASS if preset == 'toy' else transfer_config.PER_CLASS))
+  unknown = [m for m in FLAGS.methods if m not in transfer_config.METHODS]
+  if unknown:
+    raise app.UsageError(f'Unknown method(s) {unknown}; choose from '
+                         f'{list(transfer_config.METHODS)}.')
+  return seeds, per_class, list(FLAGS.methods)
 
 
 def _n(value) -> str:
@@ -178,12 +178,9 @@ def plot(acc: dict, sizes: list[str], methods: list[str], out: pathlib.Path,
 # --------------------------------------------------------------------------------- report
 
 
-def write_report(workdir: pathlib.Path, preset: str, mems: list[sweep.Member], summary: dict,
-                 sizes: list[str], methods: list[str], seeds: int, clock, command: str,
-                 report_dir: str | None, overrides=()) -> pathlib.Path:
-  acc = table_of(summary)
-  pre = common.read_results(workdir / 'pretrain') or {}
-  first = next((r for r in (common.read_results(workdir / m.name) for m in mems) if r), None)
+def trainable_params(workdir: pathlib.Path, mems: list[sweep.Member], methods: list[str],
+                     first: dict | None) -> dict:
+  """Parameters each method trains, from the runs' transfer.json (scratch: all of them)."""
   trainable = {}
   for m in mems:
     rec = workdir / m.name / transfer.RECORD
@@ -191,7 +188,12 @@ def write_report(workdir: pathlib.Path, preset: str, mems: list[sweep.Member], s
       trainable[m.overrides['method']] = json.loads(rec.read_text())['num_trainable_params']
   if first and 'scratch' in methods:
     trainable['scratch'] = first['num_params']
+  return trainable
 
+
+def accuracy_table(acc: dict, sizes: list[str], methods: list[str], seeds: int, trainable: dict,
+                   preset: str) -> str:
+  """Test accuracy, mean ± std over seeds, by images per class (rows) and method (columns)."""
   rows = []
   for n in sizes:
     cells = []
@@ -201,25 +203,27 @@ def write_report(workdir: pathlib.Path, preset: str, mems: list[sweep.Member], s
                    + ('' if s['n'] == seeds else f" ({s['n']}/{seeds} seeds)"))
     steps = transfer_config.transfer_steps(0 if n == 'all' else int(n), preset)
     rows.append([n, f'{steps:,}'] + cells)
-  table = report.markdown_table(
+  return report.markdown_table(
       ['images per class', 'steps'] + [f'{m} (trains {trainable[m]:,} params)' if m in trainable
                                        else m for m in methods], rows)
-  check_rows, best = checks(acc, sizes, methods)
-  fig = plot(acc, sizes, methods, workdir / 'transfer.png',
-             f'CIFAR-10 classes 5-9 after pretraining on 0-4 ({mems[0].config.model})')
-  c0, pc = mems[0].config, pretrain_config(preset, overrides)
-  # The statement itself: the best method by size and the probe-vs-fine-tune gain (rows that
-  # compare sizes); the from-scratch row is context, not the statement.
+
+
+def statement_verdict(check_rows: list) -> tuple[bool | None, str]:
+  """Whether the statement holds: the best method by size and the probe-vs-fine-tune gain (rows
+  that compare sizes; the from-scratch row is context, not the statement), and a sentence."""
   statement = [r for r in check_rows if r[1].startswith(('method with the best', 'gain of'))]
   holds = common.all_hold(statement) if statement else None
-  verdict = ('"The less new data, the fewer layers should be trained" **holds** on these runs.'
-             if holds else '**The statement does not hold on these runs**: see which check fails '
-             'and by how much.' if statement else
-             'Not enough sizes finished to check the statement yet (it needs two sizes of the '
-             'linear probe and of fine-tuning).')
-  train_wall = sum((r or {}).get('wall_time_s', 0) for r in
-                   [pre] + [common.read_results(workdir / m.name) for m in mems])
-  text = common.header(
+  return holds, ('"The less new data, the fewer layers should be trained" **holds** on these runs.'
+                 if holds else '**The statement does not hold on these runs**: see which check '
+                 'fails and by how much.' if statement else
+                 'Not enough sizes finished to check the statement yet (it needs two sizes of the '
+                 'linear probe and of fine-tuning).')
+
+
+def _header(pre: dict, first: dict | None, c0, preset: str, overrides, sizes: list[str],
+            methods: list[str], train_wall: float, facts: dict, command: str) -> str:
+  pc = pretrain_config(preset, overrides)
+  return common.header(
       title='Transfer learning on CIFAR-10: from scratch, linear probe, fine-tuning', claims='C24',
       command=command,
       data=(f"{first['dataset'] if first else 'CIFAR-10'}. Source task: classes 0-4 (airplane, "
@@ -238,15 +242,34 @@ def write_report(workdir: pathlib.Path, preset: str, mems: list[sweep.Member], s
                 '"steps"); no validation split, the last state is tested. Frozen BatchNorm layers '
                 'run in inference mode with the source statistics (cnn_jax/transfer.py). Each '
                 "run normalises its inputs with its own training split's mean and std."),
-      train_wall_s=train_wall, facts=clock.facts(), generator='experiments/transfer.py')
-  text += f"""
+      train_wall_s=train_wall, facts=facts, generator='experiments/transfer.py')
+
+
+def make_report(workdir: pathlib.Path, preset: str, mems: list[sweep.Member], sizes: list[str],
+                methods: list[str], seeds: int, facts: dict, command: str,
+                overrides=()) -> tuple[str, dict, list]:
+  """report.md's text, results.json's record and the check rows from the runs in `workdir`;
+  aggregates the members (sweep.md, sweep.csv, members.csv) and draws transfer.png there."""
+  summary = sweep.aggregate(mems, workdir, title='Transfer learning members')
+  acc = table_of(summary)
+  pre = common.read_results(workdir / 'pretrain') or {}
+  results = [common.read_results(workdir / m.name) for m in mems]
+  first = next((r for r in results if r), None)
+  trainable = trainable_params(workdir, mems, methods, first)
+  check_rows, best = checks(acc, sizes, methods)
+  fig = plot(acc, sizes, methods, workdir / 'transfer.png',
+             f'CIFAR-10 classes 5-9 after pretraining on 0-4 ({mems[0].config.model})')
+  holds, verdict = statement_verdict(check_rows)
+  train_wall = sum((r or {}).get('wall_time_s', 0) for r in [pre] + results)
+  text = _header(pre, first, mems[0].config, preset, overrides, sizes, methods, train_wall, facts,
+                 command) + f"""
 Pretrained source network: validation accuracy {100 * pre.get('val_accuracy', math.nan):.2f}%,
 test accuracy {100 * pre.get('test_accuracy', math.nan):.2f}% on classes 0-4 (best checkpoint at
 step {pre.get('best_step')}).
 
 ## Test accuracy (%) on classes 5-9, mean ± sample std over {seeds} seed(s)
 
-{table}
+{accuracy_table(acc, sizes, methods, seeds, trainable, preset)}
 
 ![accuracy against data size]({fig.name})
 
@@ -259,17 +282,15 @@ Per-member figures: `sweep.md`, `members.csv`; every run's `results.json`, `conf
 {common.footer()}"""
   record = {
       'experiment': 'transfer', 'claims': 'C24', 'preset': preset, 'command': command,
-      'model': c0.model, 'seeds': seeds, 'per_class': sizes, 'methods': methods,
+      'model': mems[0].config.model, 'seeds': seeds, 'per_class': sizes, 'methods': methods,
       'pretrain': {k: pre.get(k) for k in ('val_accuracy', 'test_accuracy', 'best_step',
                                            'wall_time_s', 'num_train')},
       'test_accuracy': {f'{n}/{m}': s for (n, m), s in acc.items()},
       'best_method': {n: m for n, m, _ in best}, 'trainable_params': trainable,
       'statement_holds': holds, 'train_wall_time_s': train_wall,
-      'headline': headline(acc, best, sizes),
-      'done': summary['done'], 'total': summary['total'], **clock.facts(),
+      'headline': headline(acc, best, sizes), 'done': summary['done'], 'total': summary['total'],
   }
-  common.finish(workdir, text, record, OUTPUTS, check_rows, report_dir)
-  return workdir / 'report.md'
+  return text, record, check_rows
 
 
 def headline(acc: dict, best: list[tuple], sizes: list[str]) -> str:
@@ -297,36 +318,19 @@ def recompute(report_dir: pathlib.Path) -> common.Recomputed:
 
 
 def main(argv):
-  common.check_argv(argv)
-  cli.setup_process()
-  clock = common.Clock()
-  preset = FLAGS.preset
-  seeds = FLAGS.seeds if FLAGS.seeds is not None else DEFAULT_SEEDS[preset]
-  per_class = ([int(v) for v in FLAGS.per_class] if FLAGS.per_class is not None else
-               list(TOY_PER_CLASS if preset == 'toy' else transfer_config.PER_CLASS))
-  unknown = [m for m in FLAGS.methods if m not in transfer_config.METHODS]
-  if unknown:
-    raise app.UsageError(f'Unknown method(s) {unknown}; choose from '
-                         f'{list(transfer_config.METHODS)}.')
-  workdir = pathlib.Path(FLAGS.workdir or common.ROOT / 'workdirs'
-                         / f"transfer_{preset or 'resnet20'}").resolve()
-  workdir.mkdir(parents=True, exist_ok=True)
-  clock.bind(workdir, FLAGS.report_only)
-  pre_dir = workdir / 'pretrain'
-  pre_cfg = pretrain_config(preset, FLAGS.set)  # every config fails before training
-  mems = members(preset, per_class, FLAGS.methods, seeds, pre_dir, FLAGS.set)
-  command = cli.command_line('experiments.transfer').replace(' --report_only', '')
-  if not FLAGS.report_only:
-    if not sweep.is_done(pre_dir):
-      print(f'pretraining in {pre_dir} ...', file=sys.stderr, flush=True)
-      cli.run_training(pre_cfg, pre_dir, 'experiments.transfer')
-    status = sweep.run_sequential(mems, workdir, lambda m: command + f'  # member {m.name}')
-    if status == 'interrupted':
-      raise SystemExit(130)
-  summary = sweep.aggregate(mems, workdir, title='Transfer learning members')
-  path = write_report(workdir, preset, mems, summary, [label(n) for n in per_class],
-                      list(FLAGS.methods), seeds, clock, command, FLAGS.report_dir, FLAGS.set)
-  print(f'report: {path}')
+  session = common.start(argv, 'transfer', blank='resnet20')
+  preset = session.preset
+  seeds, per_class, methods = plan(preset)
+  pre_dir = session.workdir / 'pretrain'
+  # Every config is built, and a bad --set fails, before any training.
+  pre_cfg = session.configs(lambda: pretrain_config(preset, session.overrides))
+  mems = session.configs(
+      lambda: members(preset, per_class, methods, seeds, pre_dir, session.overrides))
+  session.train({'pretrain': pre_cfg, **{m.name: m.config for m in mems}})
+  text, record, check_rows = make_report(
+      session.workdir, preset, mems, [label(n) for n in per_class], methods, seeds,
+      session.facts(), session.command, session.overrides)
+  print(f'report: {session.finish(text, record, OUTPUTS, check_rows)}')
 
 
 if __name__ == '__main__':

@@ -30,7 +30,7 @@ import pathlib
 from absl import app, flags
 import numpy as np
 
-from cnn_jax import cli, report, runtime, sweep
+from cnn_jax import cli, config_base, report, runtime, sweep
 from experiments import lecture_common as common
 
 
@@ -328,8 +328,8 @@ def mnist_run(workdir: pathlib.Path, toy: bool) -> tuple[object, pathlib.Path, d
   if (run_dir / 'config.json').exists():  # restore with the run's own settings
     saved = json.loads((run_dir / 'config.json').read_text())
     for key in ('seed', 'num_epochs', 'learning_rate', 'momentum', 'batch_size'):
-      sweep.set_key(config, key, saved[key])
-    sweep.set_key(config, 'data.train_subset', saved['data']['train_subset'])
+      config_base.set_key(config, key, saved[key])
+    config_base.set_key(config, 'data.train_subset', saved['data']['train_subset'])
   if not sweep.is_done(run_dir):
     from cnn_jax import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, run_dir, command=cli.command_line('experiments.visualize_filters'))

@@ -160,3 +160,54 @@ def test_flag_value_of_the_wrong_type_names_the_type():
   error = cli._override_error(['--config.data.nme=x'], AttributeError(KeyError("'nme'")))  # pylint: disable=protected-access
   assert "Unknown config key 'data.nme'. Did you mean 'data.name'" not in str(error)
   assert "'name'" in str(error) and 'Valid keys of config.data' in str(error)
+
+
+# ------------------------------------------------------- KEY=VALUE overrides: the one parser
+
+
+def test_overrides_read_values_as_python_literals():
+  c = config_base.apply_overrides(lenet5_mnist.get_config(), [
+      'learning_rate=0.5', 'batch_size=32', 'progress_bar=False', 'data.data_dir=/data/cifar 10',
+      'lr_boundaries=(3, 6)', 'model_kwargs.widths=(4, 8)', 'name=a=b'])
+  assert c.learning_rate == 0.5 and c.batch_size == 32 and c.progress_bar is False
+  assert c.data.data_dir == '/data/cifar 10'  # not a literal: the string itself
+  assert c.lr_boundaries == (3, 6) and c.model_kwargs.widths == (4, 8)
+  assert c.name == 'a=b'  # split at the first '='
+  assert config_base.literal('B') == 'B' and config_base.literal('1e-4') == 1e-4
+
+
+def test_override_of_a_nested_key_names_the_valid_keys_of_its_section():
+  c = config_base.apply_overrides(lenet5_mnist.get_config(), ['data.validation_size=80'])
+  assert c.data.validation_size == 80
+  with pytest.raises(ConfigError, match="Unknown config key 'data.validaton_size'. Did you mean "
+                     "'data.validation_size'.*Valid keys of config.data: .*validation_size"):
+    config_base.apply_overrides(c, ['data.validaton_size=80'])
+
+
+def test_override_with_an_unknown_key_names_the_nearest():
+  with pytest.raises(ConfigError, match="Unknown config key 'lerning_rate'. Did you mean "
+                     "'learning_rate'"):
+    config_base.apply_overrides(lenet5_mnist.get_config(), ['lerning_rate=0.1'])
+  with pytest.raises(ConfigError, match="Unknown config key 'model_kwargs.a.b'"):
+    config_base.apply_overrides(lenet5_mnist.get_config(), ['model_kwargs.a.b=1'])
+
+
+def test_override_without_equals_or_key_or_with_a_wrong_type_fails():
+  for bad in ('learning_rate', '=0.1', ''):
+    with pytest.raises(ConfigError, match='KEY=VALUE, e.g. data.data_dir=/data/cifar10; got'):
+      config_base.apply_overrides(lenet5_mnist.get_config(), [bad])
+  with pytest.raises(ConfigError, match='config.batch_size expects int values, e.g. '):
+    config_base.apply_overrides(lenet5_mnist.get_config(), ['batch_size=abc'])
+
+
+def test_every_override_parser_is_the_one():
+  """cnn_jax.sweep and the experiments' --set fail alike: the same ConfigError."""
+  from cnn_jax import sweep  # pylint: disable=g-import-not-at-top
+  from experiments import degradation  # pylint: disable=g-import-not-at-top
+  spec = sweep.Sweep('configs/lenet5_mnist.py', config_args=('lerning_rate=0.1',))
+  with pytest.raises(ConfigError, match="Did you mean 'learning_rate'"):
+    spec.base_config()
+  with pytest.raises(ConfigError, match="Did you mean 'learning_rate'"):
+    degradation.model_config('resnet8', 'toy', ['lerning_rate=0.1'])
+  with pytest.raises(ConfigError, match='KEY=VALUE'):
+    degradation.model_config('resnet8', 'toy', ['data.data_dir'])

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from cnn_jax import sweep, train
+from cnn_jax.config_base import ConfigError
 from tests.helpers import run_module, tiny_config
 
 TINY_CONFIG_FILE = '''
@@ -38,7 +39,7 @@ def test_grid_order_names_and_settings():
 
 
 def test_bad_keys_and_values_fail_before_anything_runs(tmp_path):
-  with pytest.raises(sweep.SweepError, match="Unknown config key 'learnin_rate'.*'learning_rate'"):
+  with pytest.raises(ConfigError, match="Unknown config key 'learnin_rate'.*'learning_rate'"):
     sweep.build_members(tiny_config(), [{'learnin_rate': 1.0}])
   with pytest.raises(sweep.SweepError, match="Sweep member optimizer=adam: .*optimizer='adam'"):
     sweep.build_members(tiny_config(), [{'optimizer': 'adam'}])
