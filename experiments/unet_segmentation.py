@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
-import sys
 
 import numpy as np
 from absl import app, flags
 
 from configs import unet_segmentation
-from cnn_jax import cli, config_base, report, runtime, tasks
+from cnn_jax import cli, report, runtime, tasks
 from cnn_jax.datasets import mnist_segmentation
 from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common
@@ -37,32 +35,21 @@ CLOCK = 'experiment_clock.json'  # load average and niceness while a run trained
 
 
 def define_flags() -> None:
-  """Command-line flags; defined only when run as a script, so tests can import the module."""
-  flags.DEFINE_enum('preset', 'cpu', list(unet_segmentation.PRESETS),
-                    'Protocol of configs/unet_segmentation.py.')
-  flags.DEFINE_list('models', ['unet_same', 'unet'], 'Any of unet_same, unet.')
-  flags.DEFINE_string('workdir', None, 'Default: workdirs/unet_segmentation_<preset>.')
-  flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
-  flags.DEFINE_bool('report_only', False, 'Only write the report from the workdirs.')
-  flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE for every run, e.g. '
-                            '--set=num_epochs=2.')
+  """The harness's flags; defined only when run as a script, so tests can import the module."""
+  lecture_common.define_flags(
+      'unet_segmentation', '32x32 canvases with one digit, a tiny net, seconds.', sweep_flags=False,
+      presets=unet_segmentation.PRESETS, default_preset='cpu',
+      preset_help='Protocol of configs/unet_segmentation.py.', models=('unet_same', 'unet'),
+      models_help='Any of unet_same, unet.')
+
+
+def check_model(model: str) -> None:
+  if model not in unet_segmentation.MODELS:
+    raise ValueError(f'Unknown model {model!r}; choose from {unet_segmentation.MODELS}.')
 
 
 def model_config(model: str, preset: str, overrides=()):
-  config = unet_segmentation.get_config(f'{model},{preset}')
-  for item in overrides:
-    key, sep, value = item.partition('=')
-    if not sep:
-      raise ValueError(f'--set expects KEY=VALUE, got {item!r}.')
-    target = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    if leaf not in target:
-      raise KeyError(config_base.unknown_key_message(key, config_base.all_keys(config)))
-    target[leaf] = cli.literal(value)
-  config_base.validate(config)
-  return config
+  return lecture_common.configured(unet_segmentation.get_config(f'{model},{preset}'), overrides)
 
 
 # ------------------------------------------------------------------------------ measurement
@@ -230,12 +217,19 @@ def _val_miou_curve(run_dir: pathlib.Path) -> list[tuple[int, float]]:
 
 
 def _load_note(workdir: pathlib.Path, runs: dict) -> str:
-  """Whether the machine was busy while the runs trained (recorded by `main`)."""
+  """Whether the machine was busy while the runs trained: each run's own record (its load at the
+  start of its last sitting), else the clock an older version of this script kept beside it."""
   notes = []
-  for model in runs:
+  for model, result in runs.items():
     path = workdir / model / CLOCK
-    if path.exists():
-      notes.append(f'{model}: ' + lecture_common.busy_note(json.loads(path.read_text())))
+    if result.get('load_average_start') is not None:
+      facts = {'load_average_start': result['load_average_start'],
+               'cpu_count': result['cpu_count'], 'nice': 0}
+    elif path.exists():
+      facts = json.loads(path.read_text())
+    else:
+      continue
+    notes.append(f'{model}: ' + lecture_common.busy_note(facts))
   return ' '.join(notes) or 'The load on the machine during training was not recorded.'
 
 
@@ -340,6 +334,16 @@ and their best checkpoints ({status}).
 
 def write_report(workdir: pathlib.Path, models: list[str], preset: str,
                  overrides=(), command: str | None = None) -> pathlib.Path:
+  """report.md and results.json in `workdir` from its runs (make_report)."""
+  text, record = make_report(workdir, models, preset, overrides, command)
+  (workdir / 'report.md').write_text(text)
+  lecture_common.write_json(workdir / 'results.json', record)
+  return workdir / 'report.md'
+
+
+def make_report(workdir: pathlib.Path, models: list[str], preset: str,
+                overrides=(), command: str | None = None) -> tuple[str, dict]:
+  """(report.md's text, results.json's record) from the finished runs in `workdir`."""
   runs = _runs(workdir, models)
   if not runs:
     raise SystemExit(f'No finished runs under {workdir}; train first (drop --report_only).')
@@ -394,53 +398,25 @@ last quarter of the evaluations counts as none):
 {chr(10).join(sorted({f"- `{r['command']}`" for r in runs.values()}))}
 
 {lecture_common.footer()}"""
-  path = workdir / 'report.md'
-  path.write_text(text)
   test = {m: {'pixel_accuracy': r['test_accuracy'], 'mean_iou': r['test_mean_iou']}
           for m, r in runs.items()}
-  lecture_common.write_json(workdir / 'results.json', {
+  return text, {
       'experiment': 'unet_segmentation', 'claims': 'C23', 'preset': preset, 'status': status,
       'command': command, 'train_wall_time_s': sum(r['wall_time_s'] for r in runs.values()),
       'headline': headline(test), 'test': test,
       'per_class_iou': {m: r['iou'] for m, r in recomputed.items()},
-      'baselines': base, 'plateau': plateaus, **lecture_common.checks_record(checks)})
-  return path
+      'baselines': base, 'plateau': plateaus, **lecture_common.checks_record(checks)}
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.setup_process()
-  preset, models = FLAGS.preset, FLAGS.models
-  unknown = [m for m in models if m not in unet_segmentation.MODELS]
-  if unknown:
-    raise app.UsageError(f'Unknown model(s) {unknown}; choose from {unet_segmentation.MODELS}.')
-  workdir = pathlib.Path(FLAGS.workdir or ROOT / 'workdirs' / f'unet_segmentation_{preset}')
-  workdir.mkdir(parents=True, exist_ok=True)
-  configs = {m: model_config(m, preset, FLAGS.set) for m in models}  # fail before training
-  if not FLAGS.report_only:
-    for model in models:
-      run_dir = workdir / model
-      if (run_dir / 'results.json').exists():
-        print(f'{model}: finished, skipped ({run_dir}).', file=sys.stderr)
-        continue
-      print(f'{model}: training in {run_dir} ...', file=sys.stderr, flush=True)
-      clock = lecture_common.Clock()
-      cli.run_training(configs[model], run_dir, 'experiments.unet_segmentation')
-      lecture_common.write_json(run_dir / CLOCK, clock.facts())
-  path = write_report(workdir, models, preset, FLAGS.set)
+  session = lecture_common.start(argv, 'unet_segmentation', check_model=check_model)
+  preset, models = session.preset, session.models
+  session.train(session.configs(  # every config before any training
+      lambda: {m: model_config(m, preset, session.overrides) for m in models}))
+  text, record = make_report(session.workdir, models, preset, session.overrides)
+  path = session.finish(text, record, ('report.md', 'results.json', 'predictions.png')
+                        + tuple(f'{m}/{n}' for m in models for n in RECORDS))
   print(f'report: {path}')
-  if FLAGS.report_dir:
-    out = pathlib.Path(FLAGS.report_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ('report.md', 'results.json', 'predictions.png'):
-      shutil.copy(workdir / name, out / name)
-    for model in models:
-      for name in RECORDS:
-        if (workdir / model / name).exists():
-          (out / model).mkdir(exist_ok=True)
-          shutil.copy(workdir / model / name, out / model / name)
-    print(f'copied to {out}')
 
 
 if __name__ == '__main__':
