@@ -15,7 +15,7 @@ import sys
 from absl import flags, logging
 
 from cnn_jax import config_base, parallel, train
-from cnn_jax.config_base import ConfigError, literal  # noqa: F401  (unet_segmentation's cli.literal)
+from cnn_jax.config_base import ConfigError
 from cnn_jax.datasets.splits import DataError
 
 MODEL_KWARGS_PREFIX = '--config.model_kwargs.'

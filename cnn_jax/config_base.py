@@ -174,8 +174,7 @@ def check_cpu_kernels(value: str) -> tuple[str, ...]:
   """config.cpu_kernels checked: ('auto',), ('on',), ('off',) or the kernel names it lists."""
   if value in CPU_KERNELS:
     return (value,)
-  names = tuple(n.strip() for n in str(value).split(',') if n.strip())
-  unknown = [n for n in names if n not in CPU_KERNEL_NAMES]
+  names, unknown = runtime.kernel_names(value)
   if unknown or not names:
     raise ConfigError(f'config.cpu_kernels={value!r} is not valid.{did_you_mean(value, CPU_KERNELS)}'
                       f' Valid values: {", ".join(map(repr, CPU_KERNELS))} or a comma list of '

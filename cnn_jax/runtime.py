@@ -110,6 +110,13 @@ def configure() -> dict:
   return applied()
 
 
+def child_environment(*pythonpath: str) -> dict[str, str]:
+  """This process's environment for a child Python process, with `pythonpath` put first on its
+  PYTHONPATH (so the child imports the same cnn_jax)."""
+  paths = [*pythonpath, os.environ.get('PYTHONPATH', '')]
+  return {**os.environ, 'PYTHONPATH': os.pathsep.join(p for p in paths if p)}
+
+
 def user_xla_flags() -> str:
   """XLA_FLAGS as the user set them, before `configure()` added the project's."""
   return _applied.get('user_xla_flags', os.environ.get('XLA_FLAGS', ''))
@@ -166,12 +173,17 @@ def cpu_kernels_default() -> str:
     return 'auto'
   if value in KERNELS_OFF:
     return 'off'
-  names = [n.strip() for n in value.split(',') if n.strip()]
-  unknown = sorted(set(names) - set(CPU_KERNEL_NAMES))
+  names, unknown = kernel_names(value)
   if unknown:
     raise ValueError(f'CNN_JAX_CPU_KERNELS={value!r} names unknown kernels {unknown}; use 1 (all), '
                      f'0 (none) or a comma list of {list(CPU_KERNEL_NAMES)}.')
   return ','.join(names)
+
+
+def kernel_names(value: str) -> tuple[tuple[str, ...], list[str]]:
+  """A comma list of CPU kernels: (the names, the ones not in CPU_KERNEL_NAMES)."""
+  names = tuple(n.strip() for n in str(value).split(',') if n.strip())
+  return names, sorted(set(names) - set(CPU_KERNEL_NAMES))
 
 
 def conv_kernel_gradient() -> str:

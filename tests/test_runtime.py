@@ -159,9 +159,11 @@ def test_a_bad_malloc_choice_stops_the_program_with_the_fix(tmp_path):
 def test_importing_cnn_jax_changes_nothing(tmp_path):
   script = """
 import json, os, sys
+# The libraries' own import-time defaults first (orbax/tensorstore, jax and tensorboard set a few
+# variables of their own): what is compared is what cnn_jax's import adds.
+import flax, jax, optax, orbax.checkpoint, tensorboardX
 before = dict(os.environ)
 import cnn_jax, cnn_jax.train, cnn_jax.models, cnn_jax.runtime
-import jax
 print(json.dumps({'same_env': dict(os.environ) == before,
                   'cache_dir': jax.config.jax_compilation_cache_dir,
                   'configured': cnn_jax.runtime.applied()['runtime_configured']}))

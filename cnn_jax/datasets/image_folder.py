@@ -229,8 +229,7 @@ def _run_workers(shares: list[list[str]], resize: int = 0) -> list[list[np.ndarr
   and 'fork' is unsafe once JAX runs threads.
   """
   package_parent = str(pathlib.Path(__file__).resolve().parents[2])
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      p for p in (package_parent, os.environ.get('PYTHONPATH')) if p))
+  env = runtime.child_environment(package_parent)
   code = 'from cnn_jax.datasets import image_folder; image_folder.decode_worker_main()'
   with tempfile.TemporaryDirectory(prefix='image_folder_') as tmp:
     procs = []

@@ -63,7 +63,7 @@ def requested() -> frozenset[str]:
   value = runtime.cpu_kernels_default()
   if value == 'auto':
     return frozenset(KERNELS)
-  return frozenset() if value == 'off' else frozenset(value.split(','))
+  return frozenset() if value == 'off' else frozenset(runtime.kernel_names(value)[0])
 
 
 _lock = threading.Lock()
