@@ -55,7 +55,7 @@ bench: setup
 bench-gpu: setup
 	EXTRAS=bench $(SETUP)
 	$(PY) -m benchmarks.train_step --models=resnet50,resnet20 --variants=defaults \
-	    --dtype=bfloat16 --torch_mode=compile --json=benchmarks/results/gpu.json
+	    --dtype=bfloat16 --torch_modes=compile --json=benchmarks/results/gpu.json
 
 clean:
 	rm -rf workdirs .pytest_cache

@@ -70,16 +70,22 @@ class Child:
   kwargs: dict = dataclasses.field(default_factory=dict)
   env: dict = dataclasses.field(default_factory=dict)
   malloc: str | None = None
+  command: list[str] | None = None  # instead of target: python's arguments, run in `cwd`
+  cwd: str | None = None  # e.g. another commit's checkout, whose own code the child runs
 
   @classmethod
   def of(cls, fn: Callable, env: dict | None = None, malloc: str | None = None, **kwargs):
     return cls(target_of(fn), kwargs, dict(env or {}), malloc)
 
   def argv(self, serve: bool = False) -> list[str]:
+    if self.command:
+      return [sys.executable, *self.command]
     return ([sys.executable, '-m', 'benchmarks.harness', f'--call={self.target}',
              f'--kwargs={json.dumps(self.kwargs)}'] + (['--serve'] if serve else []))
 
   def describe(self) -> str:
+    if self.command:
+      return f"{' '.join(self.command)} in {self.cwd}"
     return f"{self.target}({', '.join(f'{k}={v!r}' for k, v in self.kwargs.items())})"
 
 
@@ -115,7 +121,7 @@ def call(child: Child, timeout: float | None = None) -> Any:
   """`child`'s function's result, run once in a fresh process; None where it runs past
   `timeout` seconds; ChildFailed where it fails."""
   try:
-    out = run(child.argv(), child.env, child.malloc, timeout)
+    out = run(child.argv(), child.env, child.malloc, timeout, cwd=child.cwd)
   except subprocess.TimeoutExpired:
     return None
   replies = _replies(out.stdout)
@@ -174,7 +180,7 @@ class ServedChild:
     self._log = tempfile.TemporaryFile(mode='w+')
     self._proc = subprocess.Popen(child.argv(serve=True), env=child_env(child.env, child.malloc),
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=self._log, text=True)
+                                  stderr=self._log, text=True, cwd=child.cwd)
     self.ready = self._read()
 
   def _read(self) -> dict:

@@ -86,7 +86,7 @@ def main():
               f"{r['cache_mb']:.0f} MB", flush=True)
   env = report.environment()
   facts = {'command': 'python -m benchmarks.suite_cache ' + ' '.join(sys.argv[1:]),
-           'machine': train_step.machine(), 'git_commit': env['git_commit'], 'jax': env['jax'],
+           'machine': train_step.machine(measure_peak=False), 'git_commit': env['git_commit'], 'jax': env['jax'],
            'load_average_start': load_start, 'runs': runs}
   load, cpus = facts['load_average_start'], os.cpu_count()
   quiet = (f'1-minute load average {load:.1f} at the start: nothing else heavy ran'

@@ -2,10 +2,11 @@
 
     python -m benchmarks.train_step [--models=lenet5,resnet20,resnet56,plain56] [--steps=10]
                                     [--repeats=8] [--variants=defaults,xla,none]
+                                    [--torch_modes=eager,compile] [--compare_tree=PATH]
                                     [--json=benchmarks/results/cpu.json]
     # on a GPU: both frameworks in bfloat16, PyTorch compiled, with MFU
     python -m benchmarks.train_step --models=resnet50,resnet20 --variants=defaults \
-        --dtype=bfloat16 --torch_mode=compile --json=benchmarks/results/gpu.json
+        --dtype=bfloat16 --torch_modes=compile --json=benchmarks/results/gpu.json
 
 Per model it starts one process for each of these (so XLA flags and memory figures are its own):
 * `jax (defaults)`: the loop's jitted `cnn_jax.steps.train_step` as built by the loop's own
@@ -16,12 +17,14 @@ Per model it starts one process for each of these (so XLA flags and memory figur
   `train.train_loop` ("loop": log points, stop checks, epoch permutations, checkpoints at epoch
   ends), by the loop's own images/s bookkeeping;
 * `jax (xla)` (`--variants` includes `xla`): the same without the CPU kernels
-  (CNN_JAX_CPU_KERNELS=0): every layer is XLA's own op;
+  (CNN_JAX_CPU_KERNELS=0): the stock layer set, every layer JAX's own ops;
 * `jax (none)`: every project setting off (CNN_JAX_XLA_DEFAULTS=0, no kernels, the system
   allocator, the user's own XLA_FLAGS), i.e. XLA's defaults: the "before" column;
-* `pytorch`: the same network in PyTorch, channels-last, SGD momentum, on the first CUDA device
-  if there is one, else on all CPU cores; eager (default) or `--torch_mode=compile`; on the same
-  allocator as `jax (defaults)`.
+* `jax before` (`--compare_tree=PATH`): `jax (defaults)` as another checkout of the project
+  builds it, with that checkout's own code (a git worktree at an earlier commit): before/after;
+* `pytorch eager`, `pytorch compile` (`--torch_modes`): the same network in PyTorch,
+  channels-last, SGD momentum, eager and torch.compile side by side, on the first CUDA device if
+  there is one, else on all CPU cores, on the same allocator as `jax (defaults)`.
 Each process compiles, warms up and calibrates its window (at least `--steps` steps and
 `--min_seconds`), one process at a time; then they take turns (benchmarks.harness.interleaved):
 every round times one window of each (and the loop's window right after the bare step's), in
@@ -32,9 +35,10 @@ the median of the rounds' ratios, the loop / step ratio likewise.
 `--dtype=bfloat16` makes both compute in bfloat16 with float32 parameters (PyTorch by autocast).
 It prints and (with --json) writes images/s, the ratio to PyTorch, compile time (persistent
 cache off), peak memory (resident on a CPU, the device's own on an accelerator), achieved
-GFLOP/s = 6 x MACs x images/s (forward 2 x MACs, backward twice the forward) and, where the
-device's peak is known (PEAK_BF16_FLOPS, or --peak_tflops), MFU: that rate over the peak. The
-README table is generated from the committed JSON.
+GFLOP/s = 6 x MACs x images/s (forward 2 x MACs, backward twice the forward) as a share of the
+CPU's peak, measured by an FMA loop (benchmarks.peak), and, where an accelerator's peak is known
+(PEAK_BF16_FLOPS, or --peak_tflops), MFU: that rate over the peak. The README table is generated
+from the committed JSON.
 
 As a library (benchmarks.levers, benchmarks.profile_step): the timers `JaxBench` and `TorchBench`,
 a lone child's figures `jax_child` / `torch_child`, `bench_config`, and `lone` / `contender`, the
@@ -48,6 +52,7 @@ import json
 import os
 import pathlib
 import resource
+import subprocess
 import sys
 import time
 
@@ -279,14 +284,43 @@ def lone(name: str, steps: int, batch: int = 0, dtype: str = 'float32', env: dic
 
 def contender(kind: str, name: str, steps: int, batch: int = 0, env: dict | None = None,
               window_s: float = WINDOW_S, dtype: str = 'float32',
-              torch_mode: str = 'eager') -> harness.Child:
+              torch_mode: str = 'eager', malloc: str | None = None) -> harness.Child:
   """The harness child of a timer (`kind` 'jax': JaxBench, 'torch': TorchBench) with windows of
-  at least `window_s` seconds, for `harness.interleaved`."""
-  common = dict(env=env, name=name, steps=steps, batch=batch or BATCH[name], dtype=dtype,
-                min_seconds=window_s)
+  at least `window_s` seconds, on allocator `malloc` (None: the parent's), for
+  `harness.interleaved`."""
+  common = dict(env=env, malloc=malloc, name=name, steps=steps, batch=batch or BATCH[name],
+                dtype=dtype, min_seconds=window_s)
   if kind == 'jax':
     return harness.Child.of(JaxBench, **common)
   return harness.Child.of(TorchBench, mode=torch_mode, **common)
+
+
+def tree_contender(tree: str, name: str, steps: int, batch: int = 0,
+                   window_s: float = WINDOW_S) -> harness.Child:
+  """The served child of `jax (defaults)` as another checkout of the project (`tree`, e.g. a git
+  worktree at an earlier commit) builds it, with that checkout's own code: through its
+  benchmarks.harness where it has one, else through the `--child --serve` command that
+  benchmarks.train_step had before it (same line protocol)."""
+  batch = batch or BATCH[name]
+  if (pathlib.Path(tree) / 'benchmarks' / 'harness.py').exists():
+    kwargs = dict(name=name, steps=steps, batch=batch, min_seconds=window_s)
+    command = ['-m', 'benchmarks.harness', '--call=benchmarks.train_step:JaxBench',
+               f'--kwargs={json.dumps(kwargs)}', '--serve']
+  else:
+    command = ['-m', 'benchmarks.train_step', f'--child=jax:{name}', '--serve', f'--steps={steps}',
+               f'--batch={batch}', f'--min_seconds={window_s}']
+  return harness.Child('', command=command, cwd=str(tree))
+
+
+def tree_commit(tree: str) -> str:
+  """The short commit of checkout `tree` ('+dirty' with uncommitted changes), or its path."""
+  def git(*args):
+    return subprocess.run(['git', '-C', str(tree), *args], capture_output=True, text=True,
+                          check=False).stdout.strip()
+  commit = git('rev-parse', '--short', 'HEAD')
+  if not commit:
+    return str(tree)
+  return commit + ('+dirty' if git('status', '--porcelain', '--untracked-files=no') else '')
 
 
 # Dense bfloat16 tensor-core peaks, FLOP/s (vendor data sheets, SXM parts), for MFU; keyed by a
@@ -320,7 +354,9 @@ def model_facts(name: str) -> dict:
   return {'num_params': params, 'macs': conv_arithmetic.count_flops(model, input_shape(name)).macs}
 
 
-def machine() -> dict:
+def machine(measure_peak: bool = True) -> dict:
+  """The host, its vector ISA, the allocator, the date and (`measure_peak`) its measured peak
+  FLOP/s (benchmarks.peak)."""
   from cnn_jax import report  # pylint: disable=g-import-not-at-top
   flags = ''
   try:
@@ -328,8 +364,25 @@ def machine() -> dict:
     flags = ' '.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f' {f}' in text)
   except OSError:
     pass
-  return {'host_cpu': report.host_cpu(), 'isa': flags, 'malloc': runtime.current_malloc(),
+  info = {'host_cpu': report.host_cpu(), 'isa': flags, 'malloc': runtime.current_malloc(),
           'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d')}
+  if measure_peak:
+    from benchmarks import peak  # pylint: disable=g-import-not-at-top
+    info['peak_flops'] = peak.measure()
+  return info
+
+
+def upgrade_record(data: dict) -> dict:
+  """A results file in today's form: records from before the side-by-side PyTorch modes (one
+  `pytorch` result, one `ratio`, the mode in data['torch']) get them keyed by that mode."""
+  mode = data.get('torch', {}).get('mode', 'eager')
+  for row in data['rows']:
+    if isinstance(row.get('ratio'), (float, int)) or row.get('ratio') is None:
+      row['ratio'] = {mode: row.get('ratio')}
+    if row.get('pytorch') is None or 'images_per_s' in row['pytorch']:
+      row['pytorch'] = {mode: row.get('pytorch')}
+  data.setdefault('torch_modes', list(row['pytorch']) if data['rows'] else [mode])
+  return data
 
 
 def _fmt(v, spec=',.0f'):
@@ -346,32 +399,50 @@ def _loop_cell(result: dict) -> str:
   return f'{loop:,.0f} ({ratio:.2f})'
 
 
-def table(rows: list[dict], variants: list[str]) -> str:
+def _gflops_cell(row: dict, ips: float | None, peak: float | None) -> str:
+  """Achieved GFLOP/s, and its share of the machine's measured peak where known."""
+  if ips is None:
+    return '-'
+  flops = train_flops_per_image(row['macs']) * ips
+  return f'{flops / 1e9:.1f}' + (f' ({100 * flops / peak:.0f}%)' if peak else '')
+
+
+def table(rows: list[dict], variants: list[str], torch_modes: list[str] = ('eager',),
+          cpu_peak: float | None = None) -> str:
+  """The benchmark table of `rows` (upgrade_record's form); `cpu_peak` (FLOP/s, measured) adds
+  each contender's share of it to the GFLOP/s column."""
   from cnn_jax.report import markdown_table  # pylint: disable=g-import-not-at-top
-  headers = ["model", "batch", "params", "MMACs/img"]
-  headers += [f'jax ({v}) img/s' for v in variants] + ['jax loop img/s (loop / step)',
-                                                         'pytorch img/s', 'jax / pytorch',
-                                                         'compile s', 'peak MB jax / torch',
-                                                         'GFLOP/s jax / torch']
+  with_before = any(r.get('before') for r in rows)
   with_mfu = any(r.get('peak_flops') for r in rows)
-  if with_mfu:
-    headers.append('MFU jax / torch')
+  headers = ['model', 'batch', 'params', 'MMACs/img']
+  headers += [f'jax ({v}) img/s' for v in variants]
+  headers += ['jax before img/s (after / before)'] if with_before else []
+  headers += ['jax loop img/s (loop / step)'] + [f'pytorch {m} img/s' for m in torch_modes]
+  headers += [f'jax / {m}' for m in torch_modes] + ['compile s', 'peak MB jax / torch']
+  headers += ['GFLOP/s ' + ' / '.join(['jax', *torch_modes]) + (' (% of peak)' if cpu_peak else '')]
+  headers += ['MFU jax / torch'] if with_mfu else []
   body = []
   for r in rows:
     jax_best = r['jax'].get('defaults') or {}
-    pt = r.get('pytorch') or {}
-    gf = lambda ips: None if ips is None else train_flops_per_image(r['macs']) * ips / 1e9
-    mfu = lambda ips: (None if ips is None or not r.get('peak_flops') else
-                       100 * train_flops_per_image(r['macs']) * ips / r['peak_flops'])
-    body.append([r['model'], r['batch'], f"{r['num_params']:,}", f"{r['macs'] / 1e6:,.1f}"]
-                + [_fmt((r['jax'].get(v) or {}).get('images_per_s')) for v in variants]
-                + [_loop_cell(jax_best), _fmt(pt.get('images_per_s')),
-                   _fmt(r.get('ratio'), '.2f'), _fmt(jax_best.get('compile_s'), '.1f'),
-                   f"{_fmt(jax_best.get('peak_rss_mb'))} / {_fmt(pt.get('peak_rss_mb'))}",
-                   f"{_fmt(gf(jax_best.get('images_per_s')), '.1f')} / "
-                   f"{_fmt(gf(pt.get('images_per_s')), '.1f')}"]
-                + ([f"{_fmt(mfu(jax_best.get('images_per_s')), '.1f')}% / "
-                    f"{_fmt(mfu(pt.get('images_per_s')), '.1f')}%"] if with_mfu else []))
+    pts = [(r['pytorch'].get(m) or {}) for m in torch_modes]
+    first_pt = pts[0] if pts else {}
+    cells = [r['model'], r['batch'], f"{r['num_params']:,}", f"{r['macs'] / 1e6:,.1f}"]
+    cells += [_fmt((r['jax'].get(v) or {}).get('images_per_s')) for v in variants]
+    if with_before:
+      before = r.get('before') or {}
+      cells.append(f"{_fmt(before.get('images_per_s'))} ({_fmt(r.get('before_ratio'), '.2f')})")
+    cells += [_loop_cell(jax_best)] + [_fmt(pt.get('images_per_s')) for pt in pts]
+    cells += [_fmt(r['ratio'].get(m), '.2f') for m in torch_modes]
+    cells += [_fmt(jax_best.get('compile_s'), '.1f'),
+              f"{_fmt(jax_best.get('peak_rss_mb'))} / {_fmt(first_pt.get('peak_rss_mb'))}"]
+    cells.append(' / '.join(_gflops_cell(r, x.get('images_per_s'), cpu_peak)
+                            for x in [jax_best, *pts]))
+    if with_mfu:
+      mfu = lambda ips: (None if ips is None else
+                         100 * train_flops_per_image(r['macs']) * ips / r['peak_flops'])
+      cells.append(f"{_fmt(mfu(jax_best.get('images_per_s')), '.1f')}% / "
+                   f"{_fmt(mfu(first_pt.get('images_per_s')), '.1f')}%")
+    body.append(cells)
   return markdown_table(headers, body)
 
 
@@ -382,7 +453,7 @@ def parser() -> argparse.ArgumentParser:
                  help='steps per window at least (and the calibration block)')
   p.add_argument('--batch', type=int, default=0, help='0 = the model\'s benchmark batch')
   p.add_argument('--variants', default='defaults,xla,none',
-                 help='defaults: project settings; xla: without the CPU kernels; '
+                 help='defaults: project settings; xla: stock layers (no CPU kernels); '
                       'none: XLA defaults (before)')
   p.add_argument('--min_seconds', type=float, default=WINDOW_S,
                  help='each timing window at least this long')
@@ -393,26 +464,34 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--json', default=None, help='Also write the results to this file.')
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
                  help='compute dtype of both frameworks (parameters stay float32)')
-  p.add_argument('--torch_mode', default='eager', choices=('eager', 'compile'),
-                 help='PyTorch eager or torch.compile')
+  p.add_argument('--torch_modes', default='eager,compile',
+                 help='PyTorch contenders, side by side: eager and/or compile (torch.compile)')
+  p.add_argument('--compare_tree', default=None,
+                 help='also time jax (defaults) as this checkout of the project builds it '
+                      '(e.g. a git worktree at an earlier commit): the before column')
   p.add_argument('--peak_tflops', type=float, default=0.0,
                  help='peak FLOP/s (TFLOP/s) for the MFU column where the device is not in '
-                      'PEAK_BF16_FLOPS (e.g. a CPU)')
+                      'PEAK_BF16_FLOPS')
   return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  """The command's arguments; a usage error (exit 2) for a model without a twin or an unknown
-  variant."""
+  """The command's arguments; a usage error (exit 2) for a model without a twin, an unknown
+  variant or PyTorch mode, or a --compare_tree that is no checkout of the project."""
   p = parser()
   args = p.parse_args(argv)
   args.models, args.variants = args.models.split(','), args.variants.split(',')
-  unknown = [m for m in args.models if m not in BATCH]
-  if unknown:
-    p.error(f'--models: no benchmark twin for {unknown}; choose from {sorted(BATCH)}.')
-  unknown = [v for v in args.variants if v not in VARIANTS]
-  if unknown:
-    p.error(f'--variants: unknown {unknown}; choose from {sorted(VARIANTS)}.')
+  args.torch_modes = [] if args.no_torch else args.torch_modes.split(',')
+  for flag, given, known in (('--models', args.models, BATCH), ('--variants', args.variants, VARIANTS),
+                             ('--torch_modes', args.torch_modes, ('eager', 'compile'))):
+    unknown = [x for x in given if x not in known]
+    if unknown:
+      what = 'no benchmark twin for' if flag == '--models' else 'unknown'
+      p.error(f'{flag}: {what} {unknown}; choose from {sorted(known)}.')
+  if args.compare_tree and not (pathlib.Path(args.compare_tree) / 'benchmarks' /
+                                'train_step.py').exists():
+    p.error(f'--compare_tree: {args.compare_tree} is no checkout of this project (no '
+            'benchmarks/train_step.py); make one with git worktree add PATH COMMIT.')
   return args
 
 
@@ -422,38 +501,53 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
   row = {'model': name, 'batch': batch, **model_facts(name)}
   children = {v: contender('jax', name, args.steps, batch, VARIANTS[v], args.min_seconds,
                            args.dtype) for v in args.variants}
-  if not args.no_torch:
-    children['pytorch'] = contender('torch', name, args.steps, batch, {}, args.min_seconds,
-                                    args.dtype, args.torch_mode)
+  if args.compare_tree:
+    children['before'] = tree_contender(args.compare_tree, name, args.steps, batch,
+                                        args.min_seconds)
+  for mode in args.torch_modes:
+    children[f'pytorch {mode}'] = contender('torch', name, args.steps, batch, {}, args.min_seconds,
+                                            args.dtype, mode)
   results, windows = harness.interleaved(
       children, args.repeats, loop_of='defaults' if 'defaults' in args.variants else None)
   row['jax'] = {v: results[v] for v in args.variants}
-  row['pytorch'] = results.get('pytorch')
-  row['ratio'] = harness.paired_ratio(windows.get('defaults'), windows.get('pytorch'))
+  row['pytorch'] = {m: results[f'pytorch {m}'] for m in args.torch_modes}
+  row['ratio'] = {m: harness.paired_ratio(windows.get('defaults'), windows.get(f'pytorch {m}'))
+                  for m in args.torch_modes}
+  if args.compare_tree:
+    row['before'] = results['before']
+    row['before_ratio'] = harness.paired_ratio(windows.get('defaults'), windows.get('before'))
   kind = next((r['device_kind'] for r in row['jax'].values() if r and 'device_kind' in r), None)
   row['peak_flops'] = peak_flops(kind, args.peak_tflops)
-  pt = (row['pytorch'] or {}).get('images_per_s')
-  print(f"{name}: " + ', '.join(f"jax[{v}] {_fmt((row['jax'][v] or {}).get('images_per_s'))}"
-                                for v in args.variants)
-        + f", pytorch {_fmt(pt)} img/s, ratio {_fmt(row['ratio'], '.2f')}", flush=True)
+  print(f'{name}: ' + ', '.join(f'{label} {_fmt((r or {}).get("images_per_s"))}'
+                                for label, r in results.items())
+        + ' img/s; ratio ' + ', '.join(f'{m} {_fmt(x, ".2f")}' for m, x in row['ratio'].items()),
+        flush=True)
   return row
 
 
 def main(argv: list[str] | None = None):
   args = parse_args(argv)
   info = machine()
+  if args.compare_tree:
+    info['compare_tree'] = tree_commit(args.compare_tree)
   print(f"# train-step throughput on {info['host_cpu']} [{info['isa']}], {info['date']}; "
-        f'windows of >= {args.steps} steps and >= {args.min_seconds:g} s, {args.repeats} '
-        'interleaved rounds, medians', flush=True)
+        f"measured peak {info['peak_flops']['float32'] / 1e9:.0f} GFLOP/s float32; windows of >= "
+        f'{args.steps} steps and >= {args.min_seconds:g} s, {args.repeats} interleaved rounds, '
+        'medians', flush=True)
   rows = [measure_model(name, args) for name in args.models]
-  print(table(rows, args.variants))
+  print(table(rows, args.variants, args.torch_modes, cpu_peak_of(info, args.dtype)))
   if args.json:
     command = 'python -m benchmarks.train_step ' + ' '.join(sys.argv[1:] if argv is None else argv)
     with open(args.json, 'w') as f:
       json.dump({'machine': info, 'command': command, 'variants': args.variants, 'rows': rows,
                  'repeats': args.repeats, 'interleaved': True, 'window_s': args.min_seconds,
-                 'torch': {'mode': args.torch_mode, 'dtype': args.dtype}}, f, indent=2)
+                 'torch_modes': args.torch_modes, 'torch': {'dtype': args.dtype}}, f, indent=2)
       f.write('\n')
+
+
+def cpu_peak_of(info: dict, dtype: str) -> float | None:
+  """The measured peak FLOP/s of `dtype` in a results file's machine record, if any."""
+  return (info.get('peak_flops') or {}).get(dtype)
 
 
 if __name__ == '__main__':

@@ -9,7 +9,7 @@ entry points call `start()` first thing, before JAX's backend is used:
 Variables (each parsed by one function here, with an error naming the valid values):
 
     CNN_JAX_XLA_DEFAULTS=0      none of the settings below: XLA's, JAX's and the system's own
-    CNN_JAX_MALLOC=auto|jemalloc|glibc|system   the allocator start() restarts on; system: none
+    CNN_JAX_MALLOC=auto|jemalloc|mimalloc|glibc|system   the allocator start() restarts on
     CNN_JAX_CPU_KERNELS=1|0|NAMES     the default of config.cpu_kernels (auto, off, a comma list)
     CNN_JAX_CONV_KERNEL_GRADIENT=direct|onednn  the CPU convolution kernel's weight gradient
     CNN_JAX_CACHE_DIR=DIR       decoded datasets, compiled executables and kernels
@@ -55,7 +55,9 @@ HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1'  # glibc >= 2.35: madvise(MADV_HUG
 JEMALLOC_CONF = 'dirty_decay_ms:-1,muzzy_decay_ms:-1'  # freed pages stay with the process
 JEMALLOC_DIRS = ('/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64',
                  '/usr/lib', '/usr/local/lib')
-MALLOC_CHOICES = ('auto', 'jemalloc', 'glibc', 'system')
+MALLOC_CHOICES = ('auto', 'jemalloc', 'mimalloc', 'glibc', 'system')
+MIMALLOC_DIST = 'cmeel-mimalloc'  # a wheel shipping libmimalloc.so.3 (requirements.txt)
+MIMALLOC_OPTIONS = {'MIMALLOC_PURGE_DELAY': '-1'}  # freed pages stay with the process
 
 
 def cache_dir() -> pathlib.Path:
@@ -262,12 +264,32 @@ def find_jemalloc() -> str | None:
   return None
 
 
+def find_mimalloc() -> str | None:
+  """The path of libmimalloc.so.3 of the installed cmeel-mimalloc wheel, or None."""
+  try:
+    files = importlib.metadata.distribution(MIMALLOC_DIST).files or ()
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  for f in files:
+    if f.name == 'libmimalloc.so.3':
+      path = str(f.locate())
+      return path if os.path.isfile(path) else None
+  return None
+
+
 def malloc_env(choice: str, environ: dict[str, str]) -> dict[str, str] | None:
   """The variables to restart with for `choice`, or None to keep the environment as it is."""
   preload = environ.get('LD_PRELOAD', '')
   tunables = environ.get('GLIBC_TUNABLES', '')
-  if choice == 'system' or 'jemalloc' in preload or 'tcmalloc' in preload:
+  if choice == 'system' or any(n in preload for n in ('jemalloc', 'tcmalloc', 'mimalloc')):
     return None
+  if choice == 'mimalloc':
+    path = find_mimalloc()
+    if not path:
+      raise RuntimeError(f'CNN_JAX_MALLOC=mimalloc, but {MIMALLOC_DIST} is not installed: pip '
+                         f'install {MIMALLOC_DIST} (requirements.txt) or set CNN_JAX_MALLOC=auto.')
+    return {'LD_PRELOAD': ':'.join(filter(None, [path, preload])),
+            **{k: environ.get(k, v) for k, v in MIMALLOC_OPTIONS.items()}}
   if choice in ('auto', 'jemalloc'):
     path = find_jemalloc()
     if path:
@@ -286,7 +308,8 @@ def with_malloc(choice: str, environ: dict[str, str]) -> dict[str, str]:
   """A copy of `environ` for a child process that runs on allocator `choice` from its start
   (benchmarks compare them): the project's own allocator settings dropped, then `choice`'s."""
   env = dict(environ)
-  preload = [p for p in env.pop('LD_PRELOAD', '').split(':') if p and 'jemalloc' not in p]
+  preload = [p for p in env.pop('LD_PRELOAD', '').split(':')
+             if p and 'jemalloc' not in p and 'mimalloc' not in p]
   tunables = [t for t in env.pop('GLIBC_TUNABLES', '').split(':')
               if t and not t.startswith('glibc.malloc.hugetlb')]
   env.update({k: ':'.join(v) for k, v in (('LD_PRELOAD', preload), ('GLIBC_TUNABLES', tunables))
@@ -304,6 +327,9 @@ def current_malloc() -> str:
     return f"jemalloc ({os.environ.get('MALLOC_CONF', 'its defaults')})"
   if 'tcmalloc' in os.environ.get('LD_PRELOAD', ''):
     return 'tcmalloc'
+  if 'mimalloc' in os.environ.get('LD_PRELOAD', ''):
+    options = ','.join(f'{k}={v}' for k, v in os.environ.items() if k.startswith('MIMALLOC_'))
+    return f"mimalloc ({options or 'its defaults'})"
   if 'glibc.malloc.hugetlb=1' in os.environ.get('GLIBC_TUNABLES', ''):
     return 'glibc, huge pages'
   return 'system'

@@ -238,6 +238,7 @@ def benchmark_table() -> str:
           for p in sorted(results.glob('cpu_2core*.json')) + sorted(results.glob('gpu*.json'))]
   parts = []
   for data in sorted(runs, key=lambda d: d['machine']['date'], reverse=True):
+    data = train_step.upgrade_record(data)
     m, torch = data['machine'], data.get('torch', {})
     if data.get('interleaved'):  # since 2026-12-06: one process each, taking turns
       legend = ('"jax (defaults)" is the project\'s settings (XLA flags, CPU kernels, allocator: '
@@ -259,10 +260,26 @@ def benchmark_table() -> str:
       loop += ", its window right after the bare step's in every round"
     parts.append(f"Measured on {m['host_cpu']} [{m['isa']}], {m['date']}, with no other job "
                  f"running: `{data['command']}`. {legend}; {loop}; "
-                 f"PyTorch {torch.get('mode', 'eager')}, "
-                 f"{torch.get('dtype', 'float32')}.\n\n"
-                 + train_step.table(data['rows'], data['variants']))
+                 f"PyTorch {' and '.join(data['torch_modes'])}, {torch.get('dtype', 'float32')}"
+                 f"{peak_legend(data)}.\n\n"
+                 + train_step.table(data['rows'], data['variants'], data['torch_modes'],
+                                    train_step.cpu_peak_of(m, torch.get('dtype', 'float32'))))
   return '\n\n'.join(parts)
+
+
+def peak_legend(data: dict) -> str:
+  """The legend's words on the measured peak and the before column, where the run has them."""
+  m, words = data['machine'], ''
+  peak = m.get('peak_flops')
+  if peak:
+    words += (f"; GFLOP/s = 6 x MACs x images/s, in brackets its share of this machine's peak "
+              f"measured by an FMA loop (`python -m benchmarks.peak`: {peak['float32'] / 1e9:.0f} "
+              'GFLOP/s float32' + (f", {peak['bfloat16'] / 1e9:.0f} bfloat16" if peak.get('bfloat16')
+                                  else '') + f" on {peak['threads']} threads)")
+  if m.get('compare_tree'):
+    words += (f"; \"jax before\" is jax (defaults) as commit {m['compare_tree']} builds it, "
+              'in the same interleaved rounds')
+  return words
 
 
 def time_to_accuracy_table() -> str:

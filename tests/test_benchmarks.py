@@ -13,10 +13,12 @@ from benchmarks import harness, levers, suite_cache, time_to_accuracy, train_ste
 
 
 def _row(peak=None, jax_ips=100.0, torch_ips=50.0):
-  return {'model': 'm', 'batch': 8, 'num_params': 10, 'macs': 1e9, 'ratio': jax_ips / torch_ips,
+  return {'model': 'm', 'batch': 8, 'num_params': 10, 'macs': 1e9,
+          'ratio': {'eager': jax_ips / torch_ips},
           'jax': {'defaults': {'images_per_s': jax_ips, 'loop_images_per_s': 95.0,
                                'compile_s': 1.0, 'peak_rss_mb': 10.0}},
-          'pytorch': {'images_per_s': torch_ips, 'peak_rss_mb': 5.0}, 'peak_flops': peak}
+          'pytorch': {'eager': {'images_per_s': torch_ips, 'peak_rss_mb': 5.0}},
+          'peak_flops': peak}
 
 
 def test_peak_flops_from_the_device_kind_or_the_override():
@@ -33,6 +35,52 @@ def test_table_gflops_and_mfu_by_hand():
   assert '| 600.0 / 300.0 | 60.0% / 30.0% |' in text
   assert '95 (0.95)' in text  # the loop against the bare step
   assert 'MFU' not in train_step.table([_row()], ['defaults'])  # no peak known: no column
+
+
+def test_table_shows_both_pytorch_modes_and_the_share_of_the_measured_peak():
+  row = _row()
+  row['pytorch']['compile'] = {'images_per_s': 200.0, 'peak_rss_mb': 7.0}
+  row['ratio']['compile'] = 0.5
+  text = train_step.table([row], ['defaults'], ['eager', 'compile'], cpu_peak=1.2e12)
+  header, _, line = text.splitlines()
+  assert 'pytorch eager img/s | pytorch compile img/s | jax / eager | jax / compile' in header
+  assert 'GFLOP/s jax / eager / compile (% of peak)' in header
+  # 6e9 FLOPs per image: 600, 300 and 1,200 GFLOP/s, i.e. 50%, 25% and 100% of 1.2 TFLOP/s.
+  assert '| 2.00 | 0.50 |' in line and '| 600.0 (50%) / 300.0 (25%) / 1200.0 (100%) |' in line
+
+
+def test_a_record_from_before_the_side_by_side_modes_is_upgraded():
+  old = {'torch': {'mode': 'compile'}, 'rows': [
+      {'ratio': 1.5, 'pytorch': {'images_per_s': 10.0}}, {'ratio': None, 'pytorch': None}]}
+  data = train_step.upgrade_record(old)
+  assert data['torch_modes'] == ['compile']
+  assert data['rows'][0]['ratio'] == {'compile': 1.5}
+  assert data['rows'][0]['pytorch'] == {'compile': {'images_per_s': 10.0}}
+  assert data['rows'][1]['pytorch'] == {'compile': None}
+  assert train_step.upgrade_record(data) == data  # today's form stays as it is
+
+
+def test_the_before_contender_runs_the_other_checkouts_own_code(tmp_path):
+  (tmp_path / 'benchmarks').mkdir()
+  child = train_step.tree_contender(str(tmp_path), 'resnet20', 5, window_s=1.0)
+  assert child.cwd == str(tmp_path)  # before the shared harness: train_step's own --serve child
+  assert child.argv(serve=True)[1:4] == ['-m', 'benchmarks.train_step', '--child=jax:resnet20']
+  (tmp_path / 'benchmarks' / 'harness.py').write_text('')
+  argv = train_step.tree_contender(str(tmp_path), 'resnet20', 5).argv(serve=True)
+  assert argv[1:4] == ['-m', 'benchmarks.harness', '--call=benchmarks.train_step:JaxBench']
+  assert argv[-1] == '--serve'
+
+
+def test_the_fma_loop_measures_a_peak_and_bfloat16_only_where_the_cpu_has_it():
+  from benchmarks import peak
+  from cnn_jax.kernels import library
+  try:
+    result = peak.measure(seconds=0.02, repeats=1)
+  except library.Unavailable as e:
+    pytest.skip(f'cannot build the FMA loop here: {e}')
+  assert result['float32'] > 1e9 and result['threads'] >= 1
+  has_bf16 = ' avx512_bf16' in open('/proc/cpuinfo').read()
+  assert (result['bfloat16'] is not None) == has_bf16
 
 
 def test_loop_cell_reports_the_median_of_the_alternating_windows_ratios():
@@ -72,7 +120,9 @@ def test_paired_ratio_is_the_median_of_the_rounds_ratios():
 @pytest.mark.parametrize('command,argv,message', [
     (train_step, ['--models=nope'], 'no benchmark twin'),
     (train_step, ['--variants=foo'], "--variants: unknown ['foo']"),
-    (levers, ['--sections=12'], "no lever numbered ['12']"),
+    (train_step, ['--torch_modes=jit'], "--torch_modes: unknown ['jit']"),
+    (train_step, ['--compare_tree=/nonexistent'], 'no checkout of this project'),
+    (levers, ['--sections=13'], "no lever numbered ['13']"),
     (levers, ['--sections=1,x'], "no lever numbered ['x']"),
     (time_to_accuracy, ['--frameworks=jax,tf'], "--frameworks: unknown ['tf']")])
 def test_unknown_model_variant_section_or_framework_is_a_usage_error(command, argv, message,
@@ -267,11 +317,12 @@ def _fake_results(number: int):
       9: {'rounds': 2, 'steps': {'lenet5': two('dot,eltwise,reduce', 'dot,reduce')}},
       10: two('as written', 'pool first'),
       11: {'rounds': 2, 'steps': {'resnet20': two('oneDNN', 'direct')}},
+      12: {'rounds': 2, 'steps': {'resnet20': two('glibc, huge pages', 'mimalloc, purge off')}},
   }[number]
 
 
 def test_every_lever_section_is_a_module_with_measure_and_render():
-  assert sorted(levers.SECTIONS) == list(range(1, 12))
+  assert sorted(levers.SECTIONS) == list(range(1, 13))
   for number, lever in levers.SECTIONS.items():
     assert lever.__name__.startswith('benchmarks.levers.'), number
     assert callable(lever.measure) and callable(lever.render), lever.__name__

@@ -119,9 +119,12 @@ def test_entry_points_restart_once_on_the_fast_allocator(tmp_path, env_extra, re
 
 def test_malloc_choice_errors_name_the_fix(tmp_path, monkeypatch):
   from cnn_jax import runtime
-  monkeypatch.setenv('CNN_JAX_MALLOC', 'mimalloc')
-  with pytest.raises(ValueError, match='CNN_JAX_MALLOC=.mimalloc. is not one of auto, jemalloc'):
+  monkeypatch.setenv('CNN_JAX_MALLOC', 'tcmalloc')
+  with pytest.raises(ValueError, match='CNN_JAX_MALLOC=.tcmalloc. is not one of auto, jemalloc'):
     runtime.malloc_choice()
+  monkeypatch.setattr(runtime, 'MIMALLOC_DIST', 'no-such-distribution')
+  with pytest.raises(RuntimeError, match='pip install no-such-distribution'):
+    runtime.malloc_env('mimalloc', {})
   monkeypatch.setattr(runtime, 'JEMALLOC_DIRS', (str(tmp_path),))
   with pytest.raises(RuntimeError, match='apt-get install libjemalloc2'):
     runtime.malloc_env('jemalloc', {})
@@ -129,6 +132,18 @@ def test_malloc_choice_errors_name_the_fix(tmp_path, monkeypatch):
   (tmp_path / 'libjemalloc.so.2').write_bytes(b'')
   assert runtime.malloc_env('auto', {}) == {'LD_PRELOAD': str(tmp_path / 'libjemalloc.so.2'),
                                               'MALLOC_CONF': runtime.JEMALLOC_CONF}
+
+
+def test_mimalloc_comes_from_its_wheel_with_freed_pages_kept(monkeypatch):
+  from cnn_jax import runtime
+  monkeypatch.setattr(runtime, 'find_mimalloc', lambda: '/venv/cmeel.prefix/lib/libmimalloc.so.3')
+  assert runtime.malloc_env('mimalloc', {'LD_PRELOAD': '/x/libfoo.so'}) == {
+      'LD_PRELOAD': '/venv/cmeel.prefix/lib/libmimalloc.so.3:/x/libfoo.so',
+      'MIMALLOC_PURGE_DELAY': '-1'}
+  assert runtime.malloc_env('mimalloc', {'MIMALLOC_PURGE_DELAY': '10'})['MIMALLOC_PURGE_DELAY'] == '10'
+  assert runtime.malloc_env('auto', {'LD_PRELOAD': '/lib/libmimalloc.so'}) is None  # the user's
+  child = runtime.with_malloc('glibc', {'LD_PRELOAD': '/venv/libmimalloc.so.3'})
+  assert 'LD_PRELOAD' not in child
 
 
 def test_with_malloc_swaps_the_allocator_of_a_child(tmp_path, monkeypatch):
@@ -152,7 +167,7 @@ def test_with_malloc_swaps_the_allocator_of_a_child(tmp_path, monkeypatch):
 def test_a_bad_malloc_choice_stops_the_program_with_the_fix(tmp_path):
   out = _restart(tmp_path, {'CNN_JAX_MALLOC': 'bogus'})
   assert out.returncode == 1
-  assert "error: CNN_JAX_MALLOC='bogus' is not one of auto, jemalloc, glibc, system" in out.stderr
+  assert "error: CNN_JAX_MALLOC='bogus' is not one of auto, jemalloc, mimalloc, glibc, system" in out.stderr
   assert 'running' not in out.stdout and 'Traceback' not in out.stderr
 
 

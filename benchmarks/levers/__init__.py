@@ -39,6 +39,8 @@ section of benchmarks/results/levers.md from them.
 11. The convolutions' kernel gradient (kernel_gradient): oneDNN's or
    cnn_jax/kernels/conv_kernel_gradient.h's, in the ResNets' training steps (processes side by
    side, taking turns).
+12. The host allocator (allocator): glibc, mimalloc (the cmeel-mimalloc wheel), jemalloc where
+   installed, in the ResNets' training steps (processes side by side, taking turns).
 The project keeps a lever only where it pays (cnn_jax/runtime.py says which are on).
 """
 from __future__ import annotations
@@ -46,14 +48,14 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from benchmarks.levers import (act_pool_order, batch_norm, bfloat16, conv_formulations,
-                               cpu_kernels, kernel_gradient, max_pool, scan, small_maps,
-                               xla_options, ynn_fusion)
+from benchmarks.levers import (act_pool_order, allocator, batch_norm, bfloat16,
+                               conv_formulations, cpu_kernels, kernel_gradient, max_pool, scan,
+                               small_maps, xla_options, ynn_fusion)
 
 # Section number -> its lever's module (`measure(args)`, `render(results) -> markdown`).
 SECTIONS = {1: xla_options, 2: conv_formulations, 3: batch_norm, 4: scan, 5: bfloat16,
             6: max_pool, 7: small_maps, 8: cpu_kernels, 9: ynn_fusion, 10: act_pool_order,
-            11: kernel_gradient}
+            11: kernel_gradient, 12: allocator}
 DEFAULT_SECTIONS = '1,2,3,4,5,6,7,8'
 
 

@@ -117,10 +117,6 @@ def build(name: str) -> pathlib.Path:
   kernel = KERNELS[name]
   if not sys.platform.startswith('linux'):
     raise Unavailable(f'the kernels are built on Linux only (this is {sys.platform})')
-  cxx = runtime.cxx()
-  if not cxx or not shutil.which(cxx):
-    raise Unavailable('no C++ compiler found: install g++ (Debian: apt-get install g++) or set '
-                      'CXX')
   flags = ['-O3', '-std=c++17', '-shared', '-fPIC', '-DNDEBUG', '-march=native',
            f'-I{HERE}', f'-I{jax.ffi.include_dir()}']
   libs = []
@@ -129,15 +125,27 @@ def build(name: str) -> pathlib.Path:
     flags.append(f'-I{include}')
     libs = [f'-L{library.parent}', f'-l:{library.name}', '-lgomp',
             f'-Wl,-rpath,{library.parent}']
-  sources = [HERE / s for s in kernel.sources]
+  return compile_shared(name, [HERE / s for s in kernel.sources], flags, libs,
+                        [HERE / h for h in HEADERS])
+
+
+def compile_shared(stem: str, sources: list[pathlib.Path], flags: list[str],
+                   libs: list[str] = (), headers: list[pathlib.Path] = ()) -> pathlib.Path:
+  """The shared library of `sources` built with `flags` (and `libs`) for this machine, in the
+  cache folder under `stem`-<hash of everything that goes into it>.so, compiled if needed
+  (atomically, one process at a time); Unavailable where it cannot be built."""
+  cxx = runtime.cxx()
+  if not cxx or not shutil.which(cxx):
+    raise Unavailable('no C++ compiler found: install g++ (Debian: apt-get install g++) or set '
+                      'CXX')
   digest = hashlib.sha256()
-  for part in ([p.read_bytes() for p in sources] + [(HERE / h).read_bytes() for h in HEADERS] +
-               [' '.join(flags + libs).encode(), _compiler_version(cxx).encode(),
+  for part in ([p.read_bytes() for p in [*sources, *headers]] +
+               [' '.join([*flags, *libs]).encode(), _compiler_version(cxx).encode(),
                 importlib.metadata.version('jaxlib').encode(), _cpu_signature().encode()]):
     digest.update(part)
     digest.update(b'\0')
   folder = runtime.cache_dir() / 'kernels'
-  target = folder / f'{name}-{digest.hexdigest()[:16]}.so'
+  target = folder / f'{stem}-{digest.hexdigest()[:16]}.so'
   if target.exists():
     return target
   try:
@@ -146,14 +154,14 @@ def build(name: str) -> pathlib.Path:
       fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same file
       if target.exists():
         return target
-      fd, tmp = tempfile.mkstemp(prefix=f'.{name}-', suffix='.so', dir=folder)
+      fd, tmp = tempfile.mkstemp(prefix=f'.{stem}-', suffix='.so', dir=folder)
       os.close(fd)
       try:
         command = [cxx, *flags, *map(str, sources), '-o', tmp, *libs]
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if result.returncode:
           tail = '\n'.join(result.stderr.strip().splitlines()[-15:])
-          raise Unavailable(f'compiling {", ".join(kernel.sources)} failed (exit '
+          raise Unavailable(f'compiling {", ".join(p.name for p in sources)} failed (exit '
                             f'{result.returncode}):\n{" ".join(command)}\n{tail}')
         os.chmod(tmp, 0o755)  # mkstemp's 0600 would hide it from other users of a shared cache
         os.replace(tmp, target)
