@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SETUP := scripts/setup_env.sh
 # glibc's malloc on transparent huge pages for the test runner (cnn_jax/runtime.py says why);
-# the entry points restart themselves on jemalloc where installed, else on this.
+# the entry points restart themselves on mimalloc (its wheel) where installed, else on this.
 HUGE_PAGES := GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1
 
 .PHONY: setup degradation-toy degradation-cpu degradation-quarter unet-long lenet5-mnist lenet5-mnist-quick test test-all param-table readme bench bench-gpu clean

@@ -102,6 +102,8 @@ def profile(model_name: str, steps: int) -> dict:
   from cnn_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
   from benchmarks.train_step import BATCH, input_shape  # pylint: disable=g-import-not-at-top
   from cnn_jax import kernels, runtime  # pylint: disable=g-import-not-at-top
+  from cnn_jax.kernels import layer_set as cpu_layer_set  # pylint: disable=g-import-not-at-top
+  from cnn_jax.models import layer_set  # pylint: disable=g-import-not-at-top
 
   batch, shape = BATCH.get(model_name, 64), input_shape(model_name)
   config = config_base.base_config()
@@ -109,8 +111,10 @@ def profile(model_name: str, steps: int) -> dict:
   tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, 100))
   mesh = parallel.make_mesh()
   model = models.create(model_name, num_classes=10)
+  layers = cpu_layer_set.for_config(config)  # as the loop chooses: the CPU kernels here
   state = steps_lib.create_train_state(model, tx, shape, jax.random.key(0),
-                                       parallel.replicated(mesh))
+                                       parallel.replicated(mesh),
+                                       apply_fn=layer_set.bind(model.apply, layers))
   n = batch * 4
   images = jax.random.randint(jax.random.key(1), (n,) + shape, 0, 255).astype(jnp.uint8)
   labels = jax.random.randint(jax.random.key(2), (n,), 0, 10)
@@ -150,7 +154,8 @@ def profile(model_name: str, steps: int) -> dict:
           'per_cat': per_cat, 'threads': len(threads), 'hlo': hlo,
           'xla_flags': __import__('os').environ.get('XLA_FLAGS', ''),
           'malloc': runtime.current_malloc(),
-          'kernels': ', '.join(f'{k} {v}' for k, v in kernels.status().items())}
+          'kernels': ', '.join(f'{k} {v}' for k, v in kernels.status().items()),
+          'layer_set': layers.name}
 
 
 def render(p: dict) -> str:
@@ -180,7 +185,8 @@ trace and classified from the compiled HLO's metadata.
   not attribute to an XLA op, such as YNNPACK's own thread pool: read the shares below as shares of
   the traced op time, not of the wall time). A CPU kernel's time (cnn_jax/kernels, named by
   its custom-call target below) is its call's wall time, the pool threads it ran on included.
-- XLA_FLAGS: `{p['xla_flags'] or '(none)'}`; CPU kernels: {p['kernels']};
+- XLA_FLAGS: `{p['xla_flags'] or '(none)'}`; layer set: {p['layer_set']} (CPU kernels:
+  {p['kernels']});
   allocator: {p['malloc']}
 - Host: {env['host_cpu']}; jax {env['jax']}; {env['date']}; commit {env['git_commit']}.
 

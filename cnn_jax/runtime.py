@@ -24,8 +24,9 @@ What `start()` applies, each skipped where the user already chose (a flag of the
 
 * the host allocator (`restart_with_fast_malloc`): XLA's CPU runtime allocates each step's
   buffers afresh, and glibc returns large blocks to the kernel at once, so every step faults them
-  in again. The program restarts once on jemalloc with page decay off where libjemalloc.so.2 is
-  installed, else on glibc's malloc with transparent huge pages (docs/cpu.md has the figures);
+  in again. The program restarts once on an allocator that keeps freed pages: mimalloc from the
+  cmeel-mimalloc wheel (requirements.txt), else jemalloc where libjemalloc.so.2 is installed,
+  else glibc's malloc with transparent huge pages (docs/cpu.md has the figures);
 * XLA's CPU flags (`cpu_flags`): YNNPACK fusions for dots and reductions, and for elementwise
   ops too where the CPU kernels will not run; GPU and TPU executables are unchanged;
 * JAX's persistent compilation cache in `$CNN_JAX_CACHE_DIR/jax`, keeping compilations of 0.1 s
@@ -250,8 +251,8 @@ def malloc_choice() -> str:
   choice = os.environ.get('CNN_JAX_MALLOC', 'auto').strip().lower() or 'auto'
   if choice not in MALLOC_CHOICES:
     raise ValueError(f'CNN_JAX_MALLOC={choice!r} is not one of {", ".join(MALLOC_CHOICES)}; '
-                     'unset it for the default (auto: jemalloc where installed, else glibc on '
-                     'huge pages).')
+                     'unset it for the default (auto: mimalloc, else jemalloc, where installed, '
+                     'else glibc on huge pages).')
   return choice
 
 
@@ -283,7 +284,7 @@ def malloc_env(choice: str, environ: dict[str, str]) -> dict[str, str] | None:
   tunables = environ.get('GLIBC_TUNABLES', '')
   if choice == 'system' or any(n in preload for n in ('jemalloc', 'tcmalloc', 'mimalloc')):
     return None
-  if choice == 'mimalloc':
+  if choice == 'mimalloc' or (choice == 'auto' and find_mimalloc()):
     path = find_mimalloc()
     if not path:
       raise RuntimeError(f'CNN_JAX_MALLOC=mimalloc, but {MIMALLOC_DIST} is not installed: pip '
@@ -336,8 +337,9 @@ def current_malloc() -> str:
 
 
 def restart_with_fast_malloc() -> None:
-  """Re-executes this program (same interpreter and arguments) on jemalloc, or on glibc's malloc
-  with transparent huge pages (module docstring), unless it runs so already or is told not to.
+  """Re-executes this program (same interpreter and arguments) on mimalloc, jemalloc or glibc's
+  malloc with transparent huge pages (module docstring), unless it runs so already or is told not
+  to.
 
   The dynamic loader and glibc read these variables only at start-up, hence the restart; call
   this first thing in a program's entry point (nothing the program did before it is undone, and

@@ -36,9 +36,9 @@ req="-r requirements.txt -r requirements-dev.txt"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 # The CPU kernels, compiled now for this machine (cached; a failure only means XLA's ops).
 .venv/bin/python -m cnn_jax.kernels || echo "setup_env: some CPU kernels are unavailable (above)." >&2
-# The allocator the programs restart on (cnn_jax/runtime.py): jemalloc when the system has it.
-.venv/bin/python -c "from cnn_jax import runtime; runtime.find_jemalloc() or print(
-    'setup_env: no libjemalloc.so.2, so programs run on glibc with huge pages; deep nets train '
-    'faster on a CPU with it (Debian/Ubuntu: apt-get install libjemalloc2).')" >&2
+# The allocator the programs restart on (cnn_jax/runtime.py): mimalloc, from its wheel.
+.venv/bin/python -c "from cnn_jax import runtime; runtime.find_mimalloc() or print(
+    'setup_env: no mimalloc wheel for this platform, so programs run on jemalloc where '
+    'installed, else on glibc with huge pages (slower on a CPU).')" >&2
 echo "$want" > .venv/.stamp
 echo "setup_env: done." >&2

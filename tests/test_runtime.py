@@ -94,11 +94,11 @@ def _restart(tmp_path, env_extra):
     ({'CNN_JAX_MALLOC': 'system'}, None), ({'CNN_JAX_XLA_DEFAULTS': '0'}, None)])
 def test_entry_points_restart_once_on_the_fast_allocator(tmp_path, env_extra, restarts):
   from cnn_jax import runtime
-  jemalloc = runtime.find_jemalloc()
+  jemalloc, mimalloc = runtime.find_jemalloc(), runtime.find_mimalloc()
   if restarts == 'jemalloc' and not jemalloc:
     pytest.skip('no libjemalloc.so.2 here')
   if restarts == 'auto':
-    restarts = 'jemalloc' if jemalloc else 'glibc'
+    restarts = 'mimalloc' if mimalloc else 'jemalloc' if jemalloc else 'glibc'
   if restarts == 'glibc' and not runtime._glibc_at_least(2, 35):
     pytest.skip('glibc older than 2.35 has no glibc.malloc.hugetlb')
   out = _restart(tmp_path, env_extra)
@@ -112,7 +112,7 @@ def test_entry_points_restart_once_on_the_fast_allocator(tmp_path, env_extra, re
   if restarts == 'glibc':  # the program ran again from the start, same arguments, tunable added
     want = ':'.join(filter(None, [tunables, runtime.HUGE_PAGES_TUNABLE])) + ' -'
   else:
-    want = f'{tunables or "-"} {jemalloc}'
+    want = f'{tunables or "-"} {mimalloc if restarts == "mimalloc" else jemalloc}'
   assert lines == [f"start {before} ['--flag', 'a b']", f"start {want} ['--flag', 'a b']",
                    f"running {want} ['--flag', 'a b']"]
 
@@ -128,6 +128,7 @@ def test_malloc_choice_errors_name_the_fix(tmp_path, monkeypatch):
   monkeypatch.setattr(runtime, 'JEMALLOC_DIRS', (str(tmp_path),))
   with pytest.raises(RuntimeError, match='apt-get install libjemalloc2'):
     runtime.malloc_env('jemalloc', {})
+  monkeypatch.setattr(runtime, 'find_mimalloc', lambda: None)  # auto without the wheel
   assert runtime.malloc_env('auto', {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}) is None
   (tmp_path / 'libjemalloc.so.2').write_bytes(b'')
   assert runtime.malloc_env('auto', {}) == {'LD_PRELOAD': str(tmp_path / 'libjemalloc.so.2'),
@@ -141,6 +142,7 @@ def test_mimalloc_comes_from_its_wheel_with_freed_pages_kept(monkeypatch):
       'LD_PRELOAD': '/venv/cmeel.prefix/lib/libmimalloc.so.3:/x/libfoo.so',
       'MIMALLOC_PURGE_DELAY': '-1'}
   assert runtime.malloc_env('mimalloc', {'MIMALLOC_PURGE_DELAY': '10'})['MIMALLOC_PURGE_DELAY'] == '10'
+  assert runtime.malloc_env('auto', {})['LD_PRELOAD'].endswith('libmimalloc.so.3')  # first choice
   assert runtime.malloc_env('auto', {'LD_PRELOAD': '/lib/libmimalloc.so'}) is None  # the user's
   child = runtime.with_malloc('glibc', {'LD_PRELOAD': '/venv/libmimalloc.so.3'})
   assert 'LD_PRELOAD' not in child
