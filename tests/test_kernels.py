@@ -19,6 +19,7 @@ from jax import lax
 
 from cnn_jax import kernels
 from cnn_jax import models
+from cnn_jax import precision
 from cnn_jax.kernels import conv, library, ops
 from cnn_jax.kernels import layer_set as cpu_layer_set
 from cnn_jax.models import layer_set
@@ -111,10 +112,53 @@ def test_convolutions_the_kernel_does_not_take_stay_with_xla():
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
   grouped = Conv(4, (3, 3), feature_group_count=2)
   transposed = nn.ConvTranspose(4, (2, 2), strides=(2, 2))
-  bfloat16 = Conv(4, (3, 3), dtype=jnp.bfloat16)
-  for layer, inputs in ((grouped, x), (transposed, x), (bfloat16, x)):
+  float16 = Conv(4, (3, 3), dtype=jnp.float16)
+  for layer, inputs in ((grouped, x), (transposed, x), (float16, x)):
     params = layer.init(jax.random.key(1), inputs)
     assert 'CnnJax' not in _targets(layer.apply, params, inputs)
+
+
+def test_bfloat16_convolutions_reach_the_kernel_only_where_the_cpu_has_bfloat16():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+  layer = Conv(4, (3, 3), dtype=jnp.bfloat16)
+  params = layer.init(jax.random.key(1), x)
+  on_kernel = 'CnnJaxConv2dForward' in _targets(layer.apply, params, x)
+  assert on_kernel == precision.native_bfloat16()
+  with mock.patch.object(precision, 'native_bfloat16', lambda: False):
+    assert 'CnnJax' not in _targets(layer.apply, params, x)
+
+
+@pytest.mark.skipif(not precision.native_bfloat16(), reason='no native bfloat16 on this CPU')
+@pytest.mark.parametrize('x_shape,k_shape,strides,padding', [
+    ((4, 9, 11, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1))),  # ResNet's 3x3
+    ((5, 9, 11, 5), (3, 3, 5, 8), (2, 2), ((1, 1), (1, 1))),  # strided, odd batch
+    ((3, 8, 8, 6), (1, 1, 6, 10), (2, 2), ((0, 0), (0, 0))),  # 1x1 projection
+])
+def test_bfloat16_conv2d_matches_lax_on_the_rounded_inputs(x_shape, k_shape, strides, padding):
+  """bfloat16 activations and kernel: the kernel's values and gradients against float32 XLA on
+  the same (rounded) inputs, to bfloat16's precision (8 bits: outputs and gradients are rounded
+  once; products are summed in float32)."""
+  x = jax.random.normal(jax.random.key(0), x_shape).astype(jnp.bfloat16)
+  k = jax.random.normal(jax.random.key(1), k_shape).astype(jnp.bfloat16)
+  weights = jax.random.normal(jax.random.key(2), (1,) + x_shape[1:3] + k_shape[-1:])
+
+  def loss(f, x, k):
+    y = f(x, k, strides, padding, (1, 1))
+    y32 = y.astype(jnp.float32)
+    return jnp.sum(y32 * weights[:, :y.shape[1], :y.shape[2]]), y32
+
+  def ref(x, k, s, p, d):
+    return lax.conv_general_dilated(x.astype(jnp.float32), k.astype(jnp.float32), s, p,
+                                    rhs_dilation=d, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  got = jax.jit(jax.value_and_grad(lambda x, k: loss(ops.conv2d, x, k), (0, 1), has_aux=True))
+  want = jax.value_and_grad(lambda x, k: loss(ref, x, k), (0, 1), has_aux=True)
+  assert {'CnnJaxConv2dForward', 'CnnJaxConv2dBackwardData',
+          'CnnJaxConv2dBackwardWeights'} <= set(_targets(got, x, k).split())
+  (_, y), grads = got(x, k)
+  (_, y_ref), grads_ref = want(x, k)
+  assert y.dtype == jnp.float32 and all(g.dtype == jnp.bfloat16 for g in grads)
+  _close((y, [g.astype(jnp.float32) for g in grads]), (y_ref, grads_ref), rtol=2e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize('shape', [(8, 5, 7, 12), (3, 1), (2, 40, 40, 3), (1100, 1)])

@@ -4,7 +4,8 @@
 //
 // Layouts are flax's: activations NHWC, kernels HWIO, both row-major; oneDNN reads and writes the
 // activations in place (format nhwc) and gets the kernel reordered into its blocked layout once
-// per call. The batch is split into pieces that run on XLA's intra-op pool with one oneDNN
+// per call. Element types: float32, or bfloat16 activations and kernels (bf16 convolutions where
+// the CPU has them; the kernel gradient is accumulated in float32 and rounded once). The batch is split into pieces that run on XLA's intra-op pool with one oneDNN
 // thread each (parallel_for.h), so oneDNN's OpenMP threads never compete with XLA's; the kernel
 // gradient sums the pieces' partial gradients in piece order, so results do not depend on the
 // threads. Primitives are created once per geometry and cached.
@@ -41,9 +42,11 @@ dnnl::engine& Engine() {
   return *engine;
 }
 
-// oneDNN's logical dims: src/dst {N, C, H, W}, weights {O, I, KH, KW}; dilation is d - 1.
+// oneDNN's logical dims: src/dst {N, C, H, W}, weights {O, I, KH, KW}; dilation is d - 1; dt the
+// element type of activations and kernels.
 struct Geometry {
   memory::dims src, weights, dst, strides, dilates, pad_l, pad_r;
+  Dt dt = Dt::f32;
 
   Geometry WithBatch(int64_t n) const {
     Geometry g = *this;
@@ -51,7 +54,8 @@ struct Geometry {
     return g;
   }
   std::string Key(Kind kind) const {
-    std::string key = std::to_string(static_cast<int>(kind));
+    std::string key = std::to_string(static_cast<int>(kind)) + '/' +
+                      std::to_string(static_cast<int>(dt));
     for (const memory::dims* v : {&src, &weights, &dst, &strides, &dilates, &pad_l, &pad_r}) {
       key += '|';
       for (int64_t d : *v) key += std::to_string(d) + ',';
@@ -60,8 +64,9 @@ struct Geometry {
   }
 };
 
-memory::desc Activations(const memory::dims& d) { return memory::desc(d, Dt::f32, Tag::nhwc); }
-memory::desc UserWeights(const memory::dims& d) { return memory::desc(d, Dt::f32, Tag::hwio); }
+memory::desc Activations(const memory::dims& d, Dt dt) { return memory::desc(d, dt, Tag::nhwc); }
+memory::desc UserWeights(const memory::dims& d, Dt dt) { return memory::desc(d, dt, Tag::hwio); }
+int64_t ByteWidth(Dt dt) { return dt == Dt::f32 ? 4 : 2; }
 
 struct Primitive {
   dnnl::primitive primitive;
@@ -82,28 +87,30 @@ void Fill(Primitive& p, const Desc& pd, const memory::desc& weights) {
 std::shared_ptr<const Primitive> Create(Kind kind, const Geometry& g) {
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  memory::desc any_weights(g.weights, Dt::f32, Tag::any);
+  memory::desc any_weights(g.weights, g.dt, Tag::any);
+  memory::desc src = Activations(g.src, g.dt), dst = Activations(g.dst, g.dt);
   auto forward = dnnl::convolution_forward::primitive_desc(
-      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      Activations(g.src), any_weights, Activations(g.dst), g.strides, g.dilates, g.pad_l,
-      g.pad_r, attr);
-  // The backward descriptors take the same arguments, the forward one as a hint.
-  auto backward = [&](auto tag) {
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
+      any_weights, dst, g.strides, g.dilates, g.pad_l, g.pad_r, attr);
+  // The backward descriptors take the same arguments, the forward one as a hint; the kernel
+  // gradient is float32 (its pieces are summed, then rounded once to the user's type).
+  auto backward = [&](auto tag, const memory::desc& weights) {
     using Desc = typename decltype(tag)::primitive_desc;
-    return Desc(Engine(), dnnl::algorithm::convolution_direct, Activations(g.src), any_weights,
-                Activations(g.dst), g.strides, g.dilates, g.pad_l, g.pad_r, forward, attr);
+    return Desc(Engine(), dnnl::algorithm::convolution_direct, src, weights, dst, g.strides,
+                g.dilates, g.pad_l, g.pad_r, forward, attr);
   };
   auto p = std::make_shared<Primitive>();
   if (kind == Kind::kForward) {
     Fill<dnnl::convolution_forward>(*p, forward, forward.weights_desc());
   } else if (kind == Kind::kBackwardData) {
-    auto pd = backward(dnnl::convolution_backward_data());
+    auto pd = backward(dnnl::convolution_backward_data(), any_weights);
     Fill<dnnl::convolution_backward_data>(*p, pd, pd.weights_desc());
   } else {
-    auto pd = backward(dnnl::convolution_backward_weights());
+    auto pd = backward(dnnl::convolution_backward_weights(),
+                       memory::desc(g.weights, Dt::f32, Tag::any));
     Fill<dnnl::convolution_backward_weights>(*p, pd, pd.diff_weights_desc());
   }
-  memory::desc user = UserWeights(g.weights);
+  memory::desc user = UserWeights(g.weights, g.dt);
   p->reorder = p->weights != user;
   if (p->reorder) {
     p->to_primitive = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user, Engine(), p->weights));
@@ -177,6 +184,20 @@ ffi::Error MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
   return ffi::Error::Success();
 }
 
+// The oneDNN type of three buffers of one type, float32 or bfloat16; else an error.
+ffi::Error ElementType(ffi::DataType a, ffi::DataType b, ffi::DataType c, Dt* dt) {
+  if (a != b || a != c)
+    return ffi::Error::InvalidArgument("conv2d: input, kernel and output types differ");
+  if (a == ffi::DataType::F32) {
+    *dt = Dt::f32;
+  } else if (a == ffi::DataType::BF16) {
+    *dt = Dt::bf16;
+  } else {
+    return ffi::Error::InvalidArgument("conv2d: float32 or bfloat16 only");
+  }
+  return ffi::Error::Success();
+}
+
 // Splits the batch of n into pieces of `per` images (the last may be smaller).
 struct Pieces {
   int64_t per, count;
@@ -196,28 +217,28 @@ struct Piece {
   std::shared_ptr<const Primitive> p;
   memory x, y;
   Piece(Kind kind, const Geometry& g, const Pieces& pieces, int64_t i,
-        const std::shared_ptr<const Primitive>& first, const float* x_data, const float* y_data) {
+        const std::shared_ptr<const Primitive>& first, const void* x_data, const void* y_data) {
     const int64_t size = pieces.Size(i, g.src[0]);
     const Geometry gi = g.WithBatch(size);
     p = size == pieces.per ? first : Get(kind, gi);
-    const int64_t offset = i * pieces.per;
-    x = memory(Activations(gi.src), Engine(),
-               const_cast<float*>(x_data) + offset * g.src[1] * g.src[2] * g.src[3]);
-    y = memory(Activations(gi.dst), Engine(),
-               const_cast<float*>(y_data) + offset * g.dst[1] * g.dst[2] * g.dst[3]);
+    const int64_t offset = i * pieces.per * ByteWidth(g.dt);  // bytes per image below
+    char* x_bytes = static_cast<char*>(const_cast<void*>(x_data));
+    char* y_bytes = static_cast<char*>(const_cast<void*>(y_data));
+    x = memory(Activations(gi.src, g.dt), Engine(), x_bytes + offset * g.src[1] * g.src[2] * g.src[3]);
+    y = memory(Activations(gi.dst, g.dt), Engine(), y_bytes + offset * g.dst[1] * g.dst[2] * g.dst[3]);
   }
 };
 
 // Forward (y = conv(x, w)) or input gradient (x = conv_transpose(y, w)): batch-parallel.
-ffi::Error RunActivations(Kind kind, ffi::ThreadPool& pool, const Geometry& g, float* x,
-                          const float* w, float* y) {
+ffi::Error RunActivations(Kind kind, ffi::ThreadPool& pool, const Geometry& g, void* x,
+                          const void* w, void* y) {
   OneThread();
   const int64_t n = g.src[0];
   Pieces pieces(n, Workers(pool));
   auto first = Get(kind, g.WithBatch(pieces.per));
-  memory::desc user = UserWeights(g.weights);
+  memory::desc user = UserWeights(g.weights, g.dt);
   std::vector<char> reordered;
-  memory weights(user, Engine(), const_cast<float*>(w));
+  memory weights(user, Engine(), const_cast<void*>(w));
   if (first->reorder) {
     reordered.resize(first->weights.get_size());
     memory blocked(first->weights, Engine(), reordered.data());
@@ -276,12 +297,13 @@ void RunWeightsDirect(ffi::ThreadPool& pool, const Geometry& g, const float* x, 
 #endif
 
 // Kernel gradient: per-piece partial gradients in oneDNN's layout, summed, reordered to HWIO.
-ffi::Error RunWeights(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy,
-                      float* dw, bool direct_wanted) {
+ffi::Error RunWeights(ffi::ThreadPool& pool, const Geometry& g, const void* x, const void* dy,
+                      void* dw, bool direct_wanted) {
 #ifdef CNN_JAX_DIRECT_KERNEL_GRADIENT
-  if (direct_wanted &&
+  if (direct_wanted && g.dt == Dt::f32 &&
       cnn_jax::DirectKernelGradientApplies(g.strides[0], g.strides[1], g.src[1], g.weights[0])) {
-    RunWeightsDirect(pool, g, x, dy, dw);
+    RunWeightsDirect(pool, g, static_cast<const float*>(x), static_cast<const float*>(dy),
+                     static_cast<float*>(dw));
     return ffi::Error::Success();
   }
 #endif
@@ -308,7 +330,7 @@ ffi::Error RunWeights(ffi::ThreadPool& pool, const Geometry& g, const float* x, 
   });
   SumPieces(partial.data(), pieces.count, floats);
   float* sum = partial.data();
-  memory::desc user = UserWeights(g.weights);
+  memory::desc user = UserWeights(g.weights, g.dt);
   if (first->reorder) {
     memory blocked(first->weights, Engine(), sum);
     memory out(user, Engine(), dw);
@@ -321,45 +343,51 @@ ffi::Error RunWeights(ffi::ThreadPool& pool, const Geometry& g, const float* x, 
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                   ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
+                   ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> strides,
                    ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
                    ffi::Span<const int64_t> pad_hi) {
   try {
     Geometry g;
     if (auto e = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, dilation,
                               pad_lo, pad_hi, &g); e.failure()) return e;
-    return RunActivations(Kind::kForward, pool, g, x.typed_data(), w.typed_data(), y->typed_data());
+    if (auto e = ElementType(x.element_type(), w.element_type(), y->element_type(), &g.dt);
+        e.failure()) return e;
+    return RunActivations(Kind::kForward, pool, g, x.untyped_data(), w.untyped_data(),
+                          y->untyped_data());
   } catch (const std::exception& e) {
     return cnn_jax::Internal("conv2d_forward", e.what());
   }
 }
 
-ffi::Error BackwardData(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
-                        ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> strides,
+ffi::Error BackwardData(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer w,
+                        ffi::Result<ffi::AnyBuffer> dx, ffi::Span<const int64_t> strides,
                         ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
                         ffi::Span<const int64_t> pad_hi) {
   try {
     Geometry g;
     if (auto e = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, dilation,
                               pad_lo, pad_hi, &g); e.failure()) return e;
-    return RunActivations(Kind::kBackwardData, pool, g, dx->typed_data(), w.typed_data(),
-                          dy.typed_data());
+    if (auto e = ElementType(dy.element_type(), w.element_type(), dx->element_type(), &g.dt);
+        e.failure()) return e;
+    return RunActivations(Kind::kBackwardData, pool, g, dx->untyped_data(), w.untyped_data(),
+                          dy.untyped_data());
   } catch (const std::exception& e) {
     return cnn_jax::Internal("conv2d_backward_data", e.what());
   }
 }
 
-ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                           ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
-                           ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
-                           ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
-                           bool direct_kernel_gradient) {
+ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                           ffi::Result<ffi::AnyBuffer> dw, ffi::Span<const int64_t> strides,
+                           ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
+                           ffi::Span<const int64_t> pad_hi, bool direct_kernel_gradient) {
   try {
     Geometry g;
     if (auto e = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, dilation,
                               pad_lo, pad_hi, &g); e.failure()) return e;
-    return RunWeights(pool, g, x.typed_data(), dy.typed_data(), dw->typed_data(),
+    if (auto e = ElementType(x.element_type(), dy.element_type(), dw->element_type(), &g.dt);
+        e.failure()) return e;
+    return RunWeights(pool, g, x.untyped_data(), dy.untyped_data(), dw->untyped_data(),
                       direct_kernel_gradient);
   } catch (const std::exception& e) {
     return cnn_jax::Internal("conv2d_backward_weights", e.what());
@@ -371,9 +399,9 @@ ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 #define CNN_JAX_CONV_BINDING(first_arg, second_arg)                 \
   ffi::Ffi::Bind()                                                  \
       .Ctx<ffi::ThreadPool>()                                       \
-      .Arg<ffi::Buffer<ffi::F32>>() /* first_arg */                 \
-      .Arg<ffi::Buffer<ffi::F32>>() /* second_arg */                \
-      .Ret<ffi::Buffer<ffi::F32>>()                                 \
+      .Arg<ffi::AnyBuffer>() /* first_arg */                        \
+      .Arg<ffi::AnyBuffer>() /* second_arg */                       \
+      .Ret<ffi::AnyBuffer>()                                        \
       .Attr<ffi::Span<const int64_t>>("window_strides")             \
       .Attr<ffi::Span<const int64_t>>("rhs_dilation")               \
       .Attr<ffi::Span<const int64_t>>("padding_lo")                 \

@@ -10,7 +10,8 @@ convolutions; BatchNorm+ReLU in two passes each way) with its own backward pass 
 over the kernels' backward entry points) where all of these hold when it is traced: `kernel` is
 set, the kernel is built and loaded (library.py), the default backend is a CPU, the program is
 on one device (the kernels are opaque to XLA's SPMD partitioner) and the arguments are of a kind
-it handles (float32; no lhs dilation or feature groups). Otherwise: XLA's ops
+it handles (float32, or for convolutions bfloat16 where the CPU has it natively; no lhs dilation
+or feature groups). Otherwise: XLA's ops
 (`lax.conv_general_dilated`; BatchNorm in jnp with a one-pass custom backward). When lowered,
 `lax.platform_dependent` keeps the kernel for the CPU and XLA's op for every other platform, so
 an executable for a GPU or TPU never contains a CPU kernel.
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from cnn_jax import precision
 from cnn_jax.kernels import library
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -61,13 +63,18 @@ def conv2d(x: jax.Array, w: jax.Array, window_strides: Sequence[int] = (1, 1),
 
 
 def conv2d_kernel_applies(x, w, strides, padding, dilation) -> bool:
-  """The geometries and dtypes the oneDNN kernel takes (4-D float32, no negative padding)."""
-  return (x.ndim == 4 and w.ndim == 4 and x.dtype == jnp.float32 and w.dtype == jnp.float32
+  """The geometries and dtypes the oneDNN kernel takes (4-D, no negative padding; float32, or
+  bfloat16 where the CPU computes it natively: cnn_jax.precision)."""
+  return (x.ndim == 4 and w.ndim == 4 and x.dtype == w.dtype and _kernel_dtype(x.dtype)
           and x.shape[-1] == w.shape[2] and min(x.shape) > 0
           and all(s >= 1 for s in strides) and all(d >= 1 for d in dilation)
           and all(lo >= 0 and hi >= 0 for lo, hi in padding)
           and all(n + lo + hi >= d * (k - 1) + 1 for n, (lo, hi), k, d in
                   zip(x.shape[1:3], padding, w.shape[:2], dilation)))
+
+
+def _kernel_dtype(dtype) -> bool:
+  return dtype == jnp.float32 or (dtype == jnp.bfloat16 and precision.native_bfloat16())
 
 
 def _conv2d_xla(x, w, *, strides, padding, dilation):
