@@ -184,7 +184,7 @@ def recompute(report_dir: pathlib.Path) -> common.Recomputed:
   num_train = {(s['model'], s['train_subset']): s['num_train']
                for s in common.read_json(report_dir / 'results.json')['settings']}
   table = collections.defaultdict(list)
-  for m in common.read_members(report_dir / 'members.csv'):
+  for m in common.read_csv(report_dir / 'members.csv'):
     if m['status'] == 'completed':
       key = (m['model'], m['data.train_subset'])
       table[key].append({'results': {**m, 'num_train': num_train[key]}, 'shift': {
@@ -203,7 +203,7 @@ def main(argv):
   checks = claim_checks(agg, sizes)
   png = plot(agg, sizes, workdir / 'cnn_vs_fc.png')
   config = run.config
-  facts = run.clock.facts()
+  facts = run.facts()
   command = cli.command_line('experiments.cnn_vs_fc')
   train_wall = sum(a['wall_time_s'] for a in agg.values())
   text = common.header(

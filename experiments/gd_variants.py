@@ -128,7 +128,7 @@ def main(argv):
   variants = read_variants(run)
   checks = claim_checks(variants, config.num_epochs)
   png = plot(variants, workdir / 'gd_variants.png', subset)
-  facts = run.clock.facts()
+  facts = run.facts()
   command = cli.command_line('experiments.gd_variants')
   train_wall = sum(r['wall_time_s'] for v in variants.values() for r in v['runs'])
   text = common.header(

@@ -334,13 +334,14 @@ def main(argv):
   data = run_all(p['depth'], p['width'], p['batch'], p['seeds'])
   png = plot(data, p['depth'], p['width'], workdir / 'init_variance.png')
   rows, _ = checks(data, p['depth'])
-  training_text, train_summary, train_data = '', None, ''
+  training_text, train_summary, train_data, run_dirs = '', None, '', []
   if FLAGS.train:
     seeds = FLAGS.seeds or 0
     spec = training_sweep(preset, seeds, FLAGS.set)
     members, _ = common.run_sweep(spec, workdir / 'plain20', FLAGS.parallel, FLAGS.report_only,
                                   title='plain-20 (no BN) under each initialisation')
     runs = read_training(members, workdir / 'plain20')
+    run_dirs = [workdir / 'plain20' / m.name for m in members]
     train_data = f'; {_dataset(runs)} (the plain-20 runs)'
     train_summary = training_summary(runs)
     rows += training_checks(train_summary)
@@ -355,7 +356,7 @@ def main(argv):
                     f"{s['what']} at layer {s['first_non_finite_layer']}",
                     f"{d['grad_std'][0]:.3g}", f"{d['grad_std'][-1]:.3g}",
                     f"{g['max_over_min']:.3g}" if g['finite'] else g['what']])
-  facts = clock.facts()
+  facts = {**clock.facts(), 'runs_load': common.runs_load(run_dirs)}
   command = cli.command_line('experiments.init_variance')
   text = common.header(
       title='Initialisation and signal variance through depth', claims='claim C12',

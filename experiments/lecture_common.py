@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import re
 import shlex
@@ -35,13 +34,15 @@ DEFAULT_SEEDS = 3
 def define_flags(name: str, toy: str, *, sweep_flags: bool = True, seeds_of: str = 'setting',
                  presets: tuple[str, ...] = ('full', 'toy'), default_preset: str | None = None,
                  preset_help: str = '', models: tuple[str, ...] | None = None,
-                 models_help: str = ''):
+                 models_help: str = '', default_seeds: int | None = None):
   """The flags every lecture experiment shares, read back as FLAGS.preset etc.: --preset, --workdir,
   --report_dir, --report_only, --set, --models when `models` lists its default runs, and for a
-  sweep --seeds and --parallel. Call it only when the experiment runs as a script, so that tests
-  can import several experiments."""
+  sweep --seeds (`default_seeds`, else DEFAULT_SEEDS and one for toy) and --parallel. `toy`
+  describes the small preset ('toy', else the last of `presets`). Call it only when the
+  experiment runs as a script, so that tests can import several experiments."""
+  small = 'toy' if 'toy' in presets else presets[-1]
   flags.DEFINE_enum('preset', presets[0] if default_preset is None else default_preset,
-                    list(presets), f'{preset_help + " " if preset_help else ""}toy: {toy}')
+                    list(presets), f'{preset_help + " " if preset_help else ""}{small}: {toy}')
   flags.DEFINE_string('workdir', None, f'Default: workdirs/{name}[_<preset>].')
   flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
   flags.DEFINE_bool('report_only', False, 'Only write the report from the workdir.')
@@ -50,9 +51,39 @@ def define_flags(name: str, toy: str, *, sweep_flags: bool = True, seeds_of: str
   if models is not None:
     flags.DEFINE_list('models', list(models), models_help)
   if sweep_flags:
-    flags.DEFINE_integer('seeds', None, f'Seeds per {seeds_of} (default {DEFAULT_SEEDS}; '
-                         'toy: 0 = one).')
+    flags.DEFINE_integer('seeds', default_seeds, f'Seeds per {seeds_of} (default '
+                         + (f'{default_seeds}).' if default_seeds is not None else
+                            f'{DEFAULT_SEEDS}; toy: 0 = one).'))
     flags.DEFINE_integer('parallel', 1, 'Members run at once (subprocesses).')
+
+
+def config_file_flags(argv: list[str], config_file: str) -> list[str]:
+  """`argv` with cnn_jax.main's spelling of an experiment that trains one config file read as
+  the harness's: `--config=<config_file>[:PRESET]` is --preset=PRESET (full without one) and
+  `--config.KEY=VALUE` is --set=KEY=VALUE, for the one --set parser. Another config file is a
+  ConfigError."""
+  def harness_flag(arg: str) -> str:
+    if arg.startswith('--config.') and '=' in arg:
+      return '--set=' + arg[len('--config.'):]
+    if arg.startswith('--config='):
+      path, _, preset = arg[len('--config='):].partition(':')
+      if pathlib.Path(path).resolve() != (ROOT / config_file).resolve():
+        raise ConfigError(f'This experiment trains {config_file} (--preset picks its preset); '
+                          f'got {arg}.')
+      return f'--preset={preset or "full"}'
+    return arg
+  return [harness_flag(arg) for arg in argv]
+
+
+def config_file_parser(config_file: str) -> Callable[[list[str]], list[str]]:
+  """app.run's flags_parser for an experiment that trains one config file: cli.parse_flags of
+  `config_file_flags` (a ConfigError exits with its message and code 2)."""
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      return cli.parse_flags(config_file_flags(argv, config_file))
+    except ConfigError as e:
+      cli.exit_on_config_error(e)
+  return parse
 
 
 def overrides() -> tuple[str, ...]:
@@ -94,6 +125,12 @@ class SweepRun:
     """The first member's config (the settings every member shares)."""
     return self.members[0].config
 
+  def facts(self) -> dict:
+    """The experiment's wall time (Clock.facts) and the machine's load as the finished members
+    recorded it ('runs_load': `runs_load`)."""
+    return {**self.clock.facts(),
+            'runs_load': runs_load(self.workdir / m.name for m in self.members)}
+
 
 def start_sweep(argv, name: str, title: str, config_args: tuple[str, ...] = (),
                 preset: str | None = None, workdir: str | None = None) -> SweepRun:
@@ -129,7 +166,8 @@ class Session:
   """An experiment of named runs (degradation, cifar_zoo, transfer) as its command line started
   it (see `start`). `configs` builds the runs' configs (a bad --set exits with its ConfigError
   before anything trains), `train` trains each unfinished run in <workdir>/<run>, `finish`
-  writes report.md and results.json (with the clock's facts) and copies to --report_dir."""
+  writes report.md and results.json (with `facts`: the wall time and the runs' load) and copies
+  to --report_dir."""
   name: str  # experiments.<name>
   workdir: pathlib.Path
   preset: str
@@ -138,6 +176,7 @@ class Session:
   report_only: bool
   report_dir: str | None
   clock: Clock
+  runs: list[str] = dataclasses.field(default_factory=list)  # the runs `train` was given
   _facts: dict | None = dataclasses.field(default=None, repr=False)
 
   @property
@@ -158,27 +197,30 @@ class Session:
       cli.exit_on_config_error(e)
 
   def train(self, configs: dict) -> None:
-    """Trains each run of `configs` in <workdir>/<name>, one after another: a run with
-    results.json is skipped, any other resumes from its checkpoint (cli.run_training: exit 130
-    when interrupted). Nothing under --report_only."""
+    """Trains each run of `configs` in <workdir>/<name> (the run named '.': in the workdir
+    itself), one after another: a run with results.json is skipped, any other resumes from its
+    checkpoint (cli.run_training: exit 130 when interrupted). Nothing under --report_only."""
+    self.runs = list(configs)
     if self.report_only:
       return
     for name, config in configs.items():
       run_dir = self.workdir / name
       if sweep.is_done(run_dir):
-        print(f'{name}: finished, skipped ({run_dir}).', file=sys.stderr)
+        print(f'{run_dir.name}: finished, skipped ({run_dir}).', file=sys.stderr)
         continue
-      print(f'{name}: training in {run_dir} ...', file=sys.stderr, flush=True)
+      print(f'{run_dir.name}: training in {run_dir} ...', file=sys.stderr, flush=True)
       cli.run_training(config, run_dir, self.module)
 
   def facts(self) -> dict:
-    """The experiment's wall time and machine load (Clock.facts), taken once."""
+    """The experiment's wall time (Clock.facts) and the machine's load as the runs given to
+    `train` recorded it ('runs_load': `runs_load`), taken once."""
     if self._facts is None:
-      self._facts = self.clock.facts()
+      self._facts = {**self.clock.facts(),
+                     'runs_load': runs_load(self.workdir / name for name in self.runs)}
     return self._facts
 
   def finish(self, text: str, record: dict, outputs, checks=None) -> pathlib.Path:
-    """`finish` in the workdir, the clock's facts added to `record`; returns report.md's path."""
+    """`finish` in the workdir, `facts` added to `record`; returns report.md's path."""
     finish(self.workdir, text, {**record, **self.facts()}, outputs, checks, self.report_dir)
     return self.workdir / 'report.md'
 
@@ -219,25 +261,16 @@ def stat(values) -> dict:
   return {'mean': mean, 'std': std}
 
 
-def load_average() -> float:
-  try:
-    return os.getloadavg()[0]
-  except OSError:
-    return float('nan')
-
-
 class Clock:
-  """Wall time of the whole experiment and the machine's load while it ran.
-
-  Bound to a workdir (`bind`), a training run saves its facts there (`experiment_clock.json`)
-  each time a report asks for them, and a `--report_only` regeneration reports those saved
-  facts, not its own seconds-long wall time and load.
+  """Wall time of the whole experiment. Bound to a workdir (`bind`), an experiment that trains
+  saves it there (`experiment_clock.json`) each time a report asks for it, and a `--report_only`
+  regeneration reports that saved wall time, not its own seconds. The machine's load is the
+  runs' own record (`runs_load`), never this process's.
   """
   FILE = 'experiment_clock.json'
 
   def __init__(self):
     self.start = time.time()
-    self.load_start = load_average()
     self.workdir: pathlib.Path | None = None
     self.report_only = False
 
@@ -247,11 +280,9 @@ class Clock:
 
   def facts(self) -> dict:
     path = self.workdir / self.FILE if self.workdir else None
-    if self.report_only and path and path.exists():
-      return json.loads(path.read_text())
-    facts = {'experiment_wall_time_s': time.time() - self.start,
-             'load_average_start': self.load_start, 'load_average_end': load_average(),
-             'cpu_count': os.cpu_count(), 'nice': os.nice(0)}
+    if self.report_only and path and path.exists():  # an older file also holds the load: dropped
+      return {'experiment_wall_time_s': read_json(path)['experiment_wall_time_s']}
+    facts = {'experiment_wall_time_s': time.time() - self.start}
     if path and not self.report_only:
       tmp = path.with_suffix('.tmp')
       tmp.write_text(json.dumps(facts, indent=2) + '\n')
@@ -261,15 +292,68 @@ class Clock:
     return facts
 
 
-def busy_note(facts: dict) -> str:
-  """A sentence that says whether timings are speed figures."""
-  # At the start: by its end the 1-minute average counts this experiment's own load.
-  load = facts['load_average_start']
-  if load > 0.5 * facts['cpu_count'] or facts['nice'] > 0:
-    return (f"Measured while another job ran (1-minute load average {load:.1f} at the start, on "
-            f"{facts['cpu_count']} cores; this process at nice {facts['nice']}): the wall times are "
-            'not a speed figure.')
-  return f'Measured on an otherwise idle machine (load average {load:.1f} at the start).'
+def _run_load(run_dir: pathlib.Path) -> tuple[dict | None, dict | None]:
+  """(results.json, its record of the load or None) of a run; (None, None) while unfinished.
+  An older run has the load in the clock its experiment kept beside it (Clock.FILE)."""
+  results = read_results(run_dir)
+  if results is None:
+    return None, None
+  clock = run_dir / Clock.FILE
+  for record in (results, read_json(clock) if clock.exists() else {}):
+    if record.get('load_average_start') is not None:
+      return results, record
+  return results, None
+
+
+def runs_load(run_dirs) -> dict:
+  """What the finished runs in `run_dirs` recorded of the machine's load: cnn_jax.train writes
+  the 1-minute load average at the start of a run's (last) sitting and the host's cores into its
+  results.json. {'runs': finished runs, 'recorded': how many recorded the load, and where any
+  did: 'load_average_start' and 'cpu_count' as [lowest, highest], 'busy': the runs (by
+  directory name) that started above half their cores}."""
+  runs, loads = 0, []
+  for run_dir in map(pathlib.Path, run_dirs):
+    results, record = _run_load(run_dir)
+    runs += results is not None
+    if record is not None:
+      loads.append((run_dir.name, record['load_average_start'], record['cpu_count']))
+  if not loads:
+    return {'runs': runs, 'recorded': 0}
+  starts, cores = [l for _, l, _ in loads], [c for _, _, c in loads]
+  return {'runs': runs, 'recorded': len(loads), 'load_average_start': [min(starts), max(starts)],
+          'cpu_count': [min(cores), max(cores)],
+          'busy': [name for name, load, n in loads if load > 0.5 * n]}
+
+
+def busy_note(load: dict) -> str:
+  """A sentence that says whether the runs trained on a busy machine, i.e. whether their wall
+  times are speed figures, from their own records (`runs_load`). The load at a run's start: by
+  its end the 1-minute average counts the run itself."""
+  runs, recorded = load['runs'], load['recorded']
+  if not recorded:
+    return ("No run trained, so none recorded the machine's load." if not runs else
+            f"The {'run' if runs == 1 else f'{runs} runs'} did not record the machine's load "
+            '(made before cnn_jax.train recorded it): whether another job ran is not known.')
+  where = (f"1-minute load average {_span(load['load_average_start'], '{:.1f}')} at the start "
+           f"of {'the run' if recorded == 1 else f'the {recorded} runs'}, on "
+           f"{_span(load['cpu_count'], '{}')} cores"
+           + (f' ({runs - recorded} of the {runs} runs did not record it)' if recorded < runs
+              else ''))
+  busy = load['busy']
+  if not busy:
+    return f'Trained on an otherwise idle machine: {where}.'
+  if len(busy) == recorded:
+    return f'Trained while another job ran: {where}; the wall times are not a speed figure.'
+  return (f"Not idle throughout: {where}; {', '.join(busy)} started above half the cores, while "
+          'another job ran or just after a run of this experiment (the 1-minute average still '
+          f"counts it), so {'its wall time is' if len(busy) == 1 else 'their wall times are'} "
+          'not a speed figure.')
+
+
+def _span(low_high, fmt: str) -> str:
+  """'0.3 to 1.2', or '0.3' when both ends print alike."""
+  low, high = (fmt.format(v) for v in low_high)
+  return low if low == high else f'{low} to {high}'
 
 
 def run_sweep(spec: sweep.Sweep, workdir: pathlib.Path, parallel: int = 1,
@@ -295,6 +379,8 @@ def run_sweep(spec: sweep.Sweep, workdir: pathlib.Path, parallel: int = 1,
 
 def header(*, title: str, claims: str, command: str, data: str, protocol: str,
            train_wall_s: float | None, facts: dict, generator: str) -> str:
+  """The report's title and its command, data, protocol and hardware. `facts`: the experiment's
+  wall time (Clock.facts) and its runs' load ('runs_load': `runs_load`), e.g. `Session.facts`."""
   env = report.environment()
   wall = (f"training wall time {train_wall_s:.0f} s summed over the runs; " if train_wall_s else '')
   if 'clock_of' in facts:
@@ -307,7 +393,7 @@ Generated by `{generator}` from the runs' `results.json` and `metrics.jsonl`.
 - **Data**: {data}
 - **Protocol**: {protocol}
 - **Hardware**: {env['device_count']} x {env['devices']}, host CPU {env['host_cpu']}; {wall}experiment
-  wall time {facts['experiment_wall_time_s']:.0f} s. {busy_note(facts)}
+  wall time {facts['experiment_wall_time_s']:.0f} s. {busy_note(facts['runs_load'])}
 """
 
 
@@ -408,8 +494,17 @@ def stored_rows(record: dict, quantity: str) -> list[list[str]]:
   return [row for row in record.get('checks', []) if row[1].startswith(quantity)]
 
 
-def read_members(path: pathlib.Path) -> list[dict]:
-  """A sweep's members.csv (one row per member): numbers as numbers, empty cells as None."""
+def write_csv(path: pathlib.Path, columns: list[str], rows) -> None:
+  """A CSV of per-run records: `columns`, then `rows` (None as an empty cell; floats exactly)."""
+  with pathlib.Path(path).open('w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(columns)
+    writer.writerows(['' if v is None else v for v in row] for row in rows)
+
+
+def read_csv(path: pathlib.Path) -> list[dict]:
+  """A CSV of per-run records (a sweep's members.csv, `write_csv`'s files), a dict a row:
+  numbers as numbers, empty cells as None."""
   def value(text: str):
     if text == '':
       return None

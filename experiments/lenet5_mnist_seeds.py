@@ -1,46 +1,45 @@
 """Claims C14, C15 over seeds: configs/lenet5_mnist.py (20 epochs, SGD 0.1, batch 64) for
 `--seeds` seeds, mean ± std of the test accuracy beside the single committed run.
 
-    python -m experiments.lenet5_mnist_seeds [--seeds=5] [--workdir=workdirs/lenet5_mnist_seeds]
+    python -m experiments.lenet5_mnist_seeds [--seeds=5] [--preset=quick] [--workdir=DIR]
+                                             [--set=KEY=VALUE ...] [--parallel=N]
                                              [--report_dir=reports/lenet5_mnist] [--report_only]
 
-Runs (or resumes) the sweep `python -m cnn_jax.sweep --config=configs/lenet5_mnist.py --seeds=5
---workdir=workdirs/lenet5_mnist_seeds --config.progress_bar=False`, then writes seeds.md and
-seeds.json in the workdir. `--report_dir` copies them there and puts the seeds section into that
-folder's report.md (between `<!-- seeds:begin -->` and `<!-- seeds:end -->`), leaving the single
-run's numbers as they are.
+Runs (or resumes) the sweep `python -m cnn_jax.sweep --config=configs/lenet5_mnist.py
+--config.progress_bar=False --seeds=5 --workdir=workdirs/lenet5_mnist_seeds` (the workdir's
+default; finished seeds are skipped), then writes seeds.md and seeds.json in the workdir.
+`--report_dir` copies them there and puts the seeds section into that folder's report.md
+(between `<!-- seeds:begin -->` and `<!-- seeds:end -->`), leaving the single run's numbers as
+they are.
 """
 from __future__ import annotations
 
-import json
 import pathlib
-import re
 
-from absl import app, flags
+from absl import app
 import numpy as np
 
 from cnn_jax import cli, report, runtime, sweep
 from experiments import lecture_common as common
-
+from experiments import lenet5_mnist
 
 FLAGS = common.FLAGS
+NAME = 'lenet5_mnist_seeds'  # the workdir's default: workdirs/lenet5_mnist_seeds[_quick]
+TARGET = 0.99  # C15: about 1% test misclassification
 
 
 def define_flags() -> None:
-  """Command-line flags; defined only when run as a script, so that tests can import
+  """The harness's flags; defined only when run as a script, so that tests can import
   several experiments."""
-  flags.DEFINE_integer('seeds', 5, 'Seeds 0..N-1.')
-  flags.DEFINE_string('workdir', 'workdirs/lenet5_mnist_seeds', 'The sweep directory.')
-  flags.DEFINE_string('report_dir', None, 'A lenet5_mnist report folder to extend.')
-  flags.DEFINE_integer('parallel', 1, 'Members run at once (subprocesses).')
-  flags.DEFINE_bool('report_only', False, 'Only aggregate what is finished.')
-
-
-TARGET = 0.99  # C15: about 1% test misclassification
+  common.define_flags(NAME, '2 epochs a seed (configs/lenet5_mnist.py:quick).',
+                      presets=('full', 'quick'), seeds_of='preset', default_seeds=5,
+                      preset_help='Preset of configs/lenet5_mnist.py.')
 
 
 def section(summary: dict, spec: sweep.Sweep, workdir: pathlib.Path, single: dict | None,
             facts: dict) -> tuple[str, dict]:
+  """The seeds section of the report (markdown) and seeds.json's record, from the sweep's
+  `summary`; `single`: the single run's results.json, `facts`: the sweep's (SweepRun.facts)."""
   finished = [m for m in summary['members'] if m['results']]
   accs = [m['results']['test_accuracy'] for m in finished]
   rows = [[m['overrides'].get('seed'), f"{m['results']['test_accuracy']:.2%}",
@@ -70,34 +69,39 @@ order; the validation split is fixed). Test accuracy **{stat}** (mean ± sample 
 
 {report.markdown_table(['seed', 'test accuracy', 'test loss', 'best epoch', 'wall time'], rows)}
 
-Sweep command: `{data['command']}` (rerun it to finish missing seeds). {common.busy_note(facts)}
+Sweep command: `{data['command']}` (rerun it to finish missing seeds).
+{common.busy_note(facts['runs_load'])}
 """
   return text, data
 
 
+def with_section(report_md: str, text: str) -> str:
+  """A lenet5_mnist report.md with its seeds section replaced by `text` (added before its
+  environment section where it has none)."""
+  block = f'<!-- seeds:begin -->\n{text}<!-- seeds:end -->\n'
+  if lenet5_mnist.SEEDS_BLOCK.search(report_md):
+    return lenet5_mnist.SEEDS_BLOCK.sub(lambda _: block, report_md)
+  return report_md.replace('## Environment', block + '\n## Environment', 1)
+
+
 def main(argv):
   run = common.start_sweep(argv, 'lenet5_mnist', 'LeNet-5 on MNIST over seeds',
-                           config_args=('progress_bar=False',), preset='',
-                           workdir=FLAGS.workdir)
+                           config_args=('progress_bar=False',),
+                           workdir=common.default_workdir(NAME, FLAGS.preset))
   workdir = run.workdir
   report_dir = pathlib.Path(FLAGS.report_dir) if FLAGS.report_dir else None
   single_path = (report_dir or common.ROOT / 'reports' / 'lenet5_mnist') / 'results.json'
-  single = json.loads(single_path.read_text()) if single_path.exists() else None
-  text, data = section(run.summary, run.spec, workdir, single, run.clock.facts())
+  single = common.read_json(single_path) if single_path.exists() else None
+  if single is not None and single.get('name') != run.config.name:  # another preset's run
+    single = None
+  text, data = section(run.summary, run.spec, workdir, single, run.facts())
   (workdir / 'seeds.md').write_text(text)
   common.write_json(workdir / 'seeds.json', data)
   print(text)
   if report_dir:
     common.copy_outputs(workdir, str(report_dir), ('seeds.md', 'seeds.json'))
     path = report_dir / 'report.md'
-    md = path.read_text()
-    block = f'<!-- seeds:begin -->\n{text}<!-- seeds:end -->\n'
-    pattern = re.compile(r'<!-- seeds:begin -->\n.*?<!-- seeds:end -->\n', re.S)
-    if pattern.search(md):
-      md = pattern.sub(lambda _: block, md)
-    else:  # before the environment section of the single run
-      md = md.replace('## Environment', block + '\n## Environment', 1)
-    path.write_text(md)
+    path.write_text(with_section(path.read_text(), text))
 
 
 if __name__ == '__main__':

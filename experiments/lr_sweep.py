@@ -5,9 +5,10 @@
 
 Runs the sweep of configs/lr_sweep.py (every learning rate x `--seeds`) with cnn_jax.sweep in
 `<workdir>/learning_rate=...,seed=...` (finished members are skipped, interrupted ones resume),
-then writes report.md, loss_curves.png and results.json in the workdir: the training-loss curves
-in one plot and the claim checks (alpha = 1 does not learn; alpha = 0.1 ends lower and gets there
-faster than alpha = 0.01), computed for every seed.
+then writes report.md, loss_curves.png, curves.csv and results.json in the workdir: the
+training-loss curves in one plot (and every logged point in curves.csv) and the claim checks
+(alpha = 1 does not learn; alpha = 0.1 ends lower and gets there faster than alpha = 0.01),
+computed for every seed.
 """
 from __future__ import annotations
 
@@ -29,7 +30,15 @@ NOT_LEARNED_ACCURACY = 0.2  # "does not learn": test accuracy at most twice chan
 # "Faster": the first step at which α = 0.1's logged training loss is below the loss α = 0.01
 # ends the epoch with (its last-10% mean); converging faster means well before the end.
 CURVE_CHECK = 'step at which α = 0.1 reaches the final training loss of α = 0.01'
-OUTPUTS = ('report.md', 'loss_curves.png', 'results.json', 'sweep.md', 'sweep.csv', 'members.csv')
+CURVES = 'curves.csv'  # every member's logged training-loss points: the plot and CURVE_CHECK
+OUTPUTS = ('report.md', 'loss_curves.png', 'results.json', 'sweep.md', 'sweep.csv', 'members.csv',
+           CURVES)
+
+
+def final_loss(curve: list[tuple[int, float]], total_steps: int) -> float:
+  """The mean of the logged training losses in the last 10% of the epoch."""
+  tail = [loss for step, loss in curve if step > 0.9 * total_steps]
+  return sum(tail) / len(tail) if tail else math.nan
 
 
 def member_outcome(run_dir: pathlib.Path, total_steps: int) -> dict:
@@ -38,16 +47,31 @@ def member_outcome(run_dir: pathlib.Path, total_steps: int) -> dict:
   curve = [(r['step'], r['loss']) for r in records if r['split'] == 'train']
   results = common.read_results(run_dir)
   error = (run_dir / sweep.ERROR_FILE).read_text().strip() if sweep.has_failed(run_dir) else ''
-  tail = [loss for step, loss in curve if step > 0.9 * total_steps]
   return {
       'curve': curve, 'diverged': 'diverged' in error, 'error': error,
       'first_loss': curve[0][1] if curve else math.nan,
-      'final_loss': sum(tail) / len(tail) if tail else math.nan,
+      'final_loss': final_loss(curve, total_steps),
       'test_accuracy': results['test_accuracy'] if results else None,
       'val_loss': results['val_loss'] if results else None,
       'val_accuracy': results['val_accuracy'] if results else None,
       'wall_time_s': results['wall_time_s'] if results else 0.0,
   }
+
+
+def write_curves(outcomes: dict, path: pathlib.Path) -> pathlib.Path:
+  """`path` (curves.csv): a row per logged training-loss point of every member."""
+  common.write_csv(path, ['learning_rate', 'seed', 'step', 'loss'],
+                   ([lr, seed, step, loss] for (lr, seed), o in outcomes.items()
+                    for step, loss in o['curve']))
+  return path
+
+
+def read_curves(path: pathlib.Path) -> dict:
+  """{(learning rate, seed): [(step, loss), ...]} from `write_curves`' file."""
+  curves = {}
+  for r in common.read_csv(path):
+    curves.setdefault((r['learning_rate'], r['seed']), []).append((r['step'], r['loss']))
+  return curves
 
 
 def plot(outcomes: dict, out: pathlib.Path, title: str) -> pathlib.Path:
@@ -110,14 +134,24 @@ def checks(outcomes: dict) -> tuple[list[list[str]], bool]:
 
 
 def recompute(report_dir: pathlib.Path) -> common.Recomputed:
-  """The report in `report_dir` (reports/lr_sweep) computed again from its results.json: its
-  per-run figures give the checks and the headline. The training-loss curves are not committed,
-  so the row of the one check that reads them (CURVE_CHECK) is the report's own."""
+  """The report in `report_dir` (reports/lr_sweep) computed again from its per-run records: the
+  training-loss curves (curves.csv) give each run's final loss and the curve check, results.json
+  the runs' other figures; then the checks and the headline. A report committed before
+  curves.csv existed gets the final losses from results.json and its own CURVE_CHECK row."""
   record = common.read_json(report_dir / 'results.json')
-  outcomes = {(r['learning_rate'], r['seed']): {**r, 'curve': None} for r in record['runs']}
+  if not (report_dir / CURVES).exists():
+    outcomes = {(r['learning_rate'], r['seed']): {**r, 'curve': None} for r in record['runs']}
+    rows, _ = checks(outcomes)
+    return common.Recomputed(common.Checks.of(rows + common.stored_rows(record, CURVE_CHECK)),
+                             headline(outcomes), stored=(CURVE_CHECK,))
+  curves = read_curves(report_dir / CURVES)
+  outcomes = {}
+  for r in record['runs']:
+    curve = curves.get((r['learning_rate'], r['seed']), [])
+    outcomes[(r['learning_rate'], r['seed'])] = {
+        **r, 'curve': curve, 'final_loss': final_loss(curve, record['total_steps'])}
   rows, _ = checks(outcomes)
-  return common.Recomputed(common.Checks.of(rows + common.stored_rows(record, CURVE_CHECK)),
-                           headline(outcomes), stored=(CURVE_CHECK,))
+  return common.Recomputed(common.Checks.of(rows), headline(outcomes))
 
 
 def main(argv):
@@ -135,6 +169,7 @@ def main(argv):
   outcomes = {k: member_outcome(v, total) for k, v in outcomes.items()}
   png = plot(outcomes, workdir / 'loss_curves.png',
              f'LeNet-5 on MNIST, one epoch of SGD (batch {config.batch_size}) per learning rate')
+  curves = write_curves(outcomes, workdir / CURVES)
   rows, _ = checks(outcomes)
   per_run = report.markdown_table(
       ['α', 'seed', 'status', 'first logged loss', 'final loss (last 10%)',
@@ -147,7 +182,7 @@ def main(argv):
         '—' if o['test_accuracy'] is None else f"{o['test_accuracy']:.2%}"]
        for (lr, seed), o in outcomes.items()])
   train_wall = sum(o['wall_time_s'] for o in outcomes.values())
-  facts = run.clock.facts()
+  facts = run.facts()
   command = cli.command_line('experiments.lr_sweep')
   n_seeds = len({seed for _, seed in outcomes})
   text = common.header(
@@ -171,12 +206,14 @@ def main(argv):
 
 ![training loss per learning rate]({png.name})
 
-Per-setting means over seeds: [sweep.md](sweep.md).
+Per-setting means over seeds: [sweep.md](sweep.md); every logged training loss (the plot's and
+the checks' points): [{curves.name}]({curves.name}).
 
 {common.footer()}"""
   common.finish(workdir, text, {
       'experiment': 'lr_sweep', 'claims': 'C15', 'preset': run.preset, 'command': command,
       'train_wall_time_s': train_wall, **facts, 'headline': headline(outcomes),
+      'total_steps': total,
       'runs': [{'learning_rate': lr, 'seed': seed, **{k: v for k, v in o.items() if k != 'curve'}}
                for (lr, seed), o in outcomes.items()]}, OUTPUTS, rows, FLAGS.report_dir)
 

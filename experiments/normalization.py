@@ -397,7 +397,7 @@ def main(argv):
   runs = load_runs(run, num_images)
   png = plot(runs, workdir / 'curves.png')
   result_checks = claim_checks(axes, runs)
-  facts = run.clock.facts()
+  facts = run.facts()
   # The command that trains the runs and writes this report (--report_only only rewrites it).
   command = cli.command_line('experiments.normalization').replace(' --report_only', '')
   train_wall = sum(r['results']['wall_time_s'] for seeds in runs.values() for r in seeds)

@@ -309,7 +309,7 @@ def recompute(report_dir: pathlib.Path) -> common.Recomputed:
   the checks and the headline."""
   record = common.read_json(report_dir / 'results.json')
   values = collections.defaultdict(list)
-  for m in common.read_members(report_dir / 'members.csv'):
+  for m in common.read_csv(report_dir / 'members.csv'):
     if m['status'] == 'completed':
       values[(label(m['per_class']), m['method'])].append(m['test_accuracy'])
   acc = {k: {**common.stat(v), 'values': v} for k, v in values.items()}

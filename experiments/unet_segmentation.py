@@ -28,10 +28,10 @@ from experiments import lecture_common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
-RECORDS = ('results.json', 'metrics.jsonl', 'config.json', 'experiment_clock.json')
+# An older run also has the clock this script kept beside it (its load: lecture_common.runs_load).
+RECORDS = ('results.json', 'metrics.jsonl', 'config.json', lecture_common.Clock.FILE)
 PADDING = {'unet': 'valid (the paper), overlap-tile input', 'unet_same': 'same'}
 NUM_EXAMPLES = 6  # test canvases in the figure
-CLOCK = 'experiment_clock.json'  # load average and niceness while a run trained
 
 
 def define_flags() -> None:
@@ -216,23 +216,6 @@ def _val_miou_curve(run_dir: pathlib.Path) -> list[tuple[int, float]]:
           if r['split'] == 'val']
 
 
-def _load_note(workdir: pathlib.Path, runs: dict) -> str:
-  """Whether the machine was busy while the runs trained: each run's own record (its load at the
-  start of its last sitting), else the clock an older version of this script kept beside it."""
-  notes = []
-  for model, result in runs.items():
-    path = workdir / model / CLOCK
-    if result.get('load_average_start') is not None:
-      facts = {'load_average_start': result['load_average_start'],
-               'cpu_count': result['cpu_count'], 'nice': 0}
-    elif path.exists():
-      facts = json.loads(path.read_text())
-    else:
-      continue
-    notes.append(f'{model}: ' + lecture_common.busy_note(facts))
-  return ' '.join(notes) or 'The load on the machine during training was not recorded.'
-
-
 def claim_checks(test_miou: dict[str, float], recomputed_miou: dict[str, float],
                  best_baseline: float) -> lecture_common.Checks:
   """C23 per net. Counted: its test mIoU (the loop's) above the best baseline's, i.e. the net
@@ -328,7 +311,8 @@ and their best checkpoints ({status}).
 - **Metrics**: pixel accuracy = correct pixels / pixels; mIoU = mean over the 11 classes of
   TP / (TP + FP + FN), both from one confusion matrix summed over the test split on the device.
 - **Hardware**: {any_run['device_count']} x {any_run['device_kind']}, host {any_run['host_cpu']};
-  training wall time {train_wall / 60:.1f} min summed over the runs. {_load_note(workdir, runs)}
+  training wall time {train_wall / 60:.1f} min summed over the runs.
+  {lecture_common.busy_note(lecture_common.runs_load(workdir / m for m in runs))}
 """
 
 

@@ -398,7 +398,9 @@ def main(argv):
   m_png = plot_maps(test_x[picks], maps, workdir / 'feature_maps.png')
 
   cifar_text, cifar_entries = cifar_part(workdir, toy)
-  facts = clock.facts()
+  cifar = cifar_entries.get('cifar')
+  run_dirs = [run_dir] + ([common.ROOT / cifar['run_dir']] if cifar else [])  # or absolute
+  facts = {**clock.facts(), 'runs_load': common.runs_load(run_dirs)}
   command = cli.command_line('experiments.visualize_filters')
   record = {
       'experiment': 'visualize_filters', 'claims': 'C26', 'preset': _PRESET.value,

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from experiments import cnn_vs_fc, init_variance, visualize_filters
+from experiments import cnn_vs_fc, init_variance, lr_sweep, visualize_filters
 from tests.helpers import cifar_like_folder, run_module
 
 
@@ -89,6 +89,9 @@ def test_toy_preset_writes_its_report(tmp_path, name):
     assert fact in report
   if name == 'lr_sweep':  # 31 steps already separate the three rates
     assert results['all_checks_hold'], results['checks']
+    again = lr_sweep.recompute(tmp_path)  # from the report's curves.csv and results.json alone
+    assert again.stored == () and again.checks.rows == results['checks']
+    assert again.headline == results['headline']
   if name == 'cnn_vs_fc':  # the parameters, 61,706 vs 1,453,094: a fact, not counted
     assert results['facts'][0][1].startswith('parameters') and results['facts'][0][-1] == 'yes'
     assert {s['num_params'] for s in results['settings']} == {61706, 1453094}
@@ -146,21 +149,81 @@ def test_init_variance_toy_trains_the_plain_net_under_each_init(tmp_path):
   assert 'plain-20 trained under each initialisation' in report and 'N(0, 1) init' in report
 
 
-def test_clock_keeps_the_runs_facts_for_a_report_only_regeneration(tmp_path, monkeypatch):
+def test_clock_keeps_the_runs_wall_time_for_a_report_only_regeneration(tmp_path, monkeypatch):
   from experiments import lecture_common
   now = [1000.0]
   monkeypatch.setattr(lecture_common.time, 'time', lambda: now[0])
   run = lecture_common.Clock().bind(tmp_path, report_only=False)
   now[0] += 3600.0  # the run trains for an hour
-  assert run.facts()['experiment_wall_time_s'] == 3600.0
+  assert run.facts() == {'experiment_wall_time_s': 3600.0}  # the load is the runs' own record
   saved = json.loads((tmp_path / lecture_common.Clock.FILE).read_text())
   now[0] += 50.0  # later, a regeneration of the report takes seconds
   regen = lecture_common.Clock().bind(tmp_path, report_only=True)
   now[0] += 4.0
   assert regen.facts() == saved
   assert regen.facts()['experiment_wall_time_s'] == 3600.0
+  # An older clock file also held this process's load: a regeneration drops it.
+  (tmp_path / lecture_common.Clock.FILE).write_text(json.dumps(
+      {'experiment_wall_time_s': 3600.0, 'load_average_start': 6.3, 'cpu_count': 2, 'nice': 19}))
+  assert regen.facts() == {'experiment_wall_time_s': 3600.0}
   # Without saved facts a regeneration says whose clock it reports.
   other = lecture_common.Clock().bind(tmp_path / 'none', report_only=True)
   now[0] += 4.0
   facts = other.facts()
   assert facts['experiment_wall_time_s'] == 4.0 and 'report process' in facts['clock_of']
+
+
+def _run(run_dir, load=None, cores=2, clock=None):
+  """A finished run's results.json, with the load it recorded (cnn_jax.train's keys) or none;
+  `clock`: the load an older experiment kept beside the run instead."""
+  from experiments import lecture_common
+  run_dir.mkdir(parents=True)
+  results = {'wall_time_s': 60.0}
+  if load is not None:
+    results.update(load_average_start=load, load_average_end=load + 1.0, cpu_count=cores)
+  (run_dir / 'results.json').write_text(json.dumps(results))
+  if clock is not None:
+    (run_dir / lecture_common.Clock.FILE).write_text(json.dumps(
+        {'experiment_wall_time_s': 61.0, 'load_average_start': clock, 'cpu_count': cores}))
+  return run_dir
+
+
+def test_runs_load_reads_each_finished_runs_own_record(tmp_path):
+  from experiments import lecture_common
+  dirs = [_run(tmp_path / 'a', 0.3), _run(tmp_path / 'b', 1.6), _run(tmp_path / 'c'),
+          _run(tmp_path / 'd', clock=0.9), tmp_path / 'unfinished']
+  (tmp_path / 'unfinished').mkdir()
+  load = lecture_common.runs_load(dirs)
+  assert load == {'runs': 4, 'recorded': 3, 'load_average_start': [0.3, 1.6],
+                  'cpu_count': [2, 2], 'busy': ['b']}
+  assert lecture_common.runs_load(dirs) == load  # from the files alone: a rerun says the same
+  assert lecture_common.runs_load([tmp_path / 'c']) == {'runs': 1, 'recorded': 0}
+  assert lecture_common.runs_load([]) == {'runs': 0, 'recorded': 0}
+
+
+@pytest.mark.parametrize('loads, words', [
+    ([None, None], ["The 2 runs did not record the machine's load", 'is not known']),
+    ([0.3, 0.9], ['Trained on an otherwise idle machine', '0.3 to 0.9 at the start of the 2 runs',
+                  'on 2 cores']),
+    ([1.5, 3.2], ['Trained while another job ran', '1.5 to 3.2', 'not a speed figure']),
+    ([0.3, 1.6, None], ['Not idle throughout', '0.3 to 1.6', 'r1 started above half the cores',
+                        '(1 of the 3 runs did not record it)', 'not a speed figure']),
+])
+def test_busy_note_says_what_the_runs_recorded(tmp_path, loads, words):
+  from experiments import lecture_common
+  load = lecture_common.runs_load(_run(tmp_path / f'r{i}', l) for i, l in enumerate(loads))
+  note = lecture_common.busy_note(load)
+  for w in words:
+    assert w in note, note
+  assert ('otherwise idle' in note) == (load['recorded'] > 0 and not load['busy'])
+  assert lecture_common.busy_note({'runs': 0, 'recorded': 0}).startswith('No run trained')
+
+
+def test_header_reports_the_runs_load_not_the_report_process(tmp_path):
+  from experiments import lecture_common
+  facts = {'experiment_wall_time_s': 5.0,
+           'runs_load': lecture_common.runs_load([_run(tmp_path / 'r', 3.0)])}
+  text = lecture_common.header(title='t', claims='c', command='x', data='d', protocol='p',
+                               train_wall_s=60.0, facts=facts, generator='g')
+  assert 'experiment\n  wall time 5 s. Trained while another job ran: 1-minute load average 3.0 ' \
+         'at the start of the run, on 2 cores' in text

@@ -1,6 +1,6 @@
 """Every README headline and counted check is computed again from the committed reports' files
-(reports/<name>/: results.json, members.csv, shift_eval.json, the runs' results.json and
-metrics.jsonl) by the experiments' own functions and agrees with README.md, each results.json
+(reports/<name>/: results.json, members.csv, shift_eval.json, curves.csv, the runs' results.json
+and metrics.jsonl) by the experiments' own functions and agrees with README.md, each results.json
 and each report.md; a changed committed number is a mismatch. Reads files only: no training."""
 import json
 import shutil
@@ -23,11 +23,50 @@ def test_every_readme_row_is_recomputed():
     assert readme_tables.readme_cells(readme, name), f'README has no row for {name}'
 
 
-def test_only_the_curve_check_of_lr_sweep_is_read_back_from_its_report():
-  """The one counted check whose per-run records (the training-loss curves) are not committed:
-  its row is the report's own until a rerun commits the curves."""
+def test_no_counted_check_is_read_back_from_a_report_once_its_records_are_committed():
+  """Every counted check is recomputed from committed per-run records. The one exception is
+  lr_sweep's curve check while reports/lr_sweep has no curves.csv (a report made before the
+  sweep wrote its training-loss curves): its row is the report's own until a rerun commits
+  them; from then on no report has a stored row."""
   stored = {name: readme_tables.recompute(name).stored for name in readme_tables.REPORTS}
-  assert {name: s for name, s in stored.items() if s} == {'lr_sweep': (lr_sweep.CURVE_CHECK,)}
+  curves_committed = (ROOT / 'reports' / 'lr_sweep' / lr_sweep.CURVES).exists()
+  allowed = {} if curves_committed else {'lr_sweep': (lr_sweep.CURVE_CHECK,)}
+  assert {name: s for name, s in stored.items() if s} == allowed
+
+
+# α = 0.01's curve: its final training loss (the last 10% of 100 steps) is 0.9.
+LR_SWEEP_CURVES = {1.0: [(10, 2.4), (100, 2.31)], 0.01: [(10, 2.3), (50, 1.5), (100, 0.9)]}
+LR_SWEEP_RUNS = {1.0: (0.11, 2.3), 0.1: (0.95, 0.3), 0.01: (0.8, 0.9)}  # test acc, val loss
+
+
+def _lr_sweep_report(report_dir, fast_curve) -> lecture_common.Recomputed:
+  """lr_sweep.recompute of a report folder with one seed per rate, 100 steps, α = 0.1's
+  training-loss curve `fast_curve`; results.json holds no final loss (curves.csv gives it)."""
+  curves = {**LR_SWEEP_CURVES, 0.1: fast_curve}
+  lr_sweep.write_curves({(lr, 0): {'curve': c} for lr, c in curves.items()},
+                        report_dir / lr_sweep.CURVES)
+  lecture_common.write_json(report_dir / 'results.json', {'total_steps': 100, 'runs': [
+      {'learning_rate': lr, 'seed': 0, 'diverged': False, 'final_loss': None,
+       'test_accuracy': acc, 'val_loss': val} for lr, (acc, val) in LR_SWEEP_RUNS.items()]})
+  return lr_sweep.recompute(report_dir)
+
+
+@pytest.mark.parametrize('fast_curve, measured, failing', [
+    ([(10, 2.0), (30, 0.8), (100, 0.3)], 'step 30 of 100', []),
+    # below 0.9 only after half of the epoch, though it ends lower
+    ([(10, 2.0), (60, 0.8), (100, 0.3)], 'step 60 of 100', [lr_sweep.CURVE_CHECK]),
+    # never below α = 0.01's final loss: it ends higher too
+    ([(10, 2.0), (60, 1.0), (100, 0.95)], 'never', ['final training loss', lr_sweep.CURVE_CHECK]),
+])
+def test_lr_sweep_curve_check_is_computed_from_the_committed_curves(tmp_path, fast_curve,
+                                                                     measured, failing):
+  got = _lr_sweep_report(tmp_path, fast_curve)
+  assert got.stored == ()
+  rows = {r[1]: r for r in got.checks.rows}
+  assert len(rows) == 4 and rows[lr_sweep.CURVE_CHECK][4] == measured, rows
+  failed = [q for q, r in rows.items() if r[-1] != 'yes']
+  assert len(failed) == len(failing) and all(map(str.startswith, failed, failing)), failed
+  assert f'α=0.1 {fast_curve[-1][1]:.3f} vs α=0.01 0.900' in got.headline
 
 
 def _edit_json(path, edit) -> None:
