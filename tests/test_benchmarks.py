@@ -329,3 +329,29 @@ def test_every_lever_section_is_a_module_with_measure_and_render():
     assert f'{number}. ' in levers.__doc__ and lever.__name__.split('.')[-1] in levers.__doc__
     text = lever.render(_fake_results(number))
     assert text.startswith(f'## {number}. ') and '|---|' in text, lever.__name__
+
+
+# --- bfloat16 in training
+
+
+def test_bfloat16_matches_only_within_the_seed_spread():
+  from benchmarks import bfloat16_training
+  runs = lambda errors: [{'seed': i, 'test_error': e, 'images_per_s': 100.0 + i}
+                         for i, e in enumerate(errors)]
+  close = bfloat16_training.compare({'float32': runs([0.20, 0.22, 0.21]),
+                                     'bfloat16': runs([0.21, 0.23, 0.22])})
+  assert close['matches'] is True  # means 1 pp apart, std 1 pp
+  apart = bfloat16_training.compare({'float32': runs([0.20, 0.22, 0.21]),
+                                     'bfloat16': runs([0.30, 0.31, 0.32])})
+  assert apart['matches'] is False and 'does NOT match' in bfloat16_training.render(apart, 'w')
+  one_seed = bfloat16_training.compare({'float32': runs([0.2]), 'bfloat16': runs([0.2])})
+  assert one_seed['matches'] is None and one_seed['stats']['float32']['images_per_s'] == 100.0
+
+
+def test_bfloat16_training_sweep_has_both_dtypes_over_the_cpu_recipe_cut_to_2000_steps():
+  from cnn_jax import sweep
+  module, arg = sweep.load_config_file('configs/bfloat16_training.py')
+  config = module.get_config(arg)
+  assert (config.num_steps, tuple(config.lr_boundaries)) == (2000, (1000, 1500))
+  assert config.model == 'resnet20' and config.learning_rate == 0.1
+  assert module.get_sweep(arg) == [{'dtype': 'float32'}, {'dtype': 'bfloat16'}]
