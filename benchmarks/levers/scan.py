@@ -81,5 +81,5 @@ The loop already dispatches asynchronously (metrics stay on the device until a l
 host sync per step), so a chunked scan only pays where a step is short enough for dispatch to
 show; the loop keeps one step per dispatch unless the gain above is clearly above the noise. The
 loop's own images/s against the bare step is in the README's benchmark table
-(benchmarks/results/cpu_2core.json).
+(benchmarks/results/cpu_2core*.json).
 """
