@@ -181,6 +181,35 @@ def test_batch_norm_matches_xla_values_and_gradients(shape, relu):
   assert 'CnnJaxBatchNormBackward' in _targets(got, x, scale, bias)
 
 
+@pytest.mark.skipif(not precision.native_bfloat16(), reason='no native bfloat16 on this CPU')
+@pytest.mark.parametrize('relu,with_residual', [(False, False), (True, False), (True, True)])
+def test_bfloat16_batch_norm_matches_xla_values_and_gradients(relu, with_residual):
+  """bfloat16 activations (statistics, scale and bias float32): the kernel against XLA's path on
+  the same inputs; both compute in float32 and round the activations and their gradients once."""
+  keys = jax.random.split(jax.random.key(0), 5)
+  shape = (6, 5, 7, 16)
+  x = (jax.random.normal(keys[0], shape) * 2 + 1).astype(jnp.bfloat16)
+  scale, bias = jax.random.normal(keys[1], shape[-1:]), jax.random.normal(keys[2], shape[-1:])
+  residual = jax.random.normal(keys[3], shape).astype(jnp.bfloat16) if with_residual else None
+  weights = jax.random.normal(keys[4], shape)
+
+  def loss(kernel, x, scale, bias, residual):
+    with (contextlib.nullcontext() if kernel else _xla_only()):
+      y, mean, var = ops.batch_norm_train(x, scale, bias, 1e-5, relu, residual=residual)
+    return jnp.sum(y.astype(jnp.float32) * weights) + jnp.sum(mean ** 2), y
+
+  args = (x, scale, bias, residual)
+  argnums = (0, 1, 2, 3) if with_residual else (0, 1, 2)
+  got = jax.jit(jax.value_and_grad(lambda *a: loss(True, *a), argnums, has_aux=True))
+  want = jax.jit(jax.value_and_grad(lambda *a: loss(False, *a), argnums, has_aux=True))
+  assert 'CnnJaxBatchNorm' in _targets(got, *args)
+  (_, y), grads = got(*args)
+  (_, y_ref), grads_ref = want(*args)
+  assert y.dtype == jnp.bfloat16 and grads[0].dtype == jnp.bfloat16
+  as32 = lambda tree: jax.tree.map(lambda a: a.astype(jnp.float32), tree)
+  _close(as32((y, grads)), as32((y_ref, grads_ref)), rtol=2e-2, atol=1e-2)
+
+
 @pytest.mark.parametrize('shape', [(6, 5, 7, 12), (700, 3)])
 def test_batch_norm_add_relu_matches_xla_values_and_gradients(shape):
   """The end of a ResNet block, max(0, bn(x) + shortcut): gradients of x, scale, bias and the

@@ -14,10 +14,14 @@
 //   k2 = (2 dvar - k1 * inv * dscale) / n,  k3 = (dmean - k1 * dbias) / n,
 // where dmean, dvar are the cotangents of the returned statistics (zero in a training step).
 // Rows are split into pieces on XLA's thread pool (parallel_for.h); partial sums are reduced in
-// piece order, so the results do not depend on the threads.
+// piece order, so the results do not depend on the threads. Activations (x, y, dy, residual, dx)
+// are float32 or bfloat16 (read as float32, written rounded to nearest even); statistics, scale
+// and bias are float32, and so is all arithmetic.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <initializer_list>
 #include <vector>
 
 #include "parallel_for.h"
@@ -32,9 +36,37 @@ constexpr int64_t kFlushRows = 64;      // float partial sums move to double thi
 
 enum class Act { kNone, kRelu, kAddRelu };
 
+// Activation elements: float, or bfloat16 held as its 16 bits (the top half of a float).
+inline float Load(const float* p, int64_t i) { return p[i]; }
+inline float Load(const uint16_t* p, int64_t i) {
+  const uint32_t bits = static_cast<uint32_t>(p[i]) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+inline void Store(float* p, int64_t i, float v) { p[i] = v; }
+inline void Store(uint16_t* p, int64_t i, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) {  // NaN stays NaN
+    p[i] = static_cast<uint16_t>((bits >> 16) | 0x40);
+    return;
+  }
+  bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest, ties to even
+  p[i] = static_cast<uint16_t>(bits >> 16);
+}
+
+// f(T{}) with T the activations' element type: float (F32) or uint16_t (BF16).
+template <typename F>
+ffi::Error ByType(ffi::DataType type, F f) {
+  if (type == ffi::DataType::F32) return f(float{});
+  if (type == ffi::DataType::BF16) return f(uint16_t{});
+  return ffi::Error::InvalidArgument("batch_norm: float32 or bfloat16 activations only");
+}
+
 struct Shape {
   int64_t rows, channels, pieces;
-  explicit Shape(const ffi::Buffer<ffi::F32>& x) {
+  explicit Shape(const ffi::AnyBuffer& x) {
     auto dims = x.dimensions();
     channels = dims.size() == 0 ? 1 : dims[dims.size() - 1];
     rows = channels ? x.element_count() / channels : 0;
@@ -77,20 +109,22 @@ void ChannelSums(ffi::ThreadPool& pool, const Shape& shape, Term term, std::vect
   }
 }
 
-template <Act kAct>
-ffi::Error Forward(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
-                   const ffi::Buffer<ffi::F32>& scale, const ffi::Buffer<ffi::F32>& bias,
-                   const float* residual, float* y, float* mean, float* var, float eps) {
+template <Act kAct, typename T>
+ffi::Error Forward(ffi::ThreadPool& pool, const ffi::AnyBuffer& x, const float* scale,
+                   const float* bias, const T* residual, T* y, float* mean, float* var,
+                   float eps) {
   const Shape shape(x);
   const int64_t c_dim = shape.channels;
   if (shape.rows == 0) return ffi::Error::InvalidArgument("batch_norm: empty input");
-  const float* xd = x.typed_data();
-  const float* shift = xd;  // the first row
+  const T* xd = static_cast<const T*>(x.untyped_data());
+  std::vector<float> shift(c_dim);  // the first row
+  for (int64_t c = 0; c < c_dim; ++c) shift[c] = Load(xd, c);
   std::vector<double> sum, sum_sq;
   ChannelSums(pool, shape, [&](int64_t r, float* __restrict__ u, float* __restrict__ v) {
-    const float* __restrict__ xr = xd + r * c_dim;
+    const T* __restrict__ xr = xd + r * c_dim;
+    const float* __restrict__ k = shift.data();
     for (int64_t c = 0; c < c_dim; ++c) {
-      float d = xr[c] - shift[c];
+      float d = Load(xr, c) - k[c];
       u[c] += d;
       v[c] += d * d;
     }
@@ -101,22 +135,23 @@ ffi::Error Forward(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
     mean[c] = static_cast<float>(shift[c] + d);
     var[c] = static_cast<float>(std::max(sum_sq[c] / shape.rows - d * d, 0.0));
     float inv = 1.0f / std::sqrt(var[c] + eps);
-    a[c] = scale.typed_data()[c] * inv;
-    b[c] = bias.typed_data()[c] - mean[c] * a[c];
+    a[c] = scale[c] * inv;
+    b[c] = bias[c] - mean[c] * a[c];
   }
   cnn_jax::ParallelFor(pool, shape.pieces, shape.pieces, [&](int64_t p) {
     const float* __restrict__ pa = a.data();
     const float* __restrict__ pb = b.data();
     for (int64_t r = shape.Begin(p), r1 = shape.End(p); r < r1; ++r) {
-      const float* __restrict__ xr = xd + r * c_dim;
-      float* __restrict__ yr = y + r * c_dim;
+      const T* __restrict__ xr = xd + r * c_dim;
+      T* __restrict__ yr = y + r * c_dim;
       if constexpr (kAct == Act::kNone) {
-        for (int64_t c = 0; c < c_dim; ++c) yr[c] = xr[c] * pa[c] + pb[c];
+        for (int64_t c = 0; c < c_dim; ++c) Store(yr, c, Load(xr, c) * pa[c] + pb[c]);
       } else if constexpr (kAct == Act::kRelu) {
-        for (int64_t c = 0; c < c_dim; ++c) yr[c] = std::max(xr[c] * pa[c] + pb[c], 0.f);
+        for (int64_t c = 0; c < c_dim; ++c) Store(yr, c, std::max(Load(xr, c) * pa[c] + pb[c], 0.f));
       } else {
-        const float* __restrict__ rr = residual + r * c_dim;
-        for (int64_t c = 0; c < c_dim; ++c) yr[c] = std::max(xr[c] * pa[c] + pb[c] + rr[c], 0.f);
+        const T* __restrict__ rr = residual + r * c_dim;
+        for (int64_t c = 0; c < c_dim; ++c)
+          Store(yr, c, std::max(Load(xr, c) * pa[c] + pb[c] + Load(rr, c), 0.f));
       }
     }
   });
@@ -124,15 +159,15 @@ ffi::Error Forward(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
 }
 
 // `y` is the forward output (kAddRelu: its mask), `dres` the residual's gradient (kAddRelu).
-template <Act kAct>
-ffi::Error Backward(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x, const float* y,
-                    const float* dy, const float* mean, const float* var, const float* scale,
-                    const float* bias, const float* dmean, const float* dvar, float* dx,
-                    float* dscale, float* dbias, float* dres, float eps) {
+template <Act kAct, typename T>
+ffi::Error Backward(ffi::ThreadPool& pool, const ffi::AnyBuffer& x, const T* y, const T* dy,
+                    const float* mean, const float* var, const float* scale, const float* bias,
+                    const float* dmean, const float* dvar, T* dx, float* dscale, float* dbias,
+                    T* dres, float eps) {
   const Shape shape(x);
   const int64_t c_dim = shape.channels;
   if (shape.rows == 0) return ffi::Error::InvalidArgument("batch_norm: empty input");
-  const float* xd = x.typed_data();
+  const T* xd = static_cast<const T*>(x.untyped_data());
   std::vector<float> inv(c_dim), a(c_dim), b(c_dim);
   for (int64_t c = 0; c < c_dim; ++c) {
     inv[c] = 1.0f / std::sqrt(var[c] + eps);
@@ -143,27 +178,29 @@ ffi::Error Backward(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x, const
   const float* pb = b.data();
   std::vector<double> sum_g, sum_gx;
   ChannelSums(pool, shape, [&](int64_t r, float* __restrict__ u, float* __restrict__ v) {
-    const float* __restrict__ xr = xd + r * c_dim;
-    const float* __restrict__ gr = dy + r * c_dim;
+    const T* __restrict__ xr = xd + r * c_dim;
+    const T* __restrict__ gr = dy + r * c_dim;
     if constexpr (kAct == Act::kNone) {
       for (int64_t c = 0; c < c_dim; ++c) {
-        u[c] += gr[c];
-        v[c] += gr[c] * (xr[c] - mean[c]);
+        float g = Load(gr, c);
+        u[c] += g;
+        v[c] += g * (Load(xr, c) - mean[c]);
       }
     } else if constexpr (kAct == Act::kRelu) {
       for (int64_t c = 0; c < c_dim; ++c) {
-        float g = xr[c] * pa[c] + pb[c] > 0.f ? gr[c] : 0.f;
+        float xc = Load(xr, c);
+        float g = xc * pa[c] + pb[c] > 0.f ? Load(gr, c) : 0.f;
         u[c] += g;
-        v[c] += g * (xr[c] - mean[c]);
+        v[c] += g * (xc - mean[c]);
       }
     } else {
-      const float* __restrict__ yr = y + r * c_dim;
-      float* __restrict__ out = dres + r * c_dim;
+      const T* __restrict__ yr = y + r * c_dim;
+      T* __restrict__ out = dres + r * c_dim;
       for (int64_t c = 0; c < c_dim; ++c) {
-        float g = yr[c] > 0.f ? gr[c] : 0.f;
-        out[c] = g;
+        float g = Load(yr, c) > 0.f ? Load(gr, c) : 0.f;
+        Store(out, c, g);
         u[c] += g;
-        v[c] += g * (xr[c] - mean[c]);
+        v[c] += g * (Load(xr, c) - mean[c]);
       }
     }
   }, sum_g, sum_gx);
@@ -175,23 +212,24 @@ ffi::Error Backward(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x, const
     k2[c] = (2 * dvar[c] - k1[c] * inv[c] * dscale[c]) / shape.rows;
     k3[c] = (dmean[c] - k1[c] * dbias[c]) / shape.rows;
   }
-  const float* g_in = kAct == Act::kAddRelu ? dres : dy;  // already masked with a residual
+  const T* g_in = kAct == Act::kAddRelu ? dres : dy;  // already masked with a residual
   cnn_jax::ParallelFor(pool, shape.pieces, shape.pieces, [&](int64_t p) {
     const float* __restrict__ q1 = k1.data();
     const float* __restrict__ q2 = k2.data();
     const float* __restrict__ q3 = k3.data();
     for (int64_t r = shape.Begin(p), r1 = shape.End(p); r < r1; ++r) {
-      const float* __restrict__ xr = xd + r * c_dim;
-      const float* __restrict__ gr = g_in + r * c_dim;
-      float* __restrict__ out = dx + r * c_dim;
+      const T* __restrict__ xr = xd + r * c_dim;
+      const T* __restrict__ gr = g_in + r * c_dim;
+      T* __restrict__ out = dx + r * c_dim;
       if constexpr (kAct == Act::kRelu) {
         for (int64_t c = 0; c < c_dim; ++c) {
-          float g = xr[c] * pa[c] + pb[c] > 0.f ? gr[c] : 0.f;
-          out[c] = q1[c] * g + q2[c] * (xr[c] - mean[c]) + q3[c];
+          float xc = Load(xr, c);
+          float g = xc * pa[c] + pb[c] > 0.f ? Load(gr, c) : 0.f;
+          Store(out, c, q1[c] * g + q2[c] * (xc - mean[c]) + q3[c]);
         }
       } else {
         for (int64_t c = 0; c < c_dim; ++c)
-          out[c] = q1[c] * gr[c] + q2[c] * (xr[c] - mean[c]) + q3[c];
+          Store(out, c, q1[c] * Load(gr, c) + q2[c] * (Load(xr, c) - mean[c]) + q3[c]);
       }
     }
   });
@@ -200,50 +238,83 @@ ffi::Error Backward(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x, const
 
 using F32 = ffi::Buffer<ffi::F32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
+using Any = ffi::AnyBuffer;
+using AnyOut = ffi::Result<ffi::AnyBuffer>;
 
-ffi::Error ForwardHandler(ffi::ThreadPool pool, F32 x, F32 scale, F32 bias, Out y, Out mean,
+// The activations' buffers all of x's type, else an error.
+ffi::Error SameType(const Any& x, std::initializer_list<ffi::DataType> others) {
+  for (ffi::DataType t : others) {
+    if (t != x.element_type())
+      return ffi::Error::InvalidArgument("batch_norm: activations of different types");
+  }
+  return ffi::Error::Success();
+}
+
+template <typename T>
+T* Data(const Any& b) { return static_cast<T*>(b.untyped_data()); }
+template <typename T>
+T* Data(AnyOut& b) { return static_cast<T*>(b->untyped_data()); }
+
+ffi::Error ForwardHandler(ffi::ThreadPool pool, Any x, F32 scale, F32 bias, AnyOut y, Out mean,
                           Out var, float eps, bool relu) {
   try {
-    auto f = relu ? Forward<Act::kRelu> : Forward<Act::kNone>;
-    return f(pool, x, scale, bias, nullptr, y->typed_data(), mean->typed_data(),
-             var->typed_data(), eps);
+    if (auto e = SameType(x, {y->element_type()}); e.failure()) return e;
+    return ByType(x.element_type(), [&](auto tag) {
+      using T = decltype(tag);
+      auto f = relu ? Forward<Act::kRelu, T> : Forward<Act::kNone, T>;
+      return f(pool, x, scale.typed_data(), bias.typed_data(), nullptr, Data<T>(y),
+               mean->typed_data(), var->typed_data(), eps);
+    });
   } catch (const std::exception& e) {
     return cnn_jax::Internal("batch_norm_forward", e.what());
   }
 }
 
-ffi::Error AddReluForwardHandler(ffi::ThreadPool pool, F32 x, F32 scale, F32 bias, F32 residual,
-                                 Out y, Out mean, Out var, float eps) {
+ffi::Error AddReluForwardHandler(ffi::ThreadPool pool, Any x, F32 scale, F32 bias, Any residual,
+                                 AnyOut y, Out mean, Out var, float eps) {
   try {
-    return Forward<Act::kAddRelu>(pool, x, scale, bias, residual.typed_data(), y->typed_data(),
-                                  mean->typed_data(), var->typed_data(), eps);
+    if (auto e = SameType(x, {residual.element_type(), y->element_type()}); e.failure()) return e;
+    return ByType(x.element_type(), [&](auto tag) {
+      using T = decltype(tag);
+      return Forward<Act::kAddRelu, T>(pool, x, scale.typed_data(), bias.typed_data(),
+                                       Data<const T>(residual), Data<T>(y), mean->typed_data(),
+                                       var->typed_data(), eps);
+    });
   } catch (const std::exception& e) {
     return cnn_jax::Internal("batch_norm_add_relu_forward", e.what());
   }
 }
 
-ffi::Error BackwardHandler(ffi::ThreadPool pool, F32 x, F32 dy, F32 mean, F32 var, F32 scale,
-                           F32 bias, F32 dmean, F32 dvar, Out dx, Out dscale, Out dbias,
+ffi::Error BackwardHandler(ffi::ThreadPool pool, Any x, Any dy, F32 mean, F32 var, F32 scale,
+                           F32 bias, F32 dmean, F32 dvar, AnyOut dx, Out dscale, Out dbias,
                            float eps, bool relu) {
   try {
-    auto f = relu ? Backward<Act::kRelu> : Backward<Act::kNone>;
-    return f(pool, x, nullptr, dy.typed_data(), mean.typed_data(), var.typed_data(),
-             scale.typed_data(), bias.typed_data(), dmean.typed_data(), dvar.typed_data(),
-             dx->typed_data(), dscale->typed_data(), dbias->typed_data(), nullptr, eps);
+    if (auto e = SameType(x, {dy.element_type(), dx->element_type()}); e.failure()) return e;
+    return ByType(x.element_type(), [&](auto tag) {
+      using T = decltype(tag);
+      auto f = relu ? Backward<Act::kRelu, T> : Backward<Act::kNone, T>;
+      return f(pool, x, nullptr, Data<const T>(dy), mean.typed_data(), var.typed_data(),
+               scale.typed_data(), bias.typed_data(), dmean.typed_data(), dvar.typed_data(),
+               Data<T>(dx), dscale->typed_data(), dbias->typed_data(), nullptr, eps);
+    });
   } catch (const std::exception& e) {
     return cnn_jax::Internal("batch_norm_backward", e.what());
   }
 }
 
-ffi::Error AddReluBackwardHandler(ffi::ThreadPool pool, F32 x, F32 y, F32 dy, F32 mean, F32 var,
-                                  F32 scale, F32 bias, F32 dmean, F32 dvar, Out dx, Out dscale,
-                                  Out dbias, Out dresidual, float eps) {
+ffi::Error AddReluBackwardHandler(ffi::ThreadPool pool, Any x, Any y, Any dy, F32 mean, F32 var,
+                                  F32 scale, F32 bias, F32 dmean, F32 dvar, AnyOut dx, Out dscale,
+                                  Out dbias, AnyOut dresidual, float eps) {
   try {
-    return Backward<Act::kAddRelu>(
-        pool, x, y.typed_data(), dy.typed_data(), mean.typed_data(), var.typed_data(),
-        scale.typed_data(), bias.typed_data(), dmean.typed_data(), dvar.typed_data(),
-        dx->typed_data(), dscale->typed_data(), dbias->typed_data(), dresidual->typed_data(),
-        eps);
+    if (auto e = SameType(x, {y.element_type(), dy.element_type(), dx->element_type(),
+                              dresidual->element_type()}); e.failure()) return e;
+    return ByType(x.element_type(), [&](auto tag) {
+      using T = decltype(tag);
+      return Backward<Act::kAddRelu, T>(
+          pool, x, Data<const T>(y), Data<const T>(dy), mean.typed_data(), var.typed_data(),
+          scale.typed_data(), bias.typed_data(), dmean.typed_data(), dvar.typed_data(),
+          Data<T>(dx), dscale->typed_data(), dbias->typed_data(), Data<T>(dresidual), eps);
+    });
   } catch (const std::exception& e) {
     return cnn_jax::Internal("batch_norm_add_relu_backward", e.what());
   }
@@ -255,31 +326,31 @@ ffi::Error AddReluBackwardHandler(ffi::ThreadPool pool, F32 x, F32 y, F32 dy, F3
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxBatchNormForward, ForwardHandler,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Arg<Any>().Arg<F32>().Arg<F32>()
+                                  .Ret<Any>().Ret<F32>().Ret<F32>()
                                   .Attr<float>("epsilon")
                                   .Attr<bool>("relu"));
 // (x, scale, bias, residual) -> (max(0, bn(x) + residual), batch mean, batch variance).
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxBatchNormAddReluForward, AddReluForwardHandler,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Arg<Any>().Arg<F32>().Arg<F32>().Arg<Any>()
+                                  .Ret<Any>().Ret<F32>().Ret<F32>()
                                   .Attr<float>("epsilon"));
 // (x, dy, mean, var, scale, bias, dmean, dvar) -> (dx, dscale, dbias).
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxBatchNormBackward, BackwardHandler,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<Any>().Arg<Any>().Arg<F32>().Arg<F32>()
                                   .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Ret<Any>().Ret<F32>().Ret<F32>()
                                   .Attr<float>("epsilon")
                                   .Attr<bool>("relu"));
 // (x, y, dy, mean, var, scale, bias, dmean, dvar) -> (dx, dscale, dbias, dresidual).
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxBatchNormAddReluBackward, AddReluBackwardHandler,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<Any>().Arg<Any>().Arg<Any>().Arg<F32>().Arg<F32>()
                                   .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Ret<Any>().Ret<F32>().Ret<F32>().Ret<Any>()
                                   .Attr<float>("epsilon"));

@@ -127,7 +127,8 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(y, batch mean, batch variance) of BatchNorm over the last axis in training mode:
   y = bn(x), max(0, bn(x)) when `relu`, max(0, bn(x) + residual) with a residual (`relu` must
-  be set); y in float32, statistics in float32 (biased variance)."""
+  be set); y in x's dtype (float32, or bfloat16 computed in float32), statistics in float32
+  (biased variance)."""
   if residual is not None and not relu:
     raise ValueError('batch_norm_train: a residual is added before the ReLU; set relu=True.')
   if residual is not None:
@@ -138,20 +139,22 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
     xla = functools.partial(_batch_norm_xla, epsilon=epsilon, relu=relu)
     cpu = functools.partial(_batch_norm_cpu, epsilon=float(epsilon), relu=bool(relu))
     args = (x, scale, bias)
-  if not (kernel and x.size > 0 and all(a.dtype == jnp.float32 for a in args) and
-          (residual is None or residual.shape == x.shape) and use_kernel('batch_norm')):
+  if not (kernel and x.size > 0 and _kernel_dtype(x.dtype) and
+          scale.dtype == bias.dtype == jnp.float32 and
+          (residual is None or (residual.shape, residual.dtype) == (x.shape, x.dtype)) and
+          use_kernel('batch_norm')):
     return xla(*args)
   return lax.platform_dependent(*args, cpu=cpu, default=xla)
 
 
 def _batch_norm_xla(x, scale, bias, *, epsilon, relu):
   y, mean, var = batch_norm_train_xla(x, scale, bias, epsilon)
-  return (jax.nn.relu(y) if relu else y), mean, var
+  return (jax.nn.relu(y) if relu else y).astype(x.dtype), mean, var
 
 
 def _batch_norm_add_relu_xla(x, scale, bias, residual, *, epsilon):
   y, mean, var = batch_norm_train_xla(x, scale, bias, epsilon)
-  return jax.nn.relu(y + residual.astype(jnp.float32)), mean, var
+  return jax.nn.relu(y + residual.astype(jnp.float32)).astype(x.dtype), mean, var
 
 
 def _batch_stats(x):
@@ -215,7 +218,7 @@ def _batch_norm_cpu(x, scale, bias, epsilon, relu):
 
 def _stats_shapes(x):
   c = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
-  return jax.ShapeDtypeStruct(x.shape, jnp.float32), c, c
+  return jax.ShapeDtypeStruct(x.shape, x.dtype), c, c
 
 
 def _batch_norm_cpu_fwd(x, scale, bias, epsilon, relu):
@@ -228,7 +231,7 @@ def _batch_norm_cpu_bwd(epsilon, relu, residuals, cotangents):
   x, mean, var, scale, bias = residuals
   dy, dmean, dvar = cotangents
   return _ffi('CnnJaxBatchNormBackward', *_stats_shapes(x))(
-      x, dy.astype(jnp.float32), mean, var, scale, bias, dmean, dvar,
+      x, dy.astype(x.dtype), mean, var, scale, bias, dmean, dvar,
       epsilon=np.float32(epsilon), relu=relu)
 
 
@@ -251,7 +254,7 @@ def _batch_norm_add_relu_cpu_bwd(epsilon, residuals, cotangents):
   dy, dmean, dvar = cotangents
   shapes = _stats_shapes(x)
   return _ffi('CnnJaxBatchNormAddReluBackward', *shapes, shapes[0])(
-      x, y, dy.astype(jnp.float32), mean, var, scale, bias, dmean, dvar,
+      x, y, dy.astype(x.dtype), mean, var, scale, bias, dmean, dvar,
       epsilon=np.float32(epsilon))
 
 
