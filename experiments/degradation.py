@@ -506,16 +506,8 @@ def _facts(runs: dict, models: list[str], preset: str, overrides) -> dict:
   done = {m: r['results'] for m, r in runs.items() if r['results']}
   res = next(iter(done.values()), None)
   config = model_config(models[0], preset, list(overrides))
-  hosts = sorted({r['host_cpu'] for r in done.values()})
-  hardware = (f"{res['device_count']} x {res['device_kind']}, host {' / '.join(hosts)}" if res
-              else 'not recorded yet (a run records its device and host when it finishes)')
-  if len(hosts) > 1:
-    hardware += ('. The runs were not all trained on the same kind of machine, and a run resumed '
-                 'in a later sitting records the host of its last one (its wall time and images/s '
-                 'cover every sitting): compare speeds only between rows with the same host. '
-                 "XLA's CPU convolutions run about 3x faster with AVX-512 than with AVX2")
   return {
-      'config': config, 'done': done, 'hardware': hardware, 'models': list(models),
+      'config': config, 'done': done, 'hardware': hardware(done), 'models': list(models),
       'n_train': res['num_train_eval'] if res else config.data.train_eval_size,
       'n_test': res['num_test'] if res else 10_000,
       'num_train': res['num_train'] if res else None,
@@ -523,6 +515,22 @@ def _facts(runs: dict, models: list[str], preset: str, overrides) -> dict:
       'dataset': res['dataset'] if res else config.data.dataset,
       'status': run_status(runs, models),
   }
+
+
+def hardware(done: dict, committed: bool = False) -> str:
+  """The device and host CPU the finished runs recorded ({run: results.json};
+  lecture_common.machine_note, `committed` as there), and where they differ, which speeds
+  compare."""
+  if not done:
+    return 'not recorded yet (a run records its device and host when it finishes)'
+  host = common.host_record(done)
+  text = common.machine_note(host, committed)
+  if len(host['hosts']) > 1:
+    text += ('. The runs were not all trained on the same kind of machine, and a run resumed '
+             'in a later sitting records the host of its last one (its wall time and images/s '
+             'cover every sitting): compare speeds only between rows with the same host. '
+             "XLA's CPU convolutions run about 3x faster with AVX-512 than with AVX2")
+  return text
 
 
 def run_status(runs: dict, models: list[str]) -> str:
@@ -619,10 +627,7 @@ at the end (seed 0 runs; `cnn_jax/diagnostics.py`).
 
 {commands}
 
-## Environment
-
-{report.environment_markdown(report.environment())}
-"""
+{common.footer()}"""
 
 
 def make_report(workdir: pathlib.Path, models: list[str], preset: str,

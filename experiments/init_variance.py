@@ -356,7 +356,7 @@ def main(argv):
                     f"{s['what']} at layer {s['first_non_finite_layer']}",
                     f"{d['grad_std'][0]:.3g}", f"{d['grad_std'][-1]:.3g}",
                     f"{g['max_over_min']:.3g}" if g['finite'] else g['what']])
-  facts = {**clock.facts(), 'runs_load': common.runs_load(run_dirs)}
+  facts = {**clock.facts(), **common.runs_facts(run_dirs)}
   command = cli.command_line('experiments.init_variance')
   text = common.header(
       title='Initialisation and signal variance through depth', claims='claim C12',

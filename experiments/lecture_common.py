@@ -9,6 +9,7 @@ figures, recomputing a committed report, and restoring a trained model.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import json
@@ -126,10 +127,9 @@ class SweepRun:
     return self.members[0].config
 
   def facts(self) -> dict:
-    """The experiment's wall time (Clock.facts) and the machine's load as the finished members
-    recorded it ('runs_load': `runs_load`)."""
-    return {**self.clock.facts(),
-            'runs_load': runs_load(self.workdir / m.name for m in self.members)}
+    """The experiment's wall time (Clock.facts) and the machine and its load as the finished
+    members recorded them ('runs_load', 'runs_host': `runs_facts`)."""
+    return {**self.clock.facts(), **runs_facts(self.workdir / m.name for m in self.members)}
 
 
 def start_sweep(argv, name: str, title: str, config_args: tuple[str, ...] = (),
@@ -212,11 +212,11 @@ class Session:
       cli.run_training(config, run_dir, self.module)
 
   def facts(self) -> dict:
-    """The experiment's wall time (Clock.facts) and the machine's load as the runs given to
-    `train` recorded it ('runs_load': `runs_load`), taken once."""
+    """The experiment's wall time (Clock.facts) and the machine and its load as the runs given
+    to `train` recorded them ('runs_load', 'runs_host': `runs_facts`), taken once."""
     if self._facts is None:
       self._facts = {**self.clock.facts(),
-                     'runs_load': runs_load(self.workdir / name for name in self.runs)}
+                     **runs_facts(self.workdir / name for name in self.runs)}
     return self._facts
 
   def finish(self, text: str, record: dict, outputs, checks=None) -> pathlib.Path:
@@ -292,31 +292,53 @@ class Clock:
     return facts
 
 
-def _run_load(run_dir: pathlib.Path) -> tuple[dict | None, dict | None]:
-  """(results.json, its record of the load or None) of a run; (None, None) while unfinished.
-  An older run has the load in the clock its experiment kept beside it (Clock.FILE)."""
+def run_record(run_dir: pathlib.Path) -> dict | None:
+  """A finished run's results.json; None while it is unfinished. An older run, whose
+  results.json has no load, has it in the clock its experiment kept beside it (Clock.FILE):
+  its load_average_start and cpu_count are taken from there."""
   results = read_results(run_dir)
-  if results is None:
-    return None, None
-  clock = run_dir / Clock.FILE
-  for record in (results, read_json(clock) if clock.exists() else {}):
-    if record.get('load_average_start') is not None:
-      return results, record
-  return results, None
+  clock = pathlib.Path(run_dir) / Clock.FILE
+  if results is None or results.get('load_average_start') is not None or not clock.exists():
+    return results
+  older = read_json(clock)
+  if older.get('load_average_start') is None:
+    return results
+  return {**results, 'load_average_start': older['load_average_start'],
+          'cpu_count': older['cpu_count']}
+
+
+def run_records(run_dirs) -> dict[str, dict]:
+  """{directory name: `run_record`} of the finished runs in `run_dirs` (a name met twice: the
+  whole path)."""
+  records = {}
+  for run_dir in map(pathlib.Path, run_dirs):
+    record = run_record(run_dir)
+    if record is not None:
+      records[str(run_dir) if run_dir.name in records else run_dir.name] = record
+  return records
+
+
+def runs_facts(run_dirs) -> dict:
+  """What the finished runs in `run_dirs` recorded of the machine they trained on:
+  {'runs_load': `load_record`, 'runs_host': `host_record`} of their `run_records`."""
+  records = run_records(run_dirs)
+  return {'runs_load': load_record(records), 'runs_host': host_record(records)}
 
 
 def runs_load(run_dirs) -> dict:
-  """What the finished runs in `run_dirs` recorded of the machine's load: cnn_jax.train writes
-  the 1-minute load average at the start of a run's (last) sitting and the host's cores into its
-  results.json. {'runs': finished runs, 'recorded': how many recorded the load, and where any
-  did: 'load_average_start' and 'cpu_count' as [lowest, highest], 'busy': the runs (by
-  directory name) that started above half their cores}."""
-  runs, loads = 0, []
-  for run_dir in map(pathlib.Path, run_dirs):
-    results, record = _run_load(run_dir)
-    runs += results is not None
-    if record is not None:
-      loads.append((run_dir.name, record['load_average_start'], record['cpu_count']))
+  """`load_record` of the finished runs in `run_dirs`."""
+  return load_record(run_records(run_dirs))
+
+
+def load_record(records: dict[str, dict] | None) -> dict:
+  """What the runs' records ({run: results.json}, `run_records`; None: the runs are not known)
+  say of the machine's load: cnn_jax.train writes the 1-minute load average at the start of a
+  run's (last) sitting and the host's cores into its results.json. {'runs': the runs (None: not
+  known), 'recorded': how many recorded the load, and where any did: 'load_average_start' and
+  'cpu_count' as [lowest, highest], 'busy': the runs that started above half their cores}."""
+  loads = [(name, r['load_average_start'], r['cpu_count']) for name, r in (records or {}).items()
+           if r.get('load_average_start') is not None]
+  runs = None if records is None else len(records)
   if not loads:
     return {'runs': runs, 'recorded': 0}
   starts, cores = [l for _, l, _ in loads], [c for _, _, c in loads]
@@ -325,15 +347,70 @@ def runs_load(run_dirs) -> dict:
           'busy': [name for name, load, n in loads if load > 0.5 * n]}
 
 
+def host_record(records: dict[str, dict] | None) -> dict:
+  """What the runs' records ({run: results.json}; None: the runs are not known) say of where
+  they trained: cnn_jax.train writes host_cpu, platform, device_kind and device_count.
+  {'runs': the runs (None: not known), 'recorded': how many name their host CPU, 'hosts' and
+  'devices': {name: runs}}."""
+  hosts, devices = collections.Counter(), collections.Counter()
+  for r in (records or {}).values():
+    if r.get('host_cpu'):
+      hosts[r['host_cpu']] += 1
+    if r.get('device_kind'):
+      kind = f"{r['platform']}:{r['device_kind']}" if r.get('platform') else r['device_kind']
+      devices[f"{r.get('device_count', '?')} x {kind}"] += 1
+  return {'runs': None if records is None else len(records), 'recorded': sum(hosts.values()),
+          'hosts': dict(sorted(hosts.items())), 'devices': dict(sorted(devices.items()))}
+
+
+def machine_note(host: dict, committed: bool = False) -> str:
+  """The device and host CPU the runs recorded (`host_record`), e.g. '1 x cpu:cpu, host CPU AMD
+  EPYC (2 cores, AVX-512)', never the report process's. `committed`: the records are those a
+  report commits, so a run without one may have recorded its host where it trained."""
+  if not host['recorded']:
+    return 'device and host CPU ' + _unrecorded(host, committed)
+  devices = _counted(host['devices'])
+  return (f'{devices}, ' if devices else '') + 'host CPU ' + host_note(host, committed)
+
+
+def host_note(host: dict, committed: bool = False) -> str:
+  """The host CPU the runs recorded (`host_record`); where they differ, each with its runs; and
+  how many did not record it (`committed`: have no committed record of it)."""
+  if not host['recorded']:
+    return _unrecorded(host, committed)
+  text, runs, recorded = _counted(host['hosts']), host['runs'], host['recorded']
+  if runs > recorded:
+    text += (f' (no committed record of it for {runs - recorded} of the {runs} runs)' if committed
+             else f' ({runs - recorded} of the {runs} runs did not record it)')
+  return text
+
+
+def _unrecorded(host: dict, committed: bool) -> str:
+  if host['runs'] == 0:
+    return 'not recorded (no run finished)'
+  if committed:
+    return "in none of the runs' committed records"
+  return f"not recorded by the run{'' if host['runs'] == 1 else 's'}"
+
+
+def _counted(counts: dict) -> str:
+  """'A' for one name; 'A (2 runs) and B (1 run)' for several."""
+  items = [name if len(counts) == 1 else f"{name} ({n} run{'s' if n > 1 else ''})"
+           for name, n in counts.items()]
+  return ' and '.join([', '.join(items[:-1]), items[-1]] if len(items) > 2 else items)
+
+
 def busy_note(load: dict) -> str:
   """A sentence that says whether the runs trained on a busy machine, i.e. whether their wall
-  times are speed figures, from their own records (`runs_load`). The load at a run's start: by
-  its end the 1-minute average counts the run itself."""
+  times are speed figures, from their own records (`load_record`). The load at a run's start:
+  by its end the 1-minute average counts the run itself."""
   runs, recorded = load['runs'], load['recorded']
   if not recorded:
-    return ("No run trained, so none recorded the machine's load." if not runs else
-            f"The {'run' if runs == 1 else f'{runs} runs'} did not record the machine's load "
-            '(made before cnn_jax.train recorded it): whether another job ran is not known.')
+    if runs == 0:
+      return "No run trained, so none recorded the machine's load."
+    who = 'The runs' if runs is None else 'The run' if runs == 1 else f'The {runs} runs'
+    return (f"{who} did not record the machine's load (made before cnn_jax.train recorded it): "
+            'whether another job ran is not known.')
   where = (f"1-minute load average {_span(load['load_average_start'], '{:.1f}')} at the start "
            f"of {'the run' if recorded == 1 else f'the {recorded} runs'}, on "
            f"{_span(load['cpu_count'], '{}')} cores"
@@ -380,8 +457,8 @@ def run_sweep(spec: sweep.Sweep, workdir: pathlib.Path, parallel: int = 1,
 def header(*, title: str, claims: str, command: str, data: str, protocol: str,
            train_wall_s: float | None, facts: dict, generator: str) -> str:
   """The report's title and its command, data, protocol and hardware. `facts`: the experiment's
-  wall time (Clock.facts) and its runs' load ('runs_load': `runs_load`), e.g. `Session.facts`."""
-  env = report.environment()
+  wall time (Clock.facts) and what its runs recorded of their machine and its load ('runs_host',
+  'runs_load': `runs_facts`), e.g. `Session.facts`; nothing of the report process's machine."""
   wall = (f"training wall time {train_wall_s:.0f} s summed over the runs; " if train_wall_s else '')
   if 'clock_of' in facts:
     wall += f"({facts['clock_of']}) "  # a regeneration without the run's own clock
@@ -392,13 +469,20 @@ Generated by `{generator}` from the runs' `results.json` and `metrics.jsonl`.
 - **Command**: `{command}`
 - **Data**: {data}
 - **Protocol**: {protocol}
-- **Hardware**: {env['device_count']} x {env['devices']}, host CPU {env['host_cpu']}; {wall}experiment
+- **Hardware**: {machine_note(facts['runs_host'])}; {wall}experiment
   wall time {facts['experiment_wall_time_s']:.0f} s. {busy_note(facts['runs_load'])}
 """
 
 
+# The environment section's first line: its facts are the report process's (jax, commit, host).
+ENVIRONMENT_NOTE = ('Of the process that wrote this report, not necessarily where the runs '
+                    "trained (the runs' own record: **Hardware** above).")
+
+
 def footer() -> str:
-  return '## Environment\n\n' + report.environment_markdown(report.environment()) + '\n'
+  """The environment section: the report process's, labelled so (ENVIRONMENT_NOTE)."""
+  return (f'## Environment\n\n{ENVIRONMENT_NOTE}\n\n'
+          + report.environment_markdown(report.environment()) + '\n')
 
 
 def check_row(claim: str, quantity: str, lecture: str, criterion: str, measured: str,

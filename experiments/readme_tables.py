@@ -2,13 +2,15 @@
 
     python -m experiments.readme_tables             # README.md's tables
     python -m experiments.readme_tables --recheck   # first, each report's stale checks entries
+                                                    # and its machine and load sentences
 
 Each table sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->` markers. The headlines and
 "checks hold" cells of the LeNet-5 and experiments tables are computed again from each report's
 committed files by its experiment's `recompute` (`recompute` here), never read from a stored
 verdict; `mismatches` says where the committed results.json, report.md or README disagree with
 that, and `--recheck` rewrites a results.json's 'checks'/'facts'/'all_checks_hold' and a
-report.md's claim-checks section from it (no measured number changes).
+report.md's claim-checks section from it, and each report's machine and load sentence from its
+runs' own records (`with_run_facts`; no measured number changes).
 """
 from __future__ import annotations
 
@@ -198,22 +200,157 @@ def mismatches(name: str, root: pathlib.Path = ROOT) -> list[str]:
 def recheck(root: pathlib.Path = ROOT, names=REPORTS) -> list[pathlib.Path]:
   """Rewrites, from the recomputation, each report's stale 'all_checks_hold', 'checks' and
   'facts' in results.json (every other entry as it was) and its claim-checks section in
-  report.md (the rest as it was); returns the files written."""
+  report.md (the rest as it was), and in every report (KEPT too) the hardware bullet's machine
+  and load sentence from the runs' records (`with_run_facts`); returns the files written."""
   written = []
   for name in names:
-    if name in KEPT:
-      continue
-    got, report_dir = recompute(name, root), root / 'reports' / name
-    record = common.read_json(report_dir / 'results.json')
-    if 'checks' in record and common.with_checks(record, got.checks) != record:
-      common.write_json(report_dir / 'results.json', common.with_checks(record, got.checks))
-      written.append(report_dir / 'results.json')
-    text = (report_dir / 'report.md').read_text()
-    new = common.with_checks_section(text, got.checks)
-    if new is not None and new != text:
-      (report_dir / 'report.md').write_text(new)
-      written.append(report_dir / 'report.md')
+    report_dir = root / 'reports' / name
+    if name not in KEPT:
+      got = recompute(name, root)
+      record = common.read_json(report_dir / 'results.json')
+      if 'checks' in record and common.with_checks(record, got.checks) != record:
+        common.write_json(report_dir / 'results.json', common.with_checks(record, got.checks))
+        written.append(report_dir / 'results.json')
+      text = (report_dir / 'report.md').read_text()
+      new = common.with_checks_section(text, got.checks)
+      if new is not None and new != text:
+        (report_dir / 'report.md').write_text(new)
+        written.append(report_dir / 'report.md')
+    for path, text in run_facts_texts(name, root).items():
+      path.write_text(text)
+      if path not in written:
+        written.append(path)
   return written
+
+
+# ------------------------------------- a committed report's machine and load, from its runs
+
+FINISHED = ('completed', 'stopped_early')  # a finished run's status (results.json, members.csv)
+# A report.md's hardware bullet by layout (the report name, degradation_* as 'degradation', else
+# lecture_common.header's): the pattern, with `head`, the runs' `machine` (device and host) or
+# `host`, `kept` (the wall times, as they are) and `load` (the load sentence: absent in older
+# reports), and what goes between `kept` and the load sentence.
+_MACHINE = r'^(?P<head>- \*\*Hardware\*\*: )(?P<machine>[^;\n]*)'
+HARDWARE = {
+    'header': (re.compile(_MACHINE + r'(?P<kept>;[^\n]*experiment\n  wall time \d+ s\.)'
+                          r'(?: (?P<load>[^\n]+))?$', re.M), ' '),
+    'unet_segmentation': (re.compile(
+        _MACHINE + r'(?P<kept>;\n  training wall time [^\n]*? summed over the runs\.)'
+        r'(?:(?: |\n  )(?P<load>[^\n]+))?$', re.M), '\n  '),
+    'lenet5_mnist': (re.compile(
+        r'^(?P<head>- \*\*Hardware\*\*: [^\n]*, host CPU\n  )(?P<host>[^;\n]*)'
+        r'(?P<kept>; wall time [^\n]*\n  [^\n]*\(compilation excluded\)\.)'
+        r'(?:\n  (?P<load>[^\n]+))?$', re.M), '\n  '),
+    # one line, written whole by experiments.degradation.hardware
+    'degradation': (re.compile(r'^(?P<head>- \*\*Hardware\*\*: )(?P<machine>[^\n]*)(?P<kept>)$',
+                               re.M), '. '),
+}
+# lenet5_mnist_seeds' sentence on the sweep's load (report.md's seeds section and seeds.md).
+SEEDS_LOAD = re.compile(r'^(?P<head>Sweep command: `[^`\n]*` \(rerun it to finish missing '
+                        r'seeds\)\.)(?:[ \n](?P<load>(?!<!--)[^\n]+))?$', re.M)
+
+
+def committed_runs(report_dir: pathlib.Path, record: dict) -> dict[str, dict] | None:
+  """The finished runs of a committed report as its files record them, {run: results.json}:
+  its results.json (`record`) where it is a run's own (lenet5_mnist); each <run>/results.json
+  (lecture_common.run_records: an older run's load from its clock); the runs' results that
+  `record` holds under 'runs'; else each finished member of members.csv, as an empty record (its
+  results.json is not committed). None where the report commits no record of its runs."""
+  if 'host_cpu' in record:
+    return {record.get('name', '.'): record}
+  runs = common.run_records(sorted(p.parent for p in report_dir.glob('*/results.json')))
+  held = record.get('runs')
+  if isinstance(held, dict):
+    for name, entry in held.items():
+      if isinstance(entry, list):  # {setting: [{'seed', 'results'}]} (normalization)
+        runs.update({f"{name}/seed={m['seed']}": m['results'] for m in entry if m.get('results')})
+      elif isinstance(entry, dict) and entry.get('status') in FINISHED:  # degradation's copies
+        runs.setdefault(name, entry)
+  elif (report_dir / 'members.csv').exists():
+    for m in common.read_csv(report_dir / 'members.csv'):
+      if m['status'] in FINISHED:
+        runs.setdefault(m['name'], {})
+  return runs or None
+
+
+def _process_load(record: dict, load: dict) -> str:
+  """Where the runs recorded no load: the figure an older experiment kept of its own process in
+  `record` (its results.json or seeds.json), labelled as that, else nothing."""
+  if load['recorded'] or record.get('load_average_start') is None or 'host_cpu' in record:
+    return ''
+  return (" The experiment process's 1-minute load average at its start was "
+          f"{record['load_average_start']:.1f}, on {record['cpu_count']} cores.")
+
+
+def _process_machine(text: str) -> str:
+  """' (the process that wrote this report: <device>, host CPU <cpu>)' from report.md's
+  environment section, '' without one."""
+  env = dict(re.findall(r'^- \*\*(host_cpu|devices|device_count)\*\*: (.*)$', text, re.M))
+  if 'host_cpu' not in env:
+    return ''
+  device = f"{env['device_count']} x {env['devices']}, " if 'devices' in env else ''
+  return f" (the process that wrote this report: {device}host CPU {env['host_cpu']})"
+
+
+def with_run_facts(name: str, text: str, report_dir: pathlib.Path) -> str:
+  """Report `name`'s report.md `text` with the machine and load of its hardware bullet written
+  as a fresh report writes them (lecture_common.machine_note, busy_note) from the runs' records:
+  results.json's 'runs_host' and 'runs_load' where it has them, else `committed_runs`. Where
+  those name no host, the report process's (its environment section) is given, labelled; where
+  they hold no load, an older experiment process's own figure, labelled (`_process_load`). The
+  environment section is labelled as the report process's (lecture_common.ENVIRONMENT_NOTE)."""
+  record = common.read_json(report_dir / 'results.json')
+  runs = committed_runs(report_dir, record)
+  host = record.get('runs_host') or common.host_record(runs)
+  committed = 'runs_host' not in record  # else the runs' records as the report read them
+  load = record.get('runs_load') or common.load_record(runs)
+  layout = 'degradation' if name.startswith('degradation_') else name
+  pattern, sep = HARDWARE.get(layout, HARDWARE['header'])
+  found = pattern.search(text)
+  if found is not None:
+    label = '' if host['recorded'] else _process_machine(text)
+    if layout == 'degradation':
+      degradation = importlib.import_module('experiments.degradation')
+      machine = degradation.hardware(runs or {}, committed) + label
+    elif 'host' in found.groupdict():
+      machine = common.host_note(host, committed) + label
+    else:
+      machine = common.machine_note(host, committed) + label
+    sentence = common.busy_note(load) + _process_load(record, load)
+    text = (text[:found.start()] + found['head'] + machine + found['kept'] + sep + sentence
+            + text[found.end():])
+  note = f'\n## Environment\n\n{common.ENVIRONMENT_NOTE}\n\n'
+  if note not in text:
+    text = text.replace('\n## Environment\n\n', note, 1)
+  return text
+
+
+def with_seeds_load(text: str, seeds: dict) -> str:
+  """`text` (lenet5_mnist's report.md or seeds.md) with the sweep's load sentence written from
+  seeds.json (`seeds`): its 'runs_load', else its seeds, none of them committed with a record."""
+  load = seeds.get('runs_load') or common.load_record({i: {} for i in range(seeds['seeds_done'])})
+  sentence = common.busy_note(load) + _process_load(seeds, load)
+  return SEEDS_LOAD.sub(lambda m: f"{m['head']}\n{sentence}", text)
+
+
+def run_facts_texts(name: str, root: pathlib.Path = ROOT) -> dict[pathlib.Path, str]:
+  """{path: new text} of report `name`'s files whose machine and load sentences differ from
+  what the runs' records say: report.md (`with_run_facts`) and, where the report has seeds.json
+  (lenet5_mnist), its seeds section and seeds.md (`with_seeds_load`)."""
+  report_dir = root / 'reports' / name
+  seeds_path = report_dir / 'seeds.json'
+  seeds = common.read_json(seeds_path) if seeds_path.exists() else None
+  out = {}
+  for path in (report_dir / 'report.md', report_dir / 'seeds.md'):
+    if not path.exists():
+      continue
+    old = path.read_text()
+    new = with_run_facts(name, old, report_dir) if path.name == 'report.md' else old
+    if seeds is not None:
+      new = with_seeds_load(new, seeds)
+    if new != old:
+      out[path] = new
+  return out
 
 
 def params_table() -> str:
@@ -352,9 +489,9 @@ def main(argv: list[str]) -> None:
     raise SystemExit('usage: python -m experiments.readme_tables [--recheck]')
   if argv:
     for path in recheck():
-      print(f'rewrote the checks of {path.relative_to(ROOT)}')
+      print(f'rewrote {path.relative_to(ROOT)}')
     for name, why in KEPT.items():
-      print(f'left {name} as it is: {why}')
+      print(f'left the checks of {name} as they are: {why}')
   readme = ROOT / 'README.md'
   readme.write_text(render(readme.read_text()))
   print(f'updated {readme} ({", ".join(TABLES)}); {len(models.names())} models registered')

@@ -310,7 +310,7 @@ and their best checkpoints ({status}).
   (`cnn_jax.tasks.align`).
 - **Metrics**: pixel accuracy = correct pixels / pixels; mIoU = mean over the 11 classes of
   TP / (TP + FP + FN), both from one confusion matrix summed over the test split on the device.
-- **Hardware**: {any_run['device_count']} x {any_run['device_kind']}, host {any_run['host_cpu']};
+- **Hardware**: {lecture_common.machine_note(lecture_common.host_record(runs))};
   training wall time {train_wall / 60:.1f} min summed over the runs.
   {lecture_common.busy_note(lecture_common.runs_load(workdir / m for m in runs))}
 """

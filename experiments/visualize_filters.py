@@ -400,7 +400,7 @@ def main(argv):
   cifar_text, cifar_entries = cifar_part(workdir, toy)
   cifar = cifar_entries.get('cifar')
   run_dirs = [run_dir] + ([common.ROOT / cifar['run_dir']] if cifar else [])  # or absolute
-  facts = {**clock.facts(), 'runs_load': common.runs_load(run_dirs)}
+  facts = {**clock.facts(), **common.runs_facts(run_dirs)}
   command = cli.command_line('experiments.visualize_filters')
   record = {
       'experiment': 'visualize_filters', 'claims': 'C26', 'preset': _PRESET.value,

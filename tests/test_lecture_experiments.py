@@ -173,12 +173,15 @@ def test_clock_keeps_the_runs_wall_time_for_a_report_only_regeneration(tmp_path,
   assert facts['experiment_wall_time_s'] == 4.0 and 'report process' in facts['clock_of']
 
 
-def _run(run_dir, load=None, cores=2, clock=None):
+def _run(run_dir, load=None, cores=2, clock=None, host=None):
   """A finished run's results.json, with the load it recorded (cnn_jax.train's keys) or none;
-  `clock`: the load an older experiment kept beside the run instead."""
+  `clock`: the load an older experiment kept beside the run instead; `host`: the host CPU it
+  recorded (with one CPU device), or none."""
   from experiments import lecture_common
   run_dir.mkdir(parents=True)
   results = {'wall_time_s': 60.0}
+  if host is not None:
+    results.update(host_cpu=host, platform='cpu', device_kind='cpu', device_count=1)
   if load is not None:
     results.update(load_average_start=load, load_average_end=load + 1.0, cpu_count=cores)
   (run_dir / 'results.json').write_text(json.dumps(results))
@@ -222,8 +225,95 @@ def test_busy_note_says_what_the_runs_recorded(tmp_path, loads, words):
 def test_header_reports_the_runs_load_not_the_report_process(tmp_path):
   from experiments import lecture_common
   facts = {'experiment_wall_time_s': 5.0,
-           'runs_load': lecture_common.runs_load([_run(tmp_path / 'r', 3.0)])}
+           **lecture_common.runs_facts([_run(tmp_path / 'r', 3.0, host='Host A')])}
   text = lecture_common.header(title='t', claims='c', command='x', data='d', protocol='p',
                                train_wall_s=60.0, facts=facts, generator='g')
   assert 'experiment\n  wall time 5 s. Trained while another job ran: 1-minute load average 3.0 ' \
          'at the start of the run, on 2 cores' in text
+
+
+HOST_A, HOST_B = 'Host A (2 cores, AVX-512)', 'Host B (16 cores, AVX2)'
+
+
+def _report_process_on_host_b(monkeypatch):
+  """The process that writes the report runs on HOST_B (another machine than the runs')."""
+  from cnn_jax import report
+  env = {**report.environment(), 'host_cpu': HOST_B, 'devices': 'gpu:H100', 'device_count': 8}
+  monkeypatch.setattr(report, 'host_cpu', lambda: HOST_B)
+  monkeypatch.setattr(report, 'environment', lambda: env)
+
+
+def test_header_names_the_runs_host_not_the_report_process(tmp_path, monkeypatch):
+  """Runs recorded on host A, the report written (--report_only) on host B: the header's
+  hardware is A's; B appears only in the environment section, labelled as the report's."""
+  from experiments import lecture_common
+  _report_process_on_host_b(monkeypatch)
+  facts = {'experiment_wall_time_s': 5.0,
+           **lecture_common.runs_facts([_run(tmp_path / f'r{i}', 0.2, host=HOST_A)
+                                        for i in range(2)])}
+  text = lecture_common.header(title='t', claims='c', command='x', data='d', protocol='p',
+                               train_wall_s=60.0, facts=facts, generator='g')
+  hardware = next(l for l in text.splitlines() if l.startswith('- **Hardware**'))
+  assert hardware.startswith(f'- **Hardware**: 1 x cpu:cpu, host CPU {HOST_A}; '), hardware
+  assert HOST_B not in text and 'gpu' not in text
+  footer = lecture_common.footer()
+  assert footer.startswith(f'## Environment\n\n{lecture_common.ENVIRONMENT_NOTE}\n\n')
+  assert f'- **host_cpu**: {HOST_B}' in footer  # the report process's, under its label
+  # No run recorded its host: the header says so, and never names the report process's.
+  bare = lecture_common.runs_facts([_run(tmp_path / 'bare')])
+  text = lecture_common.header(title='t', claims='c', command='x', data='d', protocol='p',
+                               train_wall_s=None, facts={'experiment_wall_time_s': 1.0, **bare},
+                               generator='g')
+  assert '- **Hardware**: device and host CPU not recorded by the run; experiment' in text
+  assert HOST_B not in text
+
+
+def test_machine_note_lists_differing_hosts_with_their_runs(tmp_path):
+  from experiments import lecture_common
+  dirs = [_run(tmp_path / 'a', host=HOST_A), _run(tmp_path / 'b', host=HOST_B),
+          _run(tmp_path / 'c', host=HOST_A), _run(tmp_path / 'd')]
+  host = lecture_common.runs_facts(dirs)['runs_host']
+  assert host == {'runs': 4, 'recorded': 3, 'hosts': {HOST_A: 2, HOST_B: 1},
+                  'devices': {'1 x cpu:cpu': 3}}
+  assert lecture_common.machine_note(host) == (
+      f'1 x cpu:cpu, host CPU {HOST_A} (2 runs) and {HOST_B} (1 run) '
+      '(1 of the 4 runs did not record it)')
+  assert lecture_common.machine_note(host, committed=True).endswith(
+      '(no committed record of it for 1 of the 4 runs)')
+  assert lecture_common.machine_note(lecture_common.host_record({})) == (
+      'device and host CPU not recorded (no run finished)')
+  assert lecture_common.machine_note(lecture_common.host_record(None), committed=True) == (
+      "device and host CPU in none of the runs' committed records")
+  assert lecture_common.busy_note(lecture_common.load_record(None)).startswith(
+      "The runs did not record the machine's load")
+
+
+def test_degradation_hardware_counts_each_host(tmp_path):
+  from experiments import degradation, lecture_common
+  records = lecture_common.run_records([_run(tmp_path / n, host=h) for n, h in
+                                        (('plain20', HOST_A), ('resnet20', HOST_B),
+                                         ('plain56', HOST_A))])
+  text = degradation.hardware(records)
+  assert text.startswith(f'1 x cpu:cpu, host CPU {HOST_A} (2 runs) and {HOST_B} (1 run). '
+                         'The runs were not all trained on the same kind of machine'), text
+  one = {'resnet20': records['resnet20']}
+  assert degradation.hardware(one) == f'1 x cpu:cpu, host CPU {HOST_B}'
+
+
+def test_lenet5_header_names_the_runs_host(tmp_path, monkeypatch):
+  """lenet5_mnist's report from a run recorded on host A, written on host B: host A; a run
+  without the record: 'not recorded by the run', never B."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+  from experiments import lecture_common, lenet5_mnist
+  from tests.helpers import ROOT
+  _report_process_on_host_b(monkeypatch)
+  for name in ('results.json', 'metrics.jsonl', 'config.json'):
+    shutil.copy(f'{ROOT}/reports/lenet5_mnist/{name}', tmp_path / name)
+  results = json.loads((tmp_path / 'results.json').read_text())
+  config = ConfigDict(json.loads((tmp_path / 'config.json').read_text()))
+  for host, says in ((HOST_A, HOST_A), (None, 'not recorded by the run')):
+    results['host_cpu'] = host
+    text = lenet5_mnist.write_report(tmp_path, results, config, keep_environment=False).read_text()
+    assert f'host CPU\n  {says}; wall time' in text
+    assert text.count(HOST_B) == 1 and lecture_common.ENVIRONMENT_NOTE in text

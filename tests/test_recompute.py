@@ -134,3 +134,90 @@ def test_recheck_rewrites_only_the_checks_of_a_stale_report(tmp_path):
   for name in ('results.json', 'report.md'):
     assert (report_dir / name).read_text() == (ROOT / 'reports/normalization' / name).read_text()
   assert readme_tables.recheck(tmp_path, ['normalization']) == []
+
+
+def _committed_run(run_dir, host=None, load=None):
+  run_dir.mkdir(parents=True)
+  results = {'status': 'completed', 'wall_time_s': 60.0}
+  if host:
+    results.update(host_cpu=host, platform='cpu', device_kind='cpu', device_count=1)
+  if load is not None:
+    results.update(load_average_start=load, load_average_end=load, cpu_count=2)
+  lecture_common.write_json(run_dir / 'results.json', results)
+  return run_dir
+
+
+def _header(facts) -> str:
+  return lecture_common.header(title='t', claims='c', command='x', data='d', protocol='p',
+                               train_wall_s=120.0, facts=facts, generator='g')
+
+
+OLD_ENVIRONMENT = '\n## Environment\n\n- **date**: then\n- **host_cpu**: Host B\n'
+
+
+@pytest.mark.parametrize('load, says', [
+    (None, "The 2 runs did not record the machine's load (made before cnn_jax.train recorded "
+           "it): whether another job ran is not known. The experiment process's 1-minute load "
+           'average at its start was 3.1, on 2 cores.'),
+    (0.2, 'Trained on an otherwise idle machine: 1-minute load average 0.2 at the start of the '
+          '2 runs, on 2 cores.'),
+])
+def test_recheck_writes_the_runs_host_and_load_as_a_fresh_report(tmp_path, load, says):
+  """A committed report whose runs recorded host A, written on host B by an older version (host
+  B and the experiment process's load in its hardware bullet): --recheck writes host A and the
+  runs' load, as a fresh report does, the older process's load labelled as that."""
+  report_dir = tmp_path / 'reports' / 'exp'
+  dirs = [_committed_run(report_dir / n, 'Host A', load) for n in ('a', 'b')]
+  fresh = _header({'experiment_wall_time_s': 5.0, **lecture_common.runs_facts(dirs)})
+  old = fresh.replace('1 x cpu:cpu, host CPU Host A;', '1 x cpu:cpu, host CPU Host B;')
+  old = old[:old.index('wall time 5 s.') + len('wall time 5 s.')] + (
+      ' Measured on an otherwise idle machine (load average 3.1 at the start).\n')
+  lecture_common.write_json(report_dir / 'results.json', {
+      'experiment_wall_time_s': 5.0, 'load_average_start': 3.1, 'cpu_count': 2})
+  (report_dir / 'report.md').write_text(old + OLD_ENVIRONMENT)
+  assert 'Host A' not in old
+  texts = readme_tables.run_facts_texts('exp', tmp_path)  # what --recheck writes
+  assert list(texts) == [report_dir / 'report.md']
+  assert texts[report_dir / 'report.md'] == fresh.replace(
+      fresh[fresh.index('wall time 5 s. ') + 15:], says + '\n') + OLD_ENVIRONMENT.replace(
+          '\n\n', f'\n\n{lecture_common.ENVIRONMENT_NOTE}\n\n')
+  (report_dir / 'report.md').write_text(texts[report_dir / 'report.md'])
+  assert readme_tables.run_facts_texts('exp', tmp_path) == {}  # a fixed point
+
+
+def test_recheck_leaves_a_fresh_report_as_it_is(tmp_path):
+  """A report written by today's header from its runs' records (results.json with 'runs_host'
+  and 'runs_load', whose per-run files are not committed) is what --recheck writes."""
+  work = tmp_path / 'reports' / 'exp'
+  facts = {'experiment_wall_time_s': 5.0, **lecture_common.runs_facts(
+      [_committed_run(tmp_path / 'runs' / n, 'Host A', 1.7) for n in ('a', 'b')])}
+  work.mkdir(parents=True)
+  lecture_common.write_json(work / 'results.json', facts)
+  text = _header(facts) + '\n' + lecture_common.footer()
+  (work / 'report.md').write_text(text)
+  assert readme_tables.run_facts_texts('exp', tmp_path) == {}
+
+
+def _outside_run_facts(name: str, text: str) -> tuple[str, list[str]]:
+  """report.md or seeds.md `text` less its machine and load sentences and the environment
+  label, and what the hardware bullet keeps between them (the wall times)."""
+  layout = 'degradation' if name.startswith('degradation_') else name
+  pattern, _ = readme_tables.HARDWARE.get(layout, readme_tables.HARDWARE['header'])
+  kept = [m['kept'] for m in pattern.finditer(text)]
+  text = readme_tables.SEEDS_LOAD.sub(lambda m: m['head'], pattern.sub('', text))
+  return text.replace(lecture_common.ENVIRONMENT_NOTE + '\n\n', ''), kept
+
+
+@pytest.mark.parametrize('name', readme_tables.REPORTS)
+def test_recheck_of_the_machine_and_load_changes_no_number(tmp_path, name):
+  """On a copy of each committed report, the machine and load rewrite changes the hardware
+  bullet's machine and load sentence, lenet5_mnist's seeds sentence and the environment
+  section's label only (the wall times between them as they were), never results.json; a second
+  pass changes nothing."""
+  shutil.copytree(ROOT / 'reports' / name, tmp_path / 'reports' / name)
+  texts = readme_tables.run_facts_texts(name, tmp_path)
+  for path, new in texts.items():
+    assert _outside_run_facts(name, new) == _outside_run_facts(name, path.read_text())
+    path.write_text(new)
+  assert readme_tables.run_facts_texts(name, tmp_path) == {}
+  assert all(p.suffix == '.md' for p in texts)
