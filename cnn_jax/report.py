@@ -30,7 +30,7 @@ def plot_training_curves(workdir: str | pathlib.Path, out_png: str | pathlib.Pat
   """Loss and accuracy against epochs: train (logged averages) and validation (per epoch)."""
   import matplotlib  # pylint: disable=g-import-not-at-top  (its backend is chosen before pyplot)
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  (after the backend)
 
   records = read_metrics(pathlib.Path(workdir) / 'metrics.jsonl')
   series = {split: [r for r in records if r['split'] == split] for split in ('train', 'val')}

@@ -53,7 +53,7 @@ def _split(builder, split):
 
 def _require_tensorflow(name):
   try:
-    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (optional)
   except ImportError as e:
     raise DataError(f'Reading or preparing TFDS dataset {name!r} in tfrecord format needs '
                     'TensorFlow: `pip install tensorflow-cpu==2.21.0`.') from e
