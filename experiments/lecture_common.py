@@ -198,8 +198,9 @@ class Session:
 
   def train(self, configs: dict) -> None:
     """Trains each run of `configs` in <workdir>/<name> (the run named '.': in the workdir
-    itself), one after another: a run with results.json is skipped, any other resumes from its
-    checkpoint (cli.run_training: exit 130 when interrupted). Nothing under --report_only."""
+    itself; one named by an absolute path: there, e.g. a run another experiment trained), one
+    after another: a run with results.json is skipped, any other resumes from its checkpoint
+    (cli.run_training: exit 130 when interrupted). Nothing under --report_only."""
     self.runs = list(configs)
     if self.report_only:
       return

@@ -3,6 +3,8 @@ learned filters are compared with random ones.
 
     python -m experiments.visualize_filters [--run_dir=workdirs/lenet5_mnist_seeds/seed=0]
                                             [--preset=toy] [--workdir=DIR] [--report_dir=DIR]
+                                            [--set=KEY=VALUE ...] [--cifar_set=KEY=VALUE ...]
+                                            [--report_only]
 
 Restores the best checkpoint of a LeNet-5 run (`--run_dir`; trained here with `--config` first
 when it has no results.json) and writes filters.png (the six 5x5 C1 kernels), feature_maps.png
@@ -21,48 +23,111 @@ average for i.i.d. Gaussian taps), and the orientation selectivity of its lumina
 check: the learned filters split into achromatic and colour filters, i.e. the spread (std) of CI
 across the 16 filters exceeds that of 95% of random sets of 16 initial filters; and the colour filters
 are blobs: their chromatic part's energy sits in its spatial mean (DC) more than in random ones.
+
+The harness (experiments/lecture_common.py) runs it: both runs' configs are built first (`--set`
+for both runs, `--cifar_set` for the CIFAR-10 run after it, by the one override parser: a bad key
+or value exits with its ConfigError and code 2 before anything trains), an unfinished run trains
+or resumes in its directory and a finished one is skipped, and `--report_only` trains nothing and
+writes the report from the finished runs' checkpoints. `--report_dir` copies the report there.
 """
 from __future__ import annotations
 
-import json
+import functools
 import pathlib
 
 from absl import app, flags
 import numpy as np
 
-from cnn_jax import cli, config_base, report, runtime, sweep
+from cnn_jax import config_base, report, runtime, sweep
+from cnn_jax.config_base import ConfigError
 from experiments import lecture_common as common
+
+FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """Command-line flags; defined only when run as a script, so that tests can import
-  several experiments."""
-  global _PRESET, _RUN_DIR, _CONFIG, _WORKDIR, _REPORT_DIR
-  _PRESET = flags.DEFINE_enum('preset', 'full', ['full', 'toy'],
-                              'toy: trains LeNet-5 for 1 epoch on 2,000 images first.')
-  _RUN_DIR = flags.DEFINE_string('run_dir', None, 'A LeNet-5 workdir (default: workdirs/'
-                                 'lenet5_mnist_seeds/seed=0; toy: <workdir>/run).')
-  _CONFIG = flags.DEFINE_string('config', 'configs/lenet5_mnist.py',
-                                'Config file of that run (to restore it or train it).')
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Default: workdirs/visualize_filters[_toy].')
-  _REPORT_DIR = flags.DEFINE_string('report_dir', None, 'Also copy the report and records here.')
-  global _CIFAR_RUN_DIR, _CIFAR_CONFIG, _CIFAR_SET
-  _CIFAR_RUN_DIR = flags.DEFINE_string(
-      'cifar_run_dir', None, 'A CIFAR-10 CifarResNet workdir (default: workdirs/degradation_cpu/'
-      'resnet20; toy: <workdir>/cifar_run). "none" skips the CIFAR-10 part.')
-  _CIFAR_CONFIG = flags.DEFINE_string(
-      'cifar_config', None, 'Config of that run (default configs/cifar_resnet.py:resnet20,cpu; '
-      'toy: configs/cifar_resnet.py:resnet8,toy).')
-  _CIFAR_SET = flags.DEFINE_multi_string('cifar_set', [], 'Override for the CIFAR-10 run, '
-                                         'KEY=VALUE, e.g. data.data_dir=/data/cifar10.')
+  """The harness's flags (lecture_common.define_flags) and where this experiment's two runs are;
+  defined only when run as a script, so that tests can import several experiments."""
+  common.define_flags('visualize_filters', 'trains LeNet-5 for 1 epoch on 2,000 images first '
+                      f'(and {CIFAR_TOY_CONFIG} for the CIFAR-10 part).', sweep_flags=False)
+  flags.DEFINE_string('run_dir', None, f'A LeNet-5 workdir (default: {MNIST_RUN_DIR}; toy: '
+                      f'<workdir>/{TOY_RUNS[0]}).')
+  flags.DEFINE_string('config', MNIST_CONFIG,
+                      'Config file of that run (to restore it or train it).')
+  flags.DEFINE_string('cifar_run_dir', None, f'A CIFAR-10 CifarResNet workdir (default: '
+                      f'{CIFAR_RUN_DIR}; toy: <workdir>/{TOY_RUNS[1]}). "none" skips the CIFAR-10 '
+                      'part.')
+  flags.DEFINE_string('cifar_config', None, f'Config of that run (default {CIFAR_CONFIG}; toy: '
+                      f'{CIFAR_TOY_CONFIG}).')
+  flags.DEFINE_multi_string('cifar_set', [], 'Config override KEY=VALUE for the CIFAR-10 run '
+                            'only, after --set, e.g. --cifar_set=data.data_dir=/data/cifar10.')
 
 
 OUTPUTS = ('report.md', 'filters.png', 'feature_maps.png', 'results.json', 'cifar_filters.png',
            'cifar_feature_maps.png')
-CIFAR_DEFAULT = ('workdirs/degradation_cpu/resnet20', 'configs/cifar_resnet.py:resnet20,cpu')
-CIFAR_TOY = ('configs/cifar_resnet.py:resnet8,toy',)
+MNIST_RUN_DIR, MNIST_CONFIG = 'workdirs/lenet5_mnist_seeds/seed=0', 'configs/lenet5_mnist.py'
+MNIST_TOY = ('data.train_subset=2000', 'num_epochs=1')  # the toy preset's cut of that config
+CIFAR_RUN_DIR = 'workdirs/degradation_cpu/resnet20'
+CIFAR_CONFIG, CIFAR_TOY_CONFIG = ('configs/cifar_resnet.py:resnet20,cpu',
+                                  'configs/cifar_resnet.py:resnet8,toy')
+TOY_RUNS = ('run', 'cifar_run')  # the toy preset's LeNet-5 and CIFAR-10 runs, in the workdir
+QUIET = ('progress_bar=False',)  # every run's, before --set
+# What a begun LeNet-5 run's config.json sets whatever the flags say: it resumes and is restored
+# as it trained.
+SAVED_KEYS = ('seed', 'num_epochs', 'learning_rate', 'momentum', 'batch_size', 'data.train_subset')
+CIFAR_SKIPPED = '## CIFAR-10 first layer\n\nSkipped (`--cifar_run_dir=none`).\n'
 RANDOM_SETS = 2000
 FFT_SIZE = 32
+
+
+def run_dirs(workdir: pathlib.Path, toy: bool, run_dir: str | None = None,
+             cifar_run_dir: str | None = None) -> tuple[pathlib.Path, pathlib.Path | None]:
+  """The LeNet-5 and the CIFAR-10 run's directories, absolute: the given ones (--run_dir,
+  --cifar_run_dir), else the toy preset's in `workdir`, else the committed report's runs; the
+  CIFAR-10 one None for 'none' (that part skipped)."""
+  def where(given, toy_run, default):
+    return pathlib.Path(given or (workdir / toy_run if toy else common.ROOT / default)).resolve()
+  cifar = None if cifar_run_dir == 'none' else where(cifar_run_dir, TOY_RUNS[1], CIFAR_RUN_DIR)
+  return where(run_dir, TOY_RUNS[0], MNIST_RUN_DIR), cifar
+
+
+def config_file(spec: str, overrides=()):
+  """The config of `spec` (configs/<file>.py[:arg]) with QUIET and the 'KEY=VALUE' `overrides`
+  applied by the one parser, validated (lecture_common.configured). A missing file, an argument
+  the file rejects, an unknown key or a bad value: a ConfigError."""
+  try:
+    config = sweep.Sweep(spec).base_config()
+  except ConfigError:
+    raise
+  except ValueError as e:  # the file's get_config rejects its argument
+    raise ConfigError(f'{spec}: {e}') from None
+  return common.configured(config, (*QUIET, *overrides))
+
+
+def mnist_config(spec: str, run_dir: pathlib.Path, toy: bool, overrides=()):
+  """The LeNet-5 run's config: `spec`, cut by the toy preset (MNIST_TOY), with the --set
+  `overrides`; where the run has begun (its config.json), its own SAVED_KEYS."""
+  config = config_file(spec, (*(MNIST_TOY if toy else ()), *overrides))
+  if (run_dir / 'config.json').exists():  # resume and restore with the run's own settings
+    saved = common.read_json(run_dir / 'config.json')
+    for key in SAVED_KEYS:
+      config_base.set_key(config, key, functools.reduce(dict.__getitem__, key.split('.'), saved))
+  return config
+
+
+def run_configs(mnist_dir: pathlib.Path, cifar_dir: pathlib.Path | None, toy: bool,
+                overrides=(), *, config: str = MNIST_CONFIG, cifar_config: str | None = None,
+                cifar_overrides=()) -> dict:
+  """{run directory: config} of the LeNet-5 run (`config`, `mnist_config`) and the CIFAR-10 one
+  (`cifar_config`, default the preset's), in training order: `overrides` (--set) for both runs,
+  `cifar_overrides` (--cifar_set) after them for the CIFAR-10 run. Its config is built and
+  checked even when its part is skipped (`cifar_dir` None): a mistyped --cifar_set is an error."""
+  runs = {mnist_dir: mnist_config(config, mnist_dir, toy, overrides)}
+  cifar = config_file(cifar_config or (CIFAR_TOY_CONFIG if toy else CIFAR_CONFIG),
+                      (*overrides, *cifar_overrides))
+  if cifar_dir is not None:
+    runs[cifar_dir] = cifar
+  return runs
 
 
 def orientation(kernel: np.ndarray) -> tuple[float, float]:
@@ -202,85 +267,96 @@ def claim_checks(record: dict) -> common.Checks:
   return checks
 
 
-def cifar_part(workdir: pathlib.Path, toy: bool) -> tuple[str, dict]:
-  """The CIFAR-10 half of C26: (markdown section, results entries)."""
-  if _CIFAR_RUN_DIR.value == 'none':
-    return ('## CIFAR-10 first layer\n\nSkipped (`--cifar_run_dir=none`).\n', {})
-  import jax  # pylint: disable=g-import-not-at-top
-  run_dir = pathlib.Path(_CIFAR_RUN_DIR.value or (workdir / 'cifar_run' if toy else
-                                                  common.ROOT / CIFAR_DEFAULT[0]))
-  config_arg = _CIFAR_CONFIG.value or (CIFAR_TOY[0] if toy else CIFAR_DEFAULT[1])
-  config = sweep.Sweep(config_arg, config_args=('progress_bar=False', *_CIFAR_SET.value)).base_config()
-  if not sweep.is_done(run_dir):
-    from cnn_jax import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, run_dir, command=cli.command_line('experiments.visualize_filters'))
-  results = json.loads((run_dir / 'results.json').read_text())
-  model, variables, preprocess, splits = common.restore_best(config, run_dir)
-  kernels = np.asarray(variables['params']['stem_conv']['kernel'])  # (3, 3, 3, 16)
-  if kernels.shape[2] != 3:
-    raise SystemExit(f'{run_dir}: the first convolution takes {kernels.shape[2]} channels, not RGB.')
+def cifar_figures(kernels: np.ndarray) -> tuple[dict, tuple[float, float]]:
+  """The CIFAR-10 half's figures of first-layer `kernels` (kh, kw, 3, n) against seeded random
+  Gaussian filters: (results entries: per-filter `colour_stats`, the spread of CI and its random
+  95th percentile and p-value, the colour filters' (CI > 0.5) mean chromatic DC share and its
+  random 95th percentile, the counts of nearly grey and nearly chromatic filters; the shares of
+  random filters that are nearly grey and nearly chromatic)."""
   stats = colour_stats(kernels)
   ci = np.array([s['colour_index'] for s in stats])
   spreads = random_colour_spread(kernels.shape)
-  p95 = float(np.percentile(spreads, 95))
   spread = float(np.std(ci))
-  p_value = float(np.mean(spreads >= spread))
-  n_grey, n_colour = int(np.sum(ci < 0.2)), int(np.sum(ci > 0.8))
   rng = np.random.default_rng(1)
   random_ci = np.array([colour_index(rng.standard_normal(kernels.shape[:3]))
                         for _ in range(RANDOM_SETS)])
-  grey_random, colour_random = float(np.mean(random_ci < 0.2)), float(np.mean(random_ci > 0.8))
   # Colour blobs: the chromatic part of the colour filters (CI > 0.5) is spatially uniform.
   coloured = [s['chroma_dc_share'] for s in stats if s['colour_index'] > 0.5]
-  blob = float(np.mean(coloured)) if coloured else float('nan')
   random_dc = np.array([chroma_dc_share(rng.standard_normal(kernels.shape[:3]))
                         for _ in range(RANDOM_SETS * max(len(coloured), 1))])
-  blob_p95 = float(np.percentile(random_dc.reshape(RANDOM_SETS, -1).mean(1), 95))
-  order = np.argsort(ci)
+  entries = {
+      'filters': stats, 'colour_index_std': spread,
+      'random_std_p95': float(np.percentile(spreads, 95)),
+      'p_value': float(np.mean(spreads >= spread)),
+      'colour_filters_chroma_dc_share': float(np.mean(coloured)) if coloured else float('nan'),
+      'random_chroma_dc_share_p95': float(np.percentile(
+          random_dc.reshape(RANDOM_SETS, -1).mean(1), 95)),
+      'n_grey': int(np.sum(ci < 0.2)), 'n_colour': int(np.sum(ci > 0.8))}
+  return entries, (float(np.mean(random_ci < 0.2)), float(np.mean(random_ci > 0.8)))
+
+
+def cifar_part(config, run_dir: pathlib.Path, workdir: pathlib.Path) -> tuple[str, dict]:
+  """The CIFAR-10 half of C26 from the finished run in `run_dir` (its best checkpoint), with
+  cifar_filters.png and cifar_feature_maps.png in `workdir`: (markdown section, results entries)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  _, variables, preprocess, splits = common.restore_best(config, run_dir)
+  kernels = np.asarray(variables['params']['stem_conv']['kernel'])  # (3, 3, 3, 16)
+  if kernels.shape[2] != 3:
+    raise SystemExit(f'{run_dir}: the first convolution takes {kernels.shape[2]} channels, not RGB.')
+  entry, random_shares = cifar_figures(kernels)
+  stats = entry['filters']
+  order = np.argsort([s['colour_index'] for s in stats])
   test_x, test_y = splits.test
   picks = [int(np.flatnonzero(test_y == c)[0]) for c in range(3)]
   x = preprocess(test_x[picks], None, train=False)
   maps = np.asarray(jax.lax.conv_general_dilated(
       x, kernels, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
-  f_png = plot_cifar_filters(kernels, stats, workdir / 'cifar_filters.png',
-                             f"{config.model} first convolution (3x3, RGB), sorted by colour index")
-  m_png = plot_cifar_maps(np.asarray(test_x[picks]), maps, order, workdir / 'cifar_feature_maps.png')
-  rel = run_dir.relative_to(common.ROOT) if run_dir.is_relative_to(common.ROOT) else run_dir
+  title = f'{config.model} first convolution (3x3, RGB), sorted by colour index'
+  pngs = (plot_cifar_filters(kernels, stats, workdir / 'cifar_filters.png', title),
+          plot_cifar_maps(np.asarray(test_x[picks]), maps, order,
+                          workdir / 'cifar_feature_maps.png'))
+  results = common.read_json(run_dir / 'results.json')
+  entry = {'run_dir': str(common.rel(run_dir)), 'model': config.model,
+           'test_accuracy': results['test_accuracy'], **entry}
+  entry['check_holds'] = claim_checks({'cifar': entry}).all_hold
+  return cifar_section(config, results, entry, kernels.shape, random_shares, order, pngs), {
+      'cifar': entry}
+
+
+def cifar_section(config, results: dict, entry: dict, shape: tuple[int, ...], random_shares,
+                  order, pngs) -> str:
+  """The report's CIFAR-10 section: the run (its results.json `results`), the statistics, the
+  per-filter table of `entry` in `order` and the figures `pngs`."""
+  stats, (grey_random, colour_random) = entry['filters'], random_shares
+  rel, n_grey, n_colour = entry['run_dir'], entry['n_grey'], entry['n_colour']
   rows = [[i, f"{stats[i]['colour_index']:.3f}", f"{stats[i]['chroma_dc_share']:.3f}",
            f"{stats[i]['luminance_osi']:.3f}",
            f"{stats[i]['orientation_deg']:.0f}°", f"{stats[i]['l2']:.3f}"] for i in order]
-  text = f"""## CIFAR-10 first layer
+  return f"""## CIFAR-10 first layer
 
 The run in `{rel}`: {config.model}, {results['dataset']}, {results['num_train']:,} training
 images, {results['steps']:,} iterations, test accuracy {results['test_accuracy']:.2%} (best
 checkpoint at step {results['best_step']:,}); its command: `{results['command']}`. Its first
-convolution is {kernels.shape[0]}x{kernels.shape[1]} over the normalised RGB channels with
-{kernels.shape[-1]} filters.
+convolution is {shape[0]}x{shape[1]} over the normalised RGB channels with
+{shape[-1]} filters.
 
 Colour index CI: the share of a filter's energy outside the luminance direction (each tap's RGB
 vector projected on (1,1,1)/sqrt(3)); 0 = grey, 1 = purely colour-opponent, 2/3 on average for
 i.i.d. Gaussian (initial) taps. DC share of the chromatic part: the share of that part's energy
-in its spatial mean (1 = one uniform colour, a blob; 1/{kernels.shape[0] * kernels.shape[1]} on
+in its spatial mean (1 = one uniform colour, a blob; 1/{shape[0] * shape[1]} on
 average for Gaussian taps). Baselines: {RANDOM_SETS:,} sets of Gaussian kernels of the same shape
 (both statistics are scale-free, so any Gaussian initialiser gives the same). The checks are in
 the table at the top.
 
-{n_grey} of {len(ci)} learned filters are nearly grey (CI < 0.2; {grey_random:.1%} of random
+{n_grey} of {len(stats)} learned filters are nearly grey (CI < 0.2; {grey_random:.1%} of random
 filters are) and {n_colour} nearly purely chromatic (CI > 0.8; {colour_random:.1%} of random ones).
 
 {report.markdown_table(['filter', 'colour index', 'DC share of the chromatic part', 'OSI of the luminance part', 'preferred edge orientation', 'L2 norm'], rows)}
 
-![CIFAR first-layer filters]({f_png.name})
+![CIFAR first-layer filters]({pngs[0].name})
 
-![CIFAR first-layer responses]({m_png.name})
+![CIFAR first-layer responses]({pngs[1].name})
 """
-  entry = {
-      'run_dir': str(rel), 'model': config.model, 'test_accuracy': results['test_accuracy'],
-      'filters': stats, 'colour_index_std': spread, 'random_std_p95': p95, 'p_value': p_value,
-      'colour_filters_chroma_dc_share': blob, 'random_chroma_dc_share_p95': blob_p95,
-      'n_grey': n_grey, 'n_colour': n_colour}
-  entry['check_holds'] = claim_checks({'cifar': entry}).all_hold
-  return text, {'cifar': entry}
 
 
 def plot_filters(kernels: np.ndarray, stats, out: pathlib.Path) -> pathlib.Path:
@@ -318,22 +394,50 @@ def plot_maps(images: np.ndarray, maps: np.ndarray, out: pathlib.Path) -> pathli
   return out
 
 
-def mnist_run(workdir: pathlib.Path, toy: bool) -> tuple[object, pathlib.Path, dict]:
-  """(config, run directory, results) of the LeNet-5 run, trained first when not finished."""
-  run_dir = pathlib.Path(_RUN_DIR.value or (workdir / 'run' if toy else common.ROOT / 'workdirs'
-                                            / 'lenet5_mnist_seeds' / 'seed=0'))
-  overrides = (('data.train_subset=2000', 'num_epochs=1', 'progress_bar=False') if toy
-               else ('progress_bar=False',))
-  config = sweep.Sweep(_CONFIG.value, config_args=overrides).base_config()
-  if (run_dir / 'config.json').exists():  # restore with the run's own settings
-    saved = json.loads((run_dir / 'config.json').read_text())
-    for key in ('seed', 'num_epochs', 'learning_rate', 'momentum', 'batch_size'):
-      config_base.set_key(config, key, saved[key])
-    config_base.set_key(config, 'data.train_subset', saved['data']['train_subset'])
-  if not sweep.is_done(run_dir):
-    from cnn_jax import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, run_dir, command=cli.command_line('experiments.visualize_filters'))
-  return config, run_dir, json.loads((run_dir / 'results.json').read_text())
+def mnist_part(config, run_dir: pathlib.Path, workdir: pathlib.Path) -> tuple[str, dict, int]:
+  """The MNIST half of C26 from the finished LeNet-5 run in `run_dir` (its best checkpoint), with
+  filters.png and feature_maps.png in `workdir`: (markdown sections, results entries, how many
+  filters are individually more oriented than 95% of random ones)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  _, variables, preprocess, splits = common.restore_best(config, run_dir)
+  kernels = np.asarray(variables['params']['c1']['kernel'])  # (5, 5, 1, 6)
+  bias = np.asarray(variables['params']['c1']['bias'])
+  stats = [orientation(kernels[:, :, 0, i]) for i in range(kernels.shape[-1])]
+  random_means, random_all = random_osi(kernels.shape[-1])
+  trained_mean = float(np.mean([s[0] for s in stats]))
+  individual_p95, n_above = oriented([s[0] for s in stats], random_all)
+
+  # C1 responses to the first test digit of four classes.
+  test_x, test_y = splits.test
+  picks = [int(np.flatnonzero(test_y == c)[0]) for c in (0, 1, 4, 7)]
+  x = preprocess(test_x[picks], None, train=False)
+  c1 = jax.lax.conv_general_dilated(x, kernels, (1, 1), 'VALID',
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+  maps = np.asarray(jax.nn.relu(c1))
+  f_png = plot_filters(kernels, stats, workdir / 'filters.png')
+  m_png = plot_maps(test_x[picks], maps, workdir / 'feature_maps.png')
+  text = f"""## MNIST first layer (LeNet-5 C1)
+
+{n_above} of {len(stats)} learned filters are individually more oriented than 95% of random
+initial filters.
+
+## Filters
+
+{per_filter_table(kernels, stats, individual_p95)}
+
+![C1 kernels]({f_png.name})
+
+## Feature maps
+
+C1 responses (after ReLU) to the first test digit of classes 0, 1, 4 and 7.
+
+![C1 feature maps]({m_png.name})"""
+  entries = {
+      'filters': [{'osi': s[0], 'orientation_deg': s[1]} for s in stats],
+      'trained_mean_osi': trained_mean,
+      'random_mean_osi_p95': float(np.percentile(random_means, 95)),
+      'p_value': float(np.mean(random_means >= trained_mean))}
+  return text, entries, n_above
 
 
 def per_filter_table(kernels: np.ndarray, stats, individual_p95: float) -> str:
@@ -368,52 +472,14 @@ def headline(record: dict, n_above: int) -> str:
                         f"{cifar['n_colour']} colour filters" if cifar else ''))
 
 
-def main(argv):
-  common.check_argv(argv)
-  cli.setup_process()
-  clock = common.Clock()
-  toy = _PRESET.value == 'toy'
-  workdir = pathlib.Path(_WORKDIR.value or common.ROOT / 'workdirs' /
-                         ('visualize_filters' + ('_toy' if toy else '')))
-  workdir.mkdir(parents=True, exist_ok=True)
-  config, run_dir, results = mnist_run(workdir, toy)
-
-  import jax  # pylint: disable=g-import-not-at-top
-  model, variables, preprocess, splits = common.restore_best(config, run_dir)
-  kernels = np.asarray(variables['params']['c1']['kernel'])  # (5, 5, 1, 6)
-  bias = np.asarray(variables['params']['c1']['bias'])
-  stats = [orientation(kernels[:, :, 0, i]) for i in range(kernels.shape[-1])]
-  random_means, random_all = random_osi(kernels.shape[-1])
-  trained_mean = float(np.mean([s[0] for s in stats]))
-  individual_p95, n_above = oriented([s[0] for s in stats], random_all)
-
-  # C1 responses to the first test digit of four classes.
-  test_x, test_y = splits.test
-  picks = [int(np.flatnonzero(test_y == c)[0]) for c in (0, 1, 4, 7)]
-  x = preprocess(test_x[picks], None, train=False)
-  c1 = jax.lax.conv_general_dilated(x, kernels, (1, 1), 'VALID',
-                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
-  maps = np.asarray(jax.nn.relu(c1))
-  f_png = plot_filters(kernels, stats, workdir / 'filters.png')
-  m_png = plot_maps(test_x[picks], maps, workdir / 'feature_maps.png')
-
-  cifar_text, cifar_entries = cifar_part(workdir, toy)
-  cifar = cifar_entries.get('cifar')
-  run_dirs = [run_dir] + ([common.ROOT / cifar['run_dir']] if cifar else [])  # or absolute
-  facts = {**clock.facts(), **common.runs_facts(run_dirs)}
-  command = cli.command_line('experiments.visualize_filters')
-  record = {
-      'experiment': 'visualize_filters', 'claims': 'C26', 'preset': _PRESET.value,
-      'command': command, 'run_dir': str(common.rel(run_dir)), **facts,
-      'filters': [{'osi': s[0], 'orientation_deg': s[1]} for s in stats],
-      'trained_mean_osi': trained_mean,
-      'random_mean_osi_p95': float(np.percentile(random_means, 95)),
-      'p_value': float(np.mean(random_means >= trained_mean)), **cifar_entries}
-  record['headline'] = headline(record, n_above)
-  checks = claim_checks(record)
+def report_text(session: common.Session, run_dir: pathlib.Path, mnist_text: str, cifar_text: str,
+                checks: common.Checks) -> str:
+  """report.md: the harness's header (the LeNet-5 run in `run_dir` as its data), the claim
+  checks, the MNIST and the CIFAR-10 sections, the environment."""
+  results = common.read_json(run_dir / 'results.json')
   text = common.header(
       title='What first layers learn: LeNet-5 on MNIST, a ResNet on CIFAR-10', claims='claim C26',
-      command=command,
+      command=session.command,
       data=(f"MNIST, bundled IDX files; the run in `{common.rel(run_dir)}` "
             f"({results['num_train']:,} training images, {results['epochs']} epochs, test accuracy "
             f"{results['test_accuracy']:.2%}, best checkpoint at epoch {results['best_epoch']}; "
@@ -421,30 +487,38 @@ def main(argv):
       protocol=(f'OSI over the {FFT_SIZE}x{FFT_SIZE} zero-padded power spectrum of each '
                 'zero-mean 5x5 kernel, DC excluded; baseline: '
                 f'{RANDOM_SETS:,} sets of 6 kernels drawn from the LeCun-normal initialiser.'),
-      train_wall_s=results['wall_time_s'], facts=facts, generator='experiments/visualize_filters.py')
-  text += f"""
+      train_wall_s=results['wall_time_s'], facts=session.facts(),
+      generator='experiments/visualize_filters.py')
+  return text + f"""
 {common.checks_section(checks)}
-## MNIST first layer (LeNet-5 C1)
-
-{n_above} of {len(stats)} learned filters are individually more oriented than 95% of random
-initial filters.
-
-## Filters
-
-{per_filter_table(kernels, stats, individual_p95)}
-
-![C1 kernels]({f_png.name})
-
-## Feature maps
-
-C1 responses (after ReLU) to the first test digit of classes 0, 1, 4 and 7.
-
-![C1 feature maps]({m_png.name})
+{mnist_text}
 
 {cifar_text}
 
 {common.footer()}"""
-  common.finish(workdir, text, record, OUTPUTS, checks, _REPORT_DIR.value)
+
+
+def main(argv):
+  session = common.start(argv, 'visualize_filters')
+  toy = session.preset == 'toy'
+  mnist_dir, cifar_dir = run_dirs(session.workdir, toy, FLAGS.run_dir, FLAGS.cifar_run_dir)
+  configs = session.configs(lambda: run_configs(  # both before anything trains
+      mnist_dir, cifar_dir, toy, session.overrides, config=FLAGS.config,
+      cifar_config=FLAGS.cifar_config, cifar_overrides=FLAGS.cifar_set))
+  session.train(configs)  # each in its own directory: finished ones skipped, others resumed
+  for run_dir in configs:
+    if not sweep.is_done(run_dir):  # --report_only
+      raise SystemExit(f'No finished run in {run_dir}; train it first (drop --report_only).')
+  mnist_text, mnist, n_above = mnist_part(configs[mnist_dir], mnist_dir, session.workdir)
+  cifar_text, cifar = (cifar_part(configs[cifar_dir], cifar_dir, session.workdir) if cifar_dir
+                       else (CIFAR_SKIPPED, {}))
+  record = {'experiment': 'visualize_filters', 'claims': 'C26', 'preset': session.preset,
+            'command': session.command, 'run_dir': str(common.rel(mnist_dir)),
+            **session.facts(), **mnist, **cifar}
+  record['headline'] = headline(record, n_above)
+  checks = claim_checks(record)
+  session.finish(report_text(session, mnist_dir, mnist_text, cifar_text, checks), record,
+                 OUTPUTS, checks)
 
 
 if __name__ == '__main__':
