@@ -538,6 +538,8 @@ def main(argv: list[str] | None = None):
   print(table(rows, args.variants, args.torch_modes, cpu_peak_of(info, args.dtype)))
   if args.json:
     command = 'python -m benchmarks.train_step ' + ' '.join(sys.argv[1:] if argv is None else argv)
+    if args.compare_tree:  # the checkout's path is this machine's; its commit is what it means
+      command = command.replace(args.compare_tree, f"<checkout of {info['compare_tree']}>")
     with open(args.json, 'w') as f:
       json.dump({'machine': info, 'command': command, 'variants': args.variants, 'rows': rows,
                  'repeats': args.repeats, 'interleaved': True, 'window_s': args.min_seconds,
