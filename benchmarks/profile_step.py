@@ -94,14 +94,14 @@ def classify(name: str, op: dict | None) -> str:
   return 'other'
 
 
-def profile(model_name: str, steps: int) -> dict:
+def profile(model_name: str, steps: int, dtype: str = 'float32') -> dict:
   import cnn_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from cnn_jax import config_base, input_pipeline, models, optim, parallel  # pylint: disable=g-import-not-at-top
   from cnn_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
   from benchmarks.train_step import BATCH, input_shape  # pylint: disable=g-import-not-at-top
-  from cnn_jax import kernels, runtime  # pylint: disable=g-import-not-at-top
+  from cnn_jax import kernels, precision, runtime  # pylint: disable=g-import-not-at-top
   from cnn_jax.kernels import layer_set as cpu_layer_set  # pylint: disable=g-import-not-at-top
   from cnn_jax.models import layer_set  # pylint: disable=g-import-not-at-top
 
@@ -110,7 +110,7 @@ def profile(model_name: str, steps: int) -> dict:
   config.momentum, config.weight_decay = 0.9, 1e-4
   tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, 100))
   mesh = parallel.make_mesh()
-  model = models.create(model_name, num_classes=10)
+  model = models.create(model_name, num_classes=10, dtype=precision.compute_dtype(dtype))
   layers = cpu_layer_set.for_config(config)  # as the loop chooses: the CPU kernels here
   state = steps_lib.create_train_state(model, tx, shape, jax.random.key(0),
                                        parallel.replicated(mesh),
@@ -150,7 +150,7 @@ def profile(model_name: str, steps: int) -> dict:
   per_cat = collections.Counter()
   for name, ms in per_op.items():
     per_cat[classify(name, hlo[name])] += ms
-  return {'model': model_name, 'batch': batch, 'wall_ms': wall_ms, 'per_op': per_op,
+  return {'model': model_name, 'batch': batch, 'dtype': dtype, 'wall_ms': wall_ms, 'per_op': per_op,
           'per_cat': per_cat, 'threads': len(threads), 'hlo': hlo,
           'xla_flags': __import__('os').environ.get('XLA_FLAGS', ''),
           'malloc': runtime.current_malloc(),
@@ -208,9 +208,11 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='resnet20')
   parser.add_argument('--steps', type=int, default=3)
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                      help='compute dtype (parameters stay float32)')
   parser.add_argument('--out', default=None)
   args = parser.parse_args()
-  text = render(profile(args.model, args.steps))
+  text = render(profile(args.model, args.steps, args.dtype))
   print(text)
   if args.out:
     pathlib.Path(args.out).write_text(text)

@@ -296,14 +296,16 @@ def contender(kind: str, name: str, steps: int, batch: int = 0, env: dict | None
 
 
 def tree_contender(tree: str, name: str, steps: int, batch: int = 0,
-                   window_s: float = WINDOW_S) -> harness.Child:
+                   window_s: float = WINDOW_S, dtype: str = 'float32') -> harness.Child:
   """The served child of `jax (defaults)` as another checkout of the project (`tree`, e.g. a git
   worktree at an earlier commit) builds it, with that checkout's own code: through its
   benchmarks.harness where it has one, else through the `--child --serve` command that
-  benchmarks.train_step had before it (same line protocol)."""
+  benchmarks.train_step had before it (same line protocol, float32 only)."""
   batch = batch or BATCH[name]
   if (pathlib.Path(tree) / 'benchmarks' / 'harness.py').exists():
     kwargs = dict(name=name, steps=steps, batch=batch, min_seconds=window_s)
+    if dtype != 'float32':  # checkouts from before bfloat16 took no dtype
+      kwargs['dtype'] = dtype
     command = ['-m', 'benchmarks.harness', '--call=benchmarks.train_step:JaxBench',
                f'--kwargs={json.dumps(kwargs)}', '--serve']
   else:
@@ -503,7 +505,7 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
                            args.dtype) for v in args.variants}
   if args.compare_tree:
     children['before'] = tree_contender(args.compare_tree, name, args.steps, batch,
-                                        args.min_seconds)
+                                        args.min_seconds, args.dtype)
   for mode in args.torch_modes:
     children[f'pytorch {mode}'] = contender('torch', name, args.steps, batch, {}, args.min_seconds,
                                             args.dtype, mode)
