@@ -21,6 +21,7 @@ from cnn_jax import cli, conv_arithmetic, models, report, runtime
 from cnn_jax.models import cifar_zoo as zoo_models
 from configs import cifar_zoo
 from experiments import lecture_common as common
+from experiments import report_parts, run_records
 
 RECORDS = ('results.json', 'config.json')
 
@@ -72,7 +73,7 @@ def rows_of(workdir: pathlib.Path, names: list[str], preset: str, overrides=()) 
   rows = []
   for name in names:
     config = model_config(name, preset, overrides)
-    res = common.read_results(workdir / name)
+    res = run_records.read_results(workdir / name)
     rows.append({'model': name, 'registry_name': config.model, 'macs': macs(config),
                  'batch_norm': uses_batch_norm(config),
                  'num_params': res['num_params'] if res else None, 'results': res})
@@ -117,14 +118,14 @@ def headline(rows: list[dict], config) -> str:
           + ('' if len(done) == len(rows) else f' ({len(done)} of {len(rows)} models trained)'))
 
 
-def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+def recompute(report_dir: pathlib.Path) -> report_parts.Recomputed:
   """The report in `report_dir` (reports/cifar_zoo) computed again from its per-run records:
   each model's results.json and config.json give the headline. It has no claim checks (a table)."""
-  names = [r['model'] for r in common.read_json(report_dir / 'results.json')['rows']]
-  rows = [{'model': n, 'results': common.read_results(report_dir / n)} for n in names]
-  config = next(ml_collections.ConfigDict(common.read_json(report_dir / n / 'config.json'))
+  names = [r['model'] for r in run_records.read_json(report_dir / 'results.json')['rows']]
+  rows = [{'model': n, 'results': run_records.read_results(report_dir / n)} for n in names]
+  config = next(ml_collections.ConfigDict(run_records.read_json(report_dir / n / 'config.json'))
                 for n in names if (report_dir / n / 'config.json').exists())
-  return common.Recomputed(common.Checks(), headline(rows, config))
+  return report_parts.Recomputed(report_parts.Checks(), headline(rows, config))
 
 
 def batch_norm_reading(rows: list[dict]) -> str:
@@ -176,7 +177,7 @@ def paper_table(rows: list[dict]) -> str:
 def _header(rows: list[dict], config, preset: str, facts: dict, command: str) -> str:
   first = next((r['results'] for r in rows if r['results']), None)
   steps = config.num_steps or config.num_epochs
-  return common.header(
+  return report_parts.header(
       title='The classic architectures on CIFAR-10', claims='C16-C19', command=command,
       data=(f"{first['dataset'] if first else 'CIFAR-10'}: {_n(first, 'num_train')} training, "
             f"{_n(first, 'num_val')} validation and {_n(first, 'num_test')} test images; 4-pixel "
@@ -230,7 +231,7 @@ best-known CIFAR adaptation of VGG-16 with BatchNorm.
 
 {zoo_models.__doc__.strip()}
 
-{common.footer()}"""
+{report_parts.footer()}"""
   return text, _record(rows, config, preset, command)
 
 

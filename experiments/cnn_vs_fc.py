@@ -20,6 +20,7 @@ import numpy as np
 
 from cnn_jax import cli, report, runtime, sweep
 from experiments import lecture_common as common
+from experiments import report_parts, run_records
 
 FLAGS = common.FLAGS
 
@@ -87,7 +88,7 @@ def load_settings(run: common.SweepRun, num_images: int) -> dict:
                        'shifts': {str(k): v for k, v in shift_eval(m.config, run_dir,
                                                                    num_images).items()}}
       cache_path.write_text(json.dumps(cache, indent=2) + '\n')
-    results = common.read_results(run_dir)
+    results = run_records.read_results(run_dir)
     table[(m.overrides['model'], m.overrides['data.train_subset'])].append(
         {'results': results, 'shift': {int(k): v for k, v in cache[m.name]['shifts'].items()}})
   return table
@@ -95,7 +96,7 @@ def load_settings(run: common.SweepRun, num_images: int) -> dict:
 
 def aggregate(table: dict) -> dict:
   """(model, size) -> figures over its seeds (mean and std of accuracies and agreements)."""
-  stat = common.stat
+  stat = run_records.stat
   agg = {}
   for (model, size), runs in table.items():
     agg[(model, size)] = {
@@ -131,13 +132,13 @@ def pairs_of(agg: dict, sizes) -> list[tuple]:
           if ('lenet5', size) in agg and ('mlp', size) in agg]
 
 
-def claim_checks(agg: dict, sizes) -> common.Checks:
+def claim_checks(agg: dict, sizes) -> report_parts.Checks:
   """C25 from the figures of `aggregate` (per (model, size): 'num_params', 'num_train',
   'test_accuracy' and per shift 'shift_accuracy' and 'shift_agreement', each {'mean', ...}).
   Counted, per training-set size: CNN above FC in test accuracy, losing less to a 2-px shift,
   and changing fewer predictions under a 1-px shift. Fact: the parameter ratio (the
   architectures fix it)."""
-  checks = common.Checks()
+  checks = report_parts.Checks()
   pairs = pairs_of(agg, sizes)
   if pairs:
     _, c, f = pairs[0]
@@ -176,22 +177,22 @@ def headline(agg: dict, sizes) -> str:
           f"{f['shift_accuracy'][3]['mean']:.0%}")
 
 
-def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+def recompute(report_dir: pathlib.Path) -> report_parts.Recomputed:
   """The report in `report_dir` (reports/cnn_vs_fc) computed again from its per-run records:
   each member's results (members.csv) and shift test (shift_eval.json) aggregated over seeds
   give the checks and the headline. The training-set size of 'all' is results.json's."""
-  shifts = common.read_json(report_dir / 'shift_eval.json')
+  shifts = run_records.read_json(report_dir / 'shift_eval.json')
   num_train = {(s['model'], s['train_subset']): s['num_train']
-               for s in common.read_json(report_dir / 'results.json')['settings']}
+               for s in run_records.read_json(report_dir / 'results.json')['settings']}
   table = collections.defaultdict(list)
-  for m in common.read_csv(report_dir / 'members.csv'):
+  for m in run_records.read_csv(report_dir / 'members.csv'):
     if m['status'] == 'completed':
       key = (m['model'], m['data.train_subset'])
       table[key].append({'results': {**m, 'num_train': num_train[key]}, 'shift': {
           int(k): v for k, v in shifts[m['name']]['shifts'].items()}})
   agg = aggregate(table)
   sizes = sorted({s for _, s in agg}, key=lambda s: s or 10 ** 9)
-  return common.Recomputed(claim_checks(agg, sizes), headline(agg, sizes))
+  return report_parts.Recomputed(claim_checks(agg, sizes), headline(agg, sizes))
 
 
 def main(argv):
@@ -206,7 +207,7 @@ def main(argv):
   facts = run.facts()
   command = cli.command_line('experiments.cnn_vs_fc')
   train_wall = sum(a['wall_time_s'] for a in agg.values())
-  text = common.header(
+  text = report_parts.header(
       title='CNN vs fully-connected network', claims='claim C25', command=command,
       data=(f'MNIST, bundled IDX files; {config.data.validation_size:,} validation images carved '
             'from train; training subsets of ' + ', '.join(size_label(s) for s in sizes)
@@ -222,7 +223,7 @@ def main(argv):
                 f'sweep `{" ".join(run.spec.command(common.rel(workdir)))}`.'),
       train_wall_s=train_wall, facts=facts, generator='experiments/cnn_vs_fc.py')
   text += f"""
-{common.checks_section(checks)}
+{report_parts.checks_section(checks)}
 ## Results (mean ± std over seeds)
 
 {results_table(agg, sizes)}
@@ -231,7 +232,7 @@ def main(argv):
 
 Per-member records: [members.csv](members.csv), [sweep.md](sweep.md), [shift_eval.json](shift_eval.json).
 
-{common.footer()}"""
+{report_parts.footer()}"""
   common.finish(workdir, text, {
       'experiment': 'cnn_vs_fc', 'claims': 'C25', 'preset': run.preset, 'command': command,
       'train_wall_time_s': train_wall, **facts, 'headline': headline(agg, sizes),

@@ -19,6 +19,7 @@ import numpy as np
 from cnn_jax import cli, report, runtime, sweep
 from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common as common
+from experiments import report_parts, run_records
 
 FLAGS = common.FLAGS
 
@@ -39,7 +40,7 @@ def read_variants(run: common.SweepRun) -> dict[str, dict]:
   variants: dict[str, dict] = {}
   for m in run.members:
     run_dir = run.workdir / m.name
-    results = common.read_results(run_dir)
+    results = run_records.read_results(run_dir)
     if results is None:
       continue
     val = [r for r in read_metrics(run_dir / 'metrics.jsonl') if r['split'] == 'val']
@@ -71,13 +72,13 @@ def argmin_epoch(run: dict) -> int:
   return int(np.argmin(run['val_loss'])) + 1
 
 
-def claim_checks(variants: dict[str, dict], num_epochs: int) -> common.Checks:
+def claim_checks(variants: dict[str, dict], num_epochs: int) -> report_parts.Checks:
   """C13 from the runs of `read_variants` (each run needs 'val_loss' per epoch, 'best_epoch' and
   'examples_seen'; each variant 'min_val_loss' per run). Counted: mini-batch SGD reaches a lower
   validation loss than full-batch GD, and a validation curve turns up, so that early stopping
   has something to stop. Facts: the examples seen (the config fixes them) and each run's best
   epoch at its lowest validation loss (what selecting by validation loss does)."""
-  checks = common.Checks()
+  checks = report_parts.Checks()
   budgets = {k: sorted({r['examples_seen'] for r in v['runs']}) for k, v in variants.items()}
   checks.add('C13', 'examples seen by each variant', 'same budget', 'equal',
              ', '.join(f'{k}: {b[0]:,}' for k, b in budgets.items()),
@@ -111,9 +112,9 @@ def variants_table(variants: dict[str, dict]) -> str:
   rows = []
   for k, v in variants.items():
     rows.append([k, v['batch_size'], v['learning_rate'], f"{v['steps']:,}", len(v['runs']),
-                 sweep.pm(common.stat(v['min_val_loss'])),
+                 sweep.pm(run_records.stat(v['min_val_loss'])),
                  ', '.join(str(r['best_epoch']) for r in v['runs']),
-                 sweep.pm(common.stat([r['test_accuracy'] for r in v['runs']]), '{:.2f}%', 100),
+                 sweep.pm(run_records.stat([r['test_accuracy'] for r in v['runs']]), '{:.2f}%', 100),
                  f"{np.mean(v['final_over_min']):.2f}",
                  f"{np.mean([r['wall_time_s'] for r in v['runs']]):.0f} s"])
   return report.markdown_table(
@@ -131,7 +132,7 @@ def main(argv):
   facts = run.facts()
   command = cli.command_line('experiments.gd_variants')
   train_wall = sum(r['wall_time_s'] for v in variants.values() for r in v['runs'])
-  text = common.header(
+  text = report_parts.header(
       title='Gradient descent, SGD and mini-batch SGD', claims='claim C13', command=command,
       data=(f'MNIST, bundled IDX files; {subset:,} training images (a fixed subset, the same for '
             f'every seed), {config.data.validation_size:,} validation images carved from train, '
@@ -143,7 +144,7 @@ def main(argv):
                 f'`{" ".join(run.spec.command(common.rel(workdir)))}`.'),
       train_wall_s=train_wall, facts=facts, generator='experiments/gd_variants.py')
   text += f"""
-{common.checks_section(checks)}
+{report_parts.checks_section(checks)}
 ## Variants
 
 {variants_table(variants)}
@@ -153,7 +154,7 @@ def main(argv):
 Wall times are per run and include validation after every epoch and one checkpoint per epoch;
 SGD with batch 1 pays a dispatch per example, which dominates on a CPU.
 
-{common.footer()}"""
+{report_parts.footer()}"""
   common.finish(workdir, text, {
       'experiment': 'gd_variants', 'claims': 'C13', 'preset': run.preset, 'command': command,
       'train_wall_time_s': train_wall, **facts, 'headline': headline(variants),
@@ -166,15 +167,15 @@ def headline(variants: dict[str, dict]) -> str:
       for k, v in variants.items())
 
 
-def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+def recompute(report_dir: pathlib.Path) -> report_parts.Recomputed:
   """The report in `report_dir` (reports/gd_variants) computed again from its results.json:
   each run's validation curve, best epoch and examples seen give the summaries, the checks and
   the headline."""
-  record = common.read_json(report_dir / 'results.json')
+  record = run_records.read_json(report_dir / 'results.json')
   runs = {k: {'runs': v['runs']} for k, v in record['variants'].items()}
   variants = summarise(runs)
   num_epochs = len(next(iter(variants.values()))['runs'][0]['val_loss'])
-  return common.Recomputed(claim_checks(variants, num_epochs), headline(variants))
+  return report_parts.Recomputed(claim_checks(variants, num_epochs), headline(variants))
 
 
 def plot(variants: dict, out: pathlib.Path, subset: int) -> pathlib.Path:

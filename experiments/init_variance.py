@@ -27,6 +27,7 @@ import numpy as np
 from cnn_jax import cli, report, runtime, sweep
 from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common as common
+from experiments import report_parts, run_records
 
 FLAGS = common.FLAGS
 
@@ -127,10 +128,10 @@ def checks(data: dict, depth: int) -> tuple[list[list[str]], bool]:
   he = ratio_stats(data[('relu', 'He (2/n)')]['act_var'])
   lecun = ratio_stats(data[('relu', 'LeCun (1/n)')]['act_var'])
   rows = [
-      common.check_row('C12', 'He init, ReLU: activation variance across depth',
+      report_parts.check_row('C12', 'He init, ReLU: activation variance across depth',
                        'Var(w) = 2/n keeps it', 'max / min over layers <= 2',
                        f"{he['max_over_min']:.3f}", he['max_over_min'] <= 2),
-      common.check_row('C12', 'LeCun init, ReLU: activation variance from layer to layer',
+      report_parts.check_row('C12', 'LeCun init, ReLU: activation variance from layer to layer',
                        'Var(w) = 1/n is right for linear/tanh, halves through ReLU',
                        'geometric-mean ratio in [0.4, 0.6] (theory 0.5)',
                        f"{lecun['per_layer_ratio']:.3f}",
@@ -141,18 +142,18 @@ def checks(data: dict, depth: int) -> tuple[list[list[str]], bool]:
     v = data[(act, f'small (std {SMALL_STD})')]['act_var']
     vanished = (not s['finite'] and s.get('value_there', 1) == 0) or (
         s['finite'] and s['last_over_first'] < 1e-6)
-    rows.append(common.check_row(
+    rows.append(report_parts.check_row(
         'C12', f'std {SMALL_STD}, {act}: activation variance at layer {len(v)} vs layer 1',
         'too small vanishes', 'ratio < 1e-6 (or underflow to 0)',
         f"{v[-1] / v[0]:.2e}" if v[0] else 'layer 1 is 0', vanished))
   normal = ratio_stats(data[('relu', 'N(0,1)')]['act_var'])
-  rows.append(common.check_row(
+  rows.append(report_parts.check_row(
       'C12', 'N(0,1), ReLU: activation variance', 'too large explodes',
       'grows > 1e6 over depth (or overflows float32)',
       (f"overflow at layer {normal['first_non_finite_layer']}" if not normal['finite'] else
        f"x{normal['last_over_first']:.2e}"),
       (not normal['finite']) or normal['last_over_first'] > 1e6))
-  return rows, common.all_hold(rows)
+  return rows, report_parts.all_hold(rows)
 
 
 # ------------------------------------------------------- plain-20 on CIFAR-10 under each init
@@ -171,7 +172,7 @@ def read_training(members, workdir: pathlib.Path) -> dict:
     init = m.overrides['model_kwargs.kernel_init']
     records = read_metrics(run_dir / 'metrics.jsonl') if (run_dir / 'metrics.jsonl').exists() else []
     error = run_dir / sweep.ERROR_FILE
-    results = common.read_results(run_dir)
+    results = run_records.read_results(run_dir)
     diag0 = next((r for r in records if r['split'] == 'diagnostics' and r['step'] == 0), {})
     blocks = [k for k in diag0 if k.startswith('act_rms/stage')]
     out.setdefault(init, []).append({
@@ -226,30 +227,30 @@ def training_checks(summary: dict) -> list[list[str]]:
   if he and he['finished']:
     n = he['num_test'] or 10_000
     above = 0.1 + 5 * math.sqrt(0.09 / n)  # chance + 5 binomial SE
-    rows.append(common.check_row(
+    rows.append(report_parts.check_row(
         'C12', 'plain-20 (no BN), He init: test accuracy', 'Var(w) = 2/n trains a ReLU net',
         f'above chance (10%) by > 5 SE: > {100 * above:.1f}%',
         f"{100 * he['test_accuracy']:.1f}%", he['test_accuracy'] > above))
   if he and small and he['finished'] and small['finished']:
-    rows.append(common.check_row(
+    rows.append(report_parts.check_row(
         'C12', 'std 0.01 init: test accuracy against He', 'too small vanishes',
         'at least 10 points below He', f"{100 * small['test_accuracy']:.1f}% vs "
         f"{100 * he['test_accuracy']:.1f}%", small['test_accuracy'] < he['test_accuracy'] - 0.1))
   if normal:
     blown = normal['diverged'] == normal['runs'] or not math.isfinite(normal['signal_last'])
-    rows.append(common.check_row(
+    rows.append(report_parts.check_row(
         'C12', 'N(0, 1) init: signal and loss', 'too large explodes',
         'the loss is not finite, or the last block\'s signal is', 
         f"{normal['diverged']} of {normal['runs']} runs diverged; last-block RMS at init "
         f"{normal['signal_last']:.3g}", blown))
   if he and lecun and math.isfinite(he['signal_last']) and math.isfinite(lecun['signal_last']):
     ratio = lecun['signal_last'] / he['signal_last']
-    rows.append(common.check_row(
+    rows.append(report_parts.check_row(
         'C12', 'LeCun against He: last-block signal RMS at init',
         '1/n halves the variance per ReLU layer', 'below 1/100 of He\'s (theory 2^-9.5 = 1/724 '
         'in RMS over 19 ReLU layers)', f'{ratio:.3g}', ratio < 0.01))
   if he and lecun and he['finished'] and lecun['finished']:
-    rows.append(common.check_row(
+    rows.append(report_parts.check_row(
         'C12', 'He against LeCun: final training loss', 'the ReLU-correct init trains faster',
         'He below LeCun', f"{he['final_train_loss']:.3f} vs {lecun['final_train_loss']:.3f}",
         he['final_train_loss'] < lecun['final_train_loss']))
@@ -311,16 +312,16 @@ def headline(data: dict, depth: int) -> str:
           f"LeCun x{lecun['per_layer_ratio']:.2f} per layer")
 
 
-def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+def recompute(report_dir: pathlib.Path) -> report_parts.Recomputed:
   """The report in `report_dir` (reports/init_variance) computed again from its results.json:
   the variance curves of the dense stack give its checks and the headline; the trained runs'
   checks come from their per-init summary (their curves are not committed)."""
-  record = common.read_json(report_dir / 'results.json')
+  record = run_records.read_json(report_dir / 'results.json')
   data = {tuple(key.split('/', 1)): d for key, d in record['curves'].items()}
   rows, _ = checks(data, record['depth'])
   if record.get('training'):
     rows += training_checks(record['training'])
-  return common.Recomputed(common.Checks.of(rows), headline(data, record['depth']))
+  return report_parts.Recomputed(report_parts.Checks.of(rows), headline(data, record['depth']))
 
 
 def main(argv):
@@ -356,9 +357,9 @@ def main(argv):
                     f"{s['what']} at layer {s['first_non_finite_layer']}",
                     f"{d['grad_std'][0]:.3g}", f"{d['grad_std'][-1]:.3g}",
                     f"{g['max_over_min']:.3g}" if g['finite'] else g['what']])
-  facts = {**clock.facts(), **common.runs_facts(run_dirs)}
+  facts = {**clock.facts(), **run_records.runs_facts(run_dirs)}
   command = cli.command_line('experiments.init_variance')
-  text = common.header(
+  text = report_parts.header(
       title='Initialisation and signal variance through depth', claims='claim C12',
       command=command,
       data=(f"synthetic: {p['batch']} input vectors with N(0, 1) entries (the dense stack)"
@@ -370,7 +371,7 @@ def main(argv):
                 f"{p['seeds']} seeds (weights, inputs, g). float32."),
       train_wall_s=None, facts=facts, generator='experiments/init_variance.py')
   text += f"""
-{common.checks_section(rows)}
+{report_parts.checks_section(rows)}
 ## Per initialisation and activation
 
 "ratio" is the geometric mean of Var(layer l+1) / Var(layer l) over depth (1 = preserved);
@@ -383,7 +384,7 @@ def main(argv):
 
 {training_text or 'The CIFAR-10 half (plain-20 trained under each init) was skipped (--train=False).'}
 
-{common.footer()}"""
+{report_parts.footer()}"""
   common.finish(workdir, text, {
       'experiment': 'init_variance', 'claims': 'C12', 'preset': preset, 'command': command,
       **p, **facts, 'headline': headline(data, p['depth']),

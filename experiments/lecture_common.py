@@ -4,18 +4,15 @@ the one `--set` parser (config_base.apply_overrides, one ConfigError), skipping 
 resuming the others, the experiment's clock, results.json and copying into --report_dir. An
 experiment is its science: its runs (a sweep: `start_sweep`; named runs: `start`, then
 `Session.configs`, `Session.train`), the analysis from the runs' records, its claim checks and its
-report, handed to `Session.finish` / `finish`. Also: the report header and footer, check tables,
-figures, recomputing a committed report, and restoring a trained model.
+report, handed to `Session.finish` / `finish`. Also: figures, and restoring a trained model.
+The reports' shared parts (header, claim checks) are report_parts.py; what the runs recorded,
+read back, is run_records.py.
 """
 from __future__ import annotations
 
-import collections
-import csv
 import dataclasses
 import json
-import math
 import pathlib
-import re
 import shlex
 import shutil
 import sys
@@ -24,8 +21,9 @@ from typing import Callable
 
 from absl import app, flags
 
-from cnn_jax import cli, config_base, report, sweep
+from cnn_jax import cli, config_base, sweep
 from cnn_jax.config_base import ConfigError
+from experiments import report_parts, run_records
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -128,8 +126,8 @@ class SweepRun:
 
   def facts(self) -> dict:
     """The experiment's wall time (Clock.facts) and the machine and its load as the finished
-    members recorded them ('runs_load', 'runs_host': `runs_facts`)."""
-    return {**self.clock.facts(), **runs_facts(self.workdir / m.name for m in self.members)}
+    members recorded them ('runs_load', 'runs_host': `run_records.runs_facts`)."""
+    return {**self.clock.facts(), **run_records.runs_facts(self.workdir / m.name for m in self.members)}
 
 
 def start_sweep(argv, name: str, title: str, config_args: tuple[str, ...] = (),
@@ -214,10 +212,10 @@ class Session:
 
   def facts(self) -> dict:
     """The experiment's wall time (Clock.facts) and the machine and its load as the runs given
-    to `train` recorded them ('runs_load', 'runs_host': `runs_facts`), taken once."""
+    to `train` recorded them ('runs_load', 'runs_host': `run_records.runs_facts`), taken once."""
     if self._facts is None:
       self._facts = {**self.clock.facts(),
-                     **runs_facts(self.workdir / name for name in self.runs)}
+                     **run_records.runs_facts(self.workdir / name for name in self.runs)}
     return self._facts
 
   def finish(self, text: str, record: dict, outputs, checks=None) -> pathlib.Path:
@@ -246,29 +244,13 @@ def start(argv, name: str, *, blank: str = '',
                  FLAGS.report_dir, Clock().bind(workdir, FLAGS.report_only))
 
 
-def read_results(run_dir: pathlib.Path) -> dict | None:
-  """A finished run's results.json; None while it is not finished."""
-  return json.loads((run_dir / 'results.json').read_text()) if sweep.is_done(run_dir) else None
-
-
-def stat(values) -> dict:
-  """{'mean', 'std'} with the sample standard deviation (nan for a single value)."""
-  values = [float(v) for v in values]
-  if not values:
-    return {'mean': math.nan, 'std': math.nan}
-  mean = sum(values) / len(values)
-  std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-         if len(values) > 1 else math.nan)
-  return {'mean': mean, 'std': std}
-
-
 class Clock:
   """Wall time of the whole experiment. Bound to a workdir (`bind`), an experiment that trains
   saves it there (`experiment_clock.json`) each time a report asks for it, and a `--report_only`
   regeneration reports that saved wall time, not its own seconds. The machine's load is the
-  runs' own record (`runs_load`), never this process's.
+  runs' own record (`run_records.runs_load`), never this process's.
   """
-  FILE = 'experiment_clock.json'
+  FILE = run_records.CLOCK_FILE
 
   def __init__(self):
     self.start = time.time()
@@ -282,7 +264,7 @@ class Clock:
   def facts(self) -> dict:
     path = self.workdir / self.FILE if self.workdir else None
     if self.report_only and path and path.exists():  # an older file also holds the load: dropped
-      return {'experiment_wall_time_s': read_json(path)['experiment_wall_time_s']}
+      return {'experiment_wall_time_s': run_records.read_json(path)['experiment_wall_time_s']}
     facts = {'experiment_wall_time_s': time.time() - self.start}
     if path and not self.report_only:
       tmp = path.with_suffix('.tmp')
@@ -291,147 +273,6 @@ class Clock:
     elif self.report_only:
       facts['clock_of'] = 'the report process (the run saved no clock facts)'
     return facts
-
-
-def run_record(run_dir: pathlib.Path) -> dict | None:
-  """A finished run's results.json; None while it is unfinished. An older run, whose
-  results.json has no load, has it in the clock its experiment kept beside it (Clock.FILE):
-  its load_average_start and cpu_count are taken from there."""
-  results = read_results(run_dir)
-  clock = pathlib.Path(run_dir) / Clock.FILE
-  if results is None or results.get('load_average_start') is not None or not clock.exists():
-    return results
-  older = read_json(clock)
-  if older.get('load_average_start') is None:
-    return results
-  return {**results, 'load_average_start': older['load_average_start'],
-          'cpu_count': older['cpu_count']}
-
-
-def run_records(run_dirs) -> dict[str, dict]:
-  """{directory name: `run_record`} of the finished runs in `run_dirs` (a name met twice: the
-  whole path)."""
-  records = {}
-  for run_dir in map(pathlib.Path, run_dirs):
-    record = run_record(run_dir)
-    if record is not None:
-      records[str(run_dir) if run_dir.name in records else run_dir.name] = record
-  return records
-
-
-def runs_facts(run_dirs) -> dict:
-  """What the finished runs in `run_dirs` recorded of the machine they trained on:
-  {'runs_load': `load_record`, 'runs_host': `host_record`} of their `run_records`."""
-  records = run_records(run_dirs)
-  return {'runs_load': load_record(records), 'runs_host': host_record(records)}
-
-
-def runs_load(run_dirs) -> dict:
-  """`load_record` of the finished runs in `run_dirs`."""
-  return load_record(run_records(run_dirs))
-
-
-def load_record(records: dict[str, dict] | None) -> dict:
-  """What the runs' records ({run: results.json}, `run_records`; None: the runs are not known)
-  say of the machine's load: cnn_jax.train writes the 1-minute load average at the start of a
-  run's (last) sitting and the host's cores into its results.json. {'runs': the runs (None: not
-  known), 'recorded': how many recorded the load, and where any did: 'load_average_start' and
-  'cpu_count' as [lowest, highest], 'busy': the runs that started above half their cores}."""
-  loads = [(name, r['load_average_start'], r['cpu_count']) for name, r in (records or {}).items()
-           if r.get('load_average_start') is not None]
-  runs = None if records is None else len(records)
-  if not loads:
-    return {'runs': runs, 'recorded': 0}
-  starts, cores = [l for _, l, _ in loads], [c for _, _, c in loads]
-  return {'runs': runs, 'recorded': len(loads), 'load_average_start': [min(starts), max(starts)],
-          'cpu_count': [min(cores), max(cores)],
-          'busy': [name for name, load, n in loads if load > 0.5 * n]}
-
-
-def host_record(records: dict[str, dict] | None) -> dict:
-  """What the runs' records ({run: results.json}; None: the runs are not known) say of where
-  they trained: cnn_jax.train writes host_cpu, platform, device_kind and device_count.
-  {'runs': the runs (None: not known), 'recorded': how many name their host CPU, 'hosts' and
-  'devices': {name: runs}}."""
-  hosts, devices = collections.Counter(), collections.Counter()
-  for r in (records or {}).values():
-    if r.get('host_cpu'):
-      hosts[r['host_cpu']] += 1
-    if r.get('device_kind'):
-      kind = f"{r['platform']}:{r['device_kind']}" if r.get('platform') else r['device_kind']
-      devices[f"{r.get('device_count', '?')} x {kind}"] += 1
-  return {'runs': None if records is None else len(records), 'recorded': sum(hosts.values()),
-          'hosts': dict(sorted(hosts.items())), 'devices': dict(sorted(devices.items()))}
-
-
-def machine_note(host: dict, committed: bool = False) -> str:
-  """The device and host CPU the runs recorded (`host_record`), e.g. '1 x cpu:cpu, host CPU AMD
-  EPYC (2 cores, AVX-512)', never the report process's. `committed`: the records are those a
-  report commits, so a run without one may have recorded its host where it trained."""
-  if not host['recorded']:
-    return 'device and host CPU ' + _unrecorded(host, committed)
-  devices = _counted(host['devices'])
-  return (f'{devices}, ' if devices else '') + 'host CPU ' + host_note(host, committed)
-
-
-def host_note(host: dict, committed: bool = False) -> str:
-  """The host CPU the runs recorded (`host_record`); where they differ, each with its runs; and
-  how many did not record it (`committed`: have no committed record of it)."""
-  if not host['recorded']:
-    return _unrecorded(host, committed)
-  text, runs, recorded = _counted(host['hosts']), host['runs'], host['recorded']
-  if runs > recorded:
-    text += (f' (no committed record of it for {runs - recorded} of the {runs} runs)' if committed
-             else f' ({runs - recorded} of the {runs} runs did not record it)')
-  return text
-
-
-def _unrecorded(host: dict, committed: bool) -> str:
-  if host['runs'] == 0:
-    return 'not recorded (no run finished)'
-  if committed:
-    return "in none of the runs' committed records"
-  return f"not recorded by the run{'' if host['runs'] == 1 else 's'}"
-
-
-def _counted(counts: dict) -> str:
-  """'A' for one name; 'A (2 runs) and B (1 run)' for several."""
-  items = [name if len(counts) == 1 else f"{name} ({n} run{'s' if n > 1 else ''})"
-           for name, n in counts.items()]
-  return ' and '.join([', '.join(items[:-1]), items[-1]] if len(items) > 2 else items)
-
-
-def busy_note(load: dict) -> str:
-  """A sentence that says whether the runs trained on a busy machine, i.e. whether their wall
-  times are speed figures, from their own records (`load_record`). The load at a run's start:
-  by its end the 1-minute average counts the run itself."""
-  runs, recorded = load['runs'], load['recorded']
-  if not recorded:
-    if runs == 0:
-      return "No run trained, so none recorded the machine's load."
-    who = 'The runs' if runs is None else 'The run' if runs == 1 else f'The {runs} runs'
-    return (f"{who} did not record the machine's load (made before cnn_jax.train recorded it): "
-            'whether another job ran is not known.')
-  where = (f"1-minute load average {_span(load['load_average_start'], '{:.1f}')} at the start "
-           f"of {'the run' if recorded == 1 else f'the {recorded} runs'}, on "
-           f"{_span(load['cpu_count'], '{}')} cores"
-           + (f' ({runs - recorded} of the {runs} runs did not record it)' if recorded < runs
-              else ''))
-  busy = load['busy']
-  if not busy:
-    return f'Trained on an otherwise idle machine: {where}.'
-  if len(busy) == recorded:
-    return f'Trained while another job ran: {where}; the wall times are not a speed figure.'
-  return (f"Not idle throughout: {where}; {', '.join(busy)} started above half the cores, while "
-          'another job ran or just after a run of this experiment (the 1-minute average still '
-          f"counts it), so {'its wall time is' if len(busy) == 1 else 'their wall times are'} "
-          'not a speed figure.')
-
-
-def _span(low_high, fmt: str) -> str:
-  """'0.3 to 1.2', or '0.3' when both ends print alike."""
-  low, high = (fmt.format(v) for v in low_high)
-  return low if low == high else f'{low} to {high}'
 
 
 def run_sweep(spec: sweep.Sweep, workdir: pathlib.Path, parallel: int = 1,
@@ -455,179 +296,6 @@ def run_sweep(spec: sweep.Sweep, workdir: pathlib.Path, parallel: int = 1,
   return members, sweep.aggregate(members, workdir, title=title or f'Sweep of {spec.config_file}')
 
 
-def header(*, title: str, claims: str, command: str, data: str, protocol: str,
-           train_wall_s: float | None, facts: dict, generator: str) -> str:
-  """The report's title and its command, data, protocol and hardware. `facts`: the experiment's
-  wall time (Clock.facts) and what its runs recorded of their machine and its load ('runs_host',
-  'runs_load': `runs_facts`), e.g. `Session.facts`; nothing of the report process's machine."""
-  wall = (f"training wall time {train_wall_s:.0f} s summed over the runs; " if train_wall_s else '')
-  if 'clock_of' in facts:
-    wall += f"({facts['clock_of']}) "  # a regeneration without the run's own clock
-  return f"""# {title} — {claims}
-
-Generated by `{generator}` from the runs' `results.json` and `metrics.jsonl`.
-
-- **Command**: `{command}`
-- **Data**: {data}
-- **Protocol**: {protocol}
-- **Hardware**: {machine_note(facts['runs_host'])}; {wall}experiment
-  wall time {facts['experiment_wall_time_s']:.0f} s. {busy_note(facts['runs_load'])}
-"""
-
-
-# The environment section's first line: its facts are the report process's (jax, commit, host).
-ENVIRONMENT_NOTE = ('Of the process that wrote this report, not necessarily where the runs '
-                    "trained (the runs' own record: **Hardware** above).")
-
-
-def footer() -> str:
-  """The environment section: the report process's, labelled so (ENVIRONMENT_NOTE)."""
-  return (f'## Environment\n\n{ENVIRONMENT_NOTE}\n\n'
-          + report.environment_markdown(report.environment()) + '\n')
-
-
-def check_row(claim: str, quantity: str, lecture: str, criterion: str, measured: str,
-              holds: bool) -> list[str]:
-  return [claim, quantity, lecture, criterion, measured, 'yes' if holds else '**no**']
-
-
-CHECK_HEADERS = ['claim', 'quantity', 'lecture', 'criterion', 'measured', 'holds']
-FACTS_TITLE = 'Facts (from the config or the architecture; not counted)'
-
-
-class Checks:
-  """Claim checks as rows of CHECK_HEADERS; `all_hold` is their AND.
-
-  A counted check is a function of the runs' data: other data could fail it. What follows from
-  the config or the architecture (parameter counts, normalised axes, equal examples seen) and
-  self-consistency checks (a recomputation agreeing with the loop) are added with `fact=True`:
-  they go to `facts`, their own table, and never count in `all_hold` or the README.
-  """
-
-  def __init__(self):
-    self.rows: list[list[str]] = []
-    self.facts: list[list[str]] = []
-
-  def add(self, claim: str, quantity: str, lecture: str, criterion: str, measured: str,
-          holds: bool, *, fact: bool = False) -> None:
-    row = check_row(claim, quantity, lecture, criterion, measured, bool(holds))
-    (self.facts if fact else self.rows).append(row)
-
-  @property
-  def all_hold(self) -> bool:
-    return all_hold(self.rows)
-
-  @classmethod
-  def of(cls, rows, facts=()) -> Checks:
-    """Checks holding these rows (counted) and facts, e.g. a report's or a function's lists."""
-    checks = cls()
-    checks.rows, checks.facts = [list(r) for r in rows], [list(r) for r in facts]
-    return checks
-
-
-def _rows_and_facts(checks) -> tuple[list, list]:
-  """A Checks' (rows, facts); a plain list of rows has no facts."""
-  return (checks.rows, checks.facts) if isinstance(checks, Checks) else (list(checks), [])
-
-
-def all_hold(rows) -> bool:
-  return all(r[-1] == 'yes' for r in rows)
-
-
-def checks_section(checks) -> str:
-  """The claim checks (a Checks, or a list of rows), then its facts in their own table."""
-  rows, facts = _rows_and_facts(checks)
-  text = f'## Claim checks\n\n{report.markdown_table(CHECK_HEADERS, rows)}\n'
-  if facts:
-    text += f'\n## {FACTS_TITLE}\n\n{report.markdown_table(CHECK_HEADERS, facts)}\n'
-  return text
-
-
-def checks_record(checks) -> dict:
-  """results.json's entries for `checks`: 'all_checks_hold' and 'checks' (the counted rows),
-  and 'facts' when there are any (never counted)."""
-  rows, facts = _rows_and_facts(checks)
-  return {'all_checks_hold': all_hold(rows), 'checks': rows, **({'facts': facts} if facts else {})}
-
-
-def write_json(path: pathlib.Path, data: dict) -> None:
-  path.write_text(json.dumps(data, indent=2, default=float) + '\n')
-
-
-# ---------------------------------------------------------- a committed report, computed again
-
-
-@dataclasses.dataclass
-class Recomputed:
-  """A committed report (reports/<name>/) computed again from its files by its experiment's own
-  functions (each experiment's `recompute(report_dir)`): the claim checks (counted rows and
-  facts), the README headline and any other figure the README shows. `stored` lists the counted
-  checks (by quantity) whose per-run records the report does not commit: their rows are the
-  report's own, read from its results.json, until a rerun commits the records."""
-  checks: Checks
-  headline: str
-  stored: tuple[str, ...] = ()
-  figures: dict = dataclasses.field(default_factory=dict)
-
-
-def read_json(path: pathlib.Path) -> dict:
-  return json.loads(pathlib.Path(path).read_text())
-
-
-def stored_rows(record: dict, quantity: str) -> list[list[str]]:
-  """The counted rows of a results.json whose quantity starts with `quantity`."""
-  return [row for row in record.get('checks', []) if row[1].startswith(quantity)]
-
-
-def write_csv(path: pathlib.Path, columns: list[str], rows) -> None:
-  """A CSV of per-run records: `columns`, then `rows` (None as an empty cell; floats exactly)."""
-  with pathlib.Path(path).open('w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(columns)
-    writer.writerows(['' if v is None else v for v in row] for row in rows)
-
-
-def read_csv(path: pathlib.Path) -> list[dict]:
-  """A CSV of per-run records (a sweep's members.csv, `write_csv`'s files), a dict a row:
-  numbers as numbers, empty cells as None."""
-  def value(text: str):
-    if text == '':
-      return None
-    try:
-      return int(text)
-    except ValueError:
-      try:
-        return float(text)
-      except ValueError:
-        return text
-  with pathlib.Path(path).open(newline='') as f:
-    return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-CHECK_KEYS = ('all_checks_hold', 'checks', 'facts')
-# report.md's claim-checks table and the facts table after it, as `checks_section` writes them.
-CHECKS_SECTION = re.compile(r'## Claim checks[^\n]*\n\n(?:\|[^\n]*\n)+'
-                            rf'(?:\n## {re.escape(FACTS_TITLE)}\n\n(?:\|[^\n]*\n)+)?')
-
-
-def with_checks(record: dict, checks: Checks) -> dict:
-  """`record` (a results.json) with 'all_checks_hold', 'checks' and 'facts' from `checks`, where
-  its own stood; every other entry as it was, in its place."""
-  keys = list(record)
-  at = min([keys.index(k) for k in CHECK_KEYS if k in record], default=len(keys))
-  items = [(k, v) for k, v in record.items() if k not in CHECK_KEYS]
-  return dict(items[:at] + list(checks_record(checks).items()) + items[at:])
-
-
-def with_checks_section(text: str, checks: Checks) -> str | None:
-  """report.md `text` with its claim-checks section (and facts table) written from `checks`;
-  None if it has no such section."""
-  found = CHECKS_SECTION.search(text)
-  if found is None:
-    return None
-  return text[:found.start()] + checks_section(checks) + text[found.end():]
-
-
 def copy_outputs(workdir: pathlib.Path, report_dir: str | None, names) -> None:
   if not report_dir:
     return
@@ -642,17 +310,17 @@ def copy_outputs(workdir: pathlib.Path, report_dir: str | None, names) -> None:
 
 def finish(workdir: pathlib.Path, text: str, record: dict, outputs, checks=None,
            report_dir: str | None = None) -> None:
-  """Writes report.md and results.json (`record`, plus `checks_record(checks)` when given: a
+  """Writes report.md and results.json (`record`, plus `report_parts.checks_record(checks)` when given: a
   Checks or a list of rows) in the workdir, says whether the claims hold, and copies `outputs`
   to `report_dir`."""
   if checks is not None:
-    record = {**record, **checks_record(checks)}
+    record = {**record, **report_parts.checks_record(checks)}
   (workdir / 'report.md').write_text(text)
-  write_json(workdir / 'results.json', record)
+  run_records.write_json(workdir / 'results.json', record)
   if checks is not None:
     facts = record.get('facts', [])
     print(f"claims hold: {record['all_checks_hold']}"
-          + (f' (facts, not counted, hold: {all_hold(facts)})' if facts else '')
+          + (f' (facts, not counted, hold: {report_parts.all_hold(facts)})' if facts else '')
           + f"; report: {workdir / 'report.md'}")
   copy_outputs(workdir, report_dir, outputs)
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from cnn_jax import cli, report, runtime, sweep
 from experiments import lecture_common as common
+from experiments import run_records
 from experiments import lenet5_mnist
 
 FLAGS = common.FLAGS
@@ -70,7 +71,7 @@ order; the validation split is fixed). Test accuracy **{stat}** (mean ± sample 
 {report.markdown_table(['seed', 'test accuracy', 'test loss', 'best epoch', 'wall time'], rows)}
 
 Sweep command: `{data['command']}` (rerun it to finish missing seeds).
-{common.busy_note(facts['runs_load'])}
+{run_records.busy_note(facts['runs_load'])}
 """
   return text, data
 
@@ -91,12 +92,12 @@ def main(argv):
   workdir = run.workdir
   report_dir = pathlib.Path(FLAGS.report_dir) if FLAGS.report_dir else None
   single_path = (report_dir or common.ROOT / 'reports' / 'lenet5_mnist') / 'results.json'
-  single = common.read_json(single_path) if single_path.exists() else None
+  single = run_records.read_json(single_path) if single_path.exists() else None
   if single is not None and single.get('name') != run.config.name:  # another preset's run
     single = None
   text, data = section(run.summary, run.spec, workdir, single, run.facts())
   (workdir / 'seeds.md').write_text(text)
-  common.write_json(workdir / 'seeds.json', data)
+  run_records.write_json(workdir / 'seeds.json', data)
   print(text)
   if report_dir:
     common.copy_outputs(workdir, str(report_dir), ('seeds.md', 'seeds.json'))

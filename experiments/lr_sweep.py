@@ -21,6 +21,7 @@ from absl import app
 from cnn_jax import cli, report, runtime, sweep
 from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common as common
+from experiments import report_parts, run_records
 
 FLAGS = common.FLAGS
 
@@ -45,7 +46,7 @@ def member_outcome(run_dir: pathlib.Path, total_steps: int) -> dict:
   """Curve, final figures and divergence of one member, from its files."""
   records = read_metrics(run_dir / 'metrics.jsonl') if (run_dir / 'metrics.jsonl').exists() else []
   curve = [(r['step'], r['loss']) for r in records if r['split'] == 'train']
-  results = common.read_results(run_dir)
+  results = run_records.read_results(run_dir)
   error = (run_dir / sweep.ERROR_FILE).read_text().strip() if sweep.has_failed(run_dir) else ''
   return {
       'curve': curve, 'diverged': 'diverged' in error, 'error': error,
@@ -60,7 +61,7 @@ def member_outcome(run_dir: pathlib.Path, total_steps: int) -> dict:
 
 def write_curves(outcomes: dict, path: pathlib.Path) -> pathlib.Path:
   """`path` (curves.csv): a row per logged training-loss point of every member."""
-  common.write_csv(path, ['learning_rate', 'seed', 'step', 'loss'],
+  run_records.write_csv(path, ['learning_rate', 'seed', 'step', 'loss'],
                    ([lr, seed, step, loss] for (lr, seed), o in outcomes.items()
                     for step, loss in o['curve']))
   return path
@@ -69,7 +70,7 @@ def write_curves(outcomes: dict, path: pathlib.Path) -> pathlib.Path:
 def read_curves(path: pathlib.Path) -> dict:
   """{(learning rate, seed): [(step, loss), ...]} from `write_curves`' file."""
   curves = {}
-  for r in common.read_csv(path):
+  for r in run_records.read_csv(path):
     curves.setdefault((r['learning_rate'], r['seed']), []).append((r['step'], r['loss']))
   return curves
 
@@ -100,7 +101,7 @@ def checks(outcomes: dict) -> tuple[list[list[str]], bool]:
   seeds = sorted({s for _, s in outcomes}, key=lambda s: -1 if s is None else s)
   by = lambda lr: [outcomes[(lr, s)] for s in seeds if (lr, s) in outcomes]
   fmt = lambda xs: ', '.join(xs)
-  out = common.Checks()
+  out = report_parts.Checks()
   add = out.add
 
   big = by(1.0)
@@ -133,16 +134,16 @@ def checks(outcomes: dict) -> tuple[list[list[str]], bool]:
   return out.rows, out.all_hold
 
 
-def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+def recompute(report_dir: pathlib.Path) -> report_parts.Recomputed:
   """The report in `report_dir` (reports/lr_sweep) computed again from its per-run records: the
   training-loss curves (curves.csv) give each run's final loss and the curve check, results.json
   the runs' other figures; then the checks and the headline. A report committed before
   curves.csv existed gets the final losses from results.json and its own CURVE_CHECK row."""
-  record = common.read_json(report_dir / 'results.json')
+  record = run_records.read_json(report_dir / 'results.json')
   if not (report_dir / CURVES).exists():
     outcomes = {(r['learning_rate'], r['seed']): {**r, 'curve': None} for r in record['runs']}
     rows, _ = checks(outcomes)
-    return common.Recomputed(common.Checks.of(rows + common.stored_rows(record, CURVE_CHECK)),
+    return report_parts.Recomputed(report_parts.Checks.of(rows + report_parts.stored_rows(record, CURVE_CHECK)),
                              headline(outcomes), stored=(CURVE_CHECK,))
   curves = read_curves(report_dir / CURVES)
   outcomes = {}
@@ -151,7 +152,7 @@ def recompute(report_dir: pathlib.Path) -> common.Recomputed:
     outcomes[(r['learning_rate'], r['seed'])] = {
         **r, 'curve': curve, 'final_loss': final_loss(curve, record['total_steps'])}
   rows, _ = checks(outcomes)
-  return common.Recomputed(common.Checks.of(rows), headline(outcomes))
+  return report_parts.Recomputed(report_parts.Checks.of(rows), headline(outcomes))
 
 
 def main(argv):
@@ -161,7 +162,7 @@ def main(argv):
   outcomes = {}
   for m in run.members:
     run_dir = workdir / m.name
-    results = common.read_results(run_dir)
+    results = run_records.read_results(run_dir)
     if steps_per_epoch is None and results:
       steps_per_epoch = results['steps_per_epoch']
     outcomes[(m.overrides['learning_rate'], m.overrides.get('seed'))] = run_dir
@@ -185,7 +186,7 @@ def main(argv):
   facts = run.facts()
   command = cli.command_line('experiments.lr_sweep')
   n_seeds = len({seed for _, seed in outcomes})
-  text = common.header(
+  text = report_parts.header(
       title='Learning rate: one epoch of LeNet-5 at α = 1, 0.1, 0.01', claims='claim C15',
       command=command,
       data=(f'MNIST, bundled IDX files; {config.data.validation_size:,} validation images carved '
@@ -199,7 +200,7 @@ def main(argv):
                 f'{config.log_every_steps} steps.'),
       train_wall_s=train_wall, facts=facts, generator='experiments/lr_sweep.py')
   text += f"""
-{common.checks_section(rows)}
+{report_parts.checks_section(rows)}
 ## Runs
 
 {per_run}
@@ -209,7 +210,7 @@ def main(argv):
 Per-setting means over seeds: [sweep.md](sweep.md); every logged training loss (the plot's and
 the checks' points): [{curves.name}]({curves.name}).
 
-{common.footer()}"""
+{report_parts.footer()}"""
   common.finish(workdir, text, {
       'experiment': 'lr_sweep', 'claims': 'C15', 'preset': run.preset, 'command': command,
       'train_wall_time_s': train_wall, **facts, 'headline': headline(outcomes),

@@ -31,6 +31,7 @@ from cnn_jax import cli, report, runtime, sweep
 from cnn_jax.metric_writers import read_metrics
 from cnn_jax.models import layers
 from experiments import lecture_common as common
+from experiments import report_parts, run_records
 
 FLAGS = common.FLAGS
 NORMS = layers.NORMS
@@ -213,7 +214,7 @@ def load_runs(run: common.SweepRun, num_images: int) -> dict:
   runs = {}
   for m in run.members:
     run_dir = run.workdir / m.name
-    results = common.read_results(run_dir)
+    results = run_records.read_results(run_dir)
     if results is None:
       continue
     if cache.get(m.name, {}).get('requested') != num_images:
@@ -249,17 +250,17 @@ def plot(runs: dict, out: pathlib.Path) -> pathlib.Path:
 
 
 def accuracy(runs: dict, norm: str, key=lambda r: r['results']['test_accuracy']) -> dict:
-  return common.stat([key(r) for r in runs.get(norm, [])])
+  return run_records.stat([key(r) for r in runs.get(norm, [])])
 
 
-def claim_checks(axes: dict, runs: dict) -> common.Checks:
+def claim_checks(axes: dict, runs: dict) -> report_parts.Checks:
   """C11. Counted, from the trained runs (`load_runs`): BatchNorm's test accuracy with running
   averages against the statistics of single test images, and BatchNorm against no
   normalisation. Facts, from the definitions and the code, whatever the runs learned: the axes
   each layer normalises over and GroupNorm generalising LayerNorm and InstanceNorm (`axes_check`,
   no training), and BatchNorm's inference output not depending on the test batch (running
   averages replace the batch's statistics by construction)."""
-  out = common.Checks()
+  out = report_parts.Checks()
   for norm, d in axes['norms'].items():
     normalised = [p for p, c in d['cells'].items() if c['normalised']]
     out.add('C11', f'{NAMES[norm]}: the blocks its output has mean 0 and variance 1 over',
@@ -380,12 +381,12 @@ def headline(runs: dict) -> str:
              if bn_single and None not in bn_single else ''))
 
 
-def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+def recompute(report_dir: pathlib.Path) -> report_parts.Recomputed:
   """The report in `report_dir` (reports/normalization) computed again from its results.json:
   each run's results and test-time evaluation give the checks and the headline; the axes facts
   are the report's `axes_check` (no training)."""
-  record = common.read_json(report_dir / 'results.json')
-  return common.Recomputed(claim_checks(record['axes_check'], record['runs']),
+  record = run_records.read_json(report_dir / 'results.json')
+  return report_parts.Recomputed(claim_checks(record['axes_check'], record['runs']),
                            headline(record['runs']))
 
 
@@ -406,7 +407,7 @@ def main(argv):
   seen = config.num_steps * config.batch_size
   images_seen = (f'{seen:,} images, {seen / any_res["num_train"]:.2f} epochs' if any_res
                  else f'{seen:,} images')
-  text = common.header(
+  text = report_parts.header(
       title='Normalisation layers: none, BatchNorm, LayerNorm, InstanceNorm, GroupNorm',
       claims='claim C11', command=command,
       data=(f"{any_res['dataset'] if any_res else config.data.dataset}: "
@@ -426,7 +427,7 @@ def main(argv):
                 f"`{' '.join(run.spec.command(common.rel(workdir)))}`."),
       train_wall_s=train_wall, facts=facts, generator='experiments/normalization.py')
   text += f"""
-{common.checks_section(result_checks)}
+{report_parts.checks_section(result_checks)}
 ## Accuracy (mean ± sample std over seeds)
 
 {accuracy_table(runs, num_images)}
@@ -449,7 +450,7 @@ variance, as in training.
 Per-member records: [members.csv](members.csv), [sweep.md](sweep.md),
 [test_time.json](test_time.json).
 
-{common.footer()}"""
+{report_parts.footer()}"""
   common.finish(workdir, text, {
       'experiment': 'normalization', 'claims': 'C11', 'preset': run.preset, 'command': command,
       'train_wall_time_s': train_wall, **facts, 'headline': headline(runs), 'axes_check': axes,

@@ -25,7 +25,7 @@ import sys
 from cnn_jax import models
 from cnn_jax.models import published
 from cnn_jax.report import markdown_table
-from experiments import lecture_common as common
+from experiments import report_parts, run_records
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -97,9 +97,9 @@ def checks_cell(record: dict) -> str:
   return f'{held} of {len(checks)}' if checks else '— (no checks: a table)'
 
 
-def experiment_cells(got: common.Recomputed) -> list[str]:
+def experiment_cells(got: report_parts.Recomputed) -> list[str]:
   """The "headline (measured)" and "checks hold" cells of a recomputed report."""
-  return [got.headline, checks_cell(common.checks_record(got.checks))]
+  return [got.headline, checks_cell(report_parts.checks_record(got.checks))]
 
 
 def experiments_table() -> str:
@@ -134,7 +134,7 @@ KEPT = {'degradation_cpu': 'its rows, in its own table, are rewritten with its r
 
 
 @functools.lru_cache(maxsize=None)
-def recompute(name: str, root: pathlib.Path = ROOT) -> common.Recomputed:
+def recompute(name: str, root: pathlib.Path = ROOT) -> report_parts.Recomputed:
   """Report `name` computed again from root/reports/<name>/ by its experiment's `recompute`
   (degradation_<preset>'s experiment is degradation)."""
   module = 'degradation' if name.startswith('degradation_') else name
@@ -154,7 +154,7 @@ def readme_cells(text: str, name: str) -> list[str]:
   return [] if line is None else line.strip('| ').split(' | ')
 
 
-def _figure_mismatches(name: str, got: common.Recomputed, root: pathlib.Path) -> list[str]:
+def _figure_mismatches(name: str, got: report_parts.Recomputed, root: pathlib.Path) -> list[str]:
   """LeNet-5: the README's test accuracy and mean over seeds against the run's results.json and
   seeds.json; other reports: the README's headline and "checks hold" cells."""
   readme = readme_cells((root / 'README.md').read_text(), name)
@@ -162,11 +162,11 @@ def _figure_mismatches(name: str, got: common.Recomputed, root: pathlib.Path) ->
     want = experiment_cells(got)
     return [] if readme[3:5] == want else [f'README row {readme[3:5]} != recomputed {want}']
   out, fig = [], got.figures
-  stored = common.read_json(root / 'reports' / name / 'results.json')['test_accuracy']
+  stored = run_records.read_json(root / 'reports' / name / 'results.json')['test_accuracy']
   if stored != fig['test_accuracy']:
     out.append(f"results.json test accuracy {stored} != metrics.jsonl's {fig['test_accuracy']}")
   seeds_path = root / 'reports' / name / 'seeds.json'
-  seeds = common.read_json(seeds_path) if seeds_path.exists() else {'mean': None, 'std': None}
+  seeds = run_records.read_json(seeds_path) if seeds_path.exists() else {'mean': None, 'std': None}
   if seeds['mean'] is not None and ([seeds['mean'], seeds['std']] != [
       fig['seeds']['mean'], None if math.isnan(fig['seeds']['std']) else fig['seeds']['std']]):
     out.append(f'seeds.json mean/std {seeds["mean"]}/{seeds["std"]} != {fig["seeds"]}')
@@ -179,7 +179,7 @@ def mismatches(name: str, root: pathlib.Path = ROOT) -> list[str]:
   headline, counted checks, facts and verdict, report.md's claim-checks section (and facts)
   and the README's row. Empty when all agree."""
   got, report_dir = recompute(name, root), root / 'reports' / name
-  record = common.read_json(report_dir / 'results.json')
+  record = run_records.read_json(report_dir / 'results.json')
   out = _figure_mismatches(name, got, root)
   if record.get('headline', got.headline) != got.headline:
     out.append(f"results.json headline {record['headline']!r} != recomputed {got.headline!r}")
@@ -190,9 +190,9 @@ def mismatches(name: str, root: pathlib.Path = ROOT) -> list[str]:
         out.append(f'results.json {entry!r} differ from the recomputed ones: {rows}')
     if record.get('all_checks_hold', got.checks.all_hold) != got.checks.all_hold:
       out.append(f"results.json all_checks_hold {record['all_checks_hold']} is stale")
-  section = common.CHECKS_SECTION.search((report_dir / 'report.md').read_text())
+  section = report_parts.CHECKS_SECTION.search((report_dir / 'report.md').read_text())
   if name not in KEPT and (section or got.checks.rows) and (
-      section is None or section.group(0) != common.checks_section(got.checks)):
+      section is None or section.group(0) != report_parts.checks_section(got.checks)):
     out.append('report.md claim checks differ from the recomputed ones')
   return out
 
@@ -207,12 +207,12 @@ def recheck(root: pathlib.Path = ROOT, names=REPORTS) -> list[pathlib.Path]:
     report_dir = root / 'reports' / name
     if name not in KEPT:
       got = recompute(name, root)
-      record = common.read_json(report_dir / 'results.json')
-      if 'checks' in record and common.with_checks(record, got.checks) != record:
-        common.write_json(report_dir / 'results.json', common.with_checks(record, got.checks))
+      record = run_records.read_json(report_dir / 'results.json')
+      if 'checks' in record and report_parts.with_checks(record, got.checks) != record:
+        run_records.write_json(report_dir / 'results.json', report_parts.with_checks(record, got.checks))
         written.append(report_dir / 'results.json')
       text = (report_dir / 'report.md').read_text()
-      new = common.with_checks_section(text, got.checks)
+      new = report_parts.with_checks_section(text, got.checks)
       if new is not None and new != text:
         (report_dir / 'report.md').write_text(new)
         written.append(report_dir / 'report.md')
@@ -227,7 +227,7 @@ def recheck(root: pathlib.Path = ROOT, names=REPORTS) -> list[pathlib.Path]:
 
 FINISHED = ('completed', 'stopped_early')  # a finished run's status (results.json, members.csv)
 # A report.md's hardware bullet by layout (the report name, degradation_* as 'degradation', else
-# lecture_common.header's): the pattern, with `head`, the runs' `machine` (device and host) or
+# report_parts.header's): the pattern, with `head`, the runs' `machine` (device and host) or
 # `host`, `kept` (the wall times, as they are) and `load` (the load sentence: absent in older
 # reports), and what goes between `kept` and the load sentence.
 _MACHINE = r'^(?P<head>- \*\*Hardware\*\*: )(?P<machine>[^;\n]*)'
@@ -253,12 +253,12 @@ SEEDS_LOAD = re.compile(r'^(?P<head>Sweep command: `[^`\n]*` \(rerun it to finis
 def committed_runs(report_dir: pathlib.Path, record: dict) -> dict[str, dict] | None:
   """The finished runs of a committed report as its files record them, {run: results.json}:
   its results.json (`record`) where it is a run's own (lenet5_mnist); each <run>/results.json
-  (lecture_common.run_records: an older run's load from its clock); the runs' results that
+  (run_records.run_records: an older run's load from its clock); the runs' results that
   `record` holds under 'runs'; else each finished member of members.csv, as an empty record (its
   results.json is not committed). None where the report commits no record of its runs."""
   if 'host_cpu' in record:
     return {record.get('name', '.'): record}
-  runs = common.run_records(sorted(p.parent for p in report_dir.glob('*/results.json')))
+  runs = run_records.run_records(sorted(p.parent for p in report_dir.glob('*/results.json')))
   held = record.get('runs')
   if isinstance(held, dict):
     for name, entry in held.items():
@@ -267,7 +267,7 @@ def committed_runs(report_dir: pathlib.Path, record: dict) -> dict[str, dict] | 
       elif isinstance(entry, dict) and entry.get('status') in FINISHED:  # degradation's copies
         runs.setdefault(name, entry)
   elif (report_dir / 'members.csv').exists():
-    for m in common.read_csv(report_dir / 'members.csv'):
+    for m in run_records.read_csv(report_dir / 'members.csv'):
       if m['status'] in FINISHED:
         runs.setdefault(m['name'], {})
   return runs or None
@@ -294,16 +294,16 @@ def _process_machine(text: str) -> str:
 
 def with_run_facts(name: str, text: str, report_dir: pathlib.Path) -> str:
   """Report `name`'s report.md `text` with the machine and load of its hardware bullet written
-  as a fresh report writes them (lecture_common.machine_note, busy_note) from the runs' records:
+  as a fresh report writes them (run_records.machine_note, busy_note) from the runs' records:
   results.json's 'runs_host' and 'runs_load' where it has them, else `committed_runs`. Where
   those name no host, the report process's (its environment section) is given, labelled; where
   they hold no load, an older experiment process's own figure, labelled (`_process_load`). The
-  environment section is labelled as the report process's (lecture_common.ENVIRONMENT_NOTE)."""
-  record = common.read_json(report_dir / 'results.json')
+  environment section is labelled as the report process's (report_parts.ENVIRONMENT_NOTE)."""
+  record = run_records.read_json(report_dir / 'results.json')
   runs = committed_runs(report_dir, record)
-  host = record.get('runs_host') or common.host_record(runs)
+  host = record.get('runs_host') or run_records.host_record(runs)
   committed = 'runs_host' not in record  # else the runs' records as the report read them
-  load = record.get('runs_load') or common.load_record(runs)
+  load = record.get('runs_load') or run_records.load_record(runs)
   layout = 'degradation' if name.startswith('degradation_') else name
   pattern, sep = HARDWARE.get(layout, HARDWARE['header'])
   found = pattern.search(text)
@@ -313,13 +313,13 @@ def with_run_facts(name: str, text: str, report_dir: pathlib.Path) -> str:
       degradation = importlib.import_module('experiments.degradation')
       machine = degradation.hardware(runs or {}, committed) + label
     elif 'host' in found.groupdict():
-      machine = common.host_note(host, committed) + label
+      machine = run_records.host_note(host, committed) + label
     else:
-      machine = common.machine_note(host, committed) + label
-    sentence = common.busy_note(load) + _process_load(record, load)
+      machine = run_records.machine_note(host, committed) + label
+    sentence = run_records.busy_note(load) + _process_load(record, load)
     text = (text[:found.start()] + found['head'] + machine + found['kept'] + sep + sentence
             + text[found.end():])
-  note = f'\n## Environment\n\n{common.ENVIRONMENT_NOTE}\n\n'
+  note = f'\n## Environment\n\n{report_parts.ENVIRONMENT_NOTE}\n\n'
   if note not in text:
     text = text.replace('\n## Environment\n\n', note, 1)
   return text
@@ -328,8 +328,8 @@ def with_run_facts(name: str, text: str, report_dir: pathlib.Path) -> str:
 def with_seeds_load(text: str, seeds: dict) -> str:
   """`text` (lenet5_mnist's report.md or seeds.md) with the sweep's load sentence written from
   seeds.json (`seeds`): its 'runs_load', else its seeds, none of them committed with a record."""
-  load = seeds.get('runs_load') or common.load_record({i: {} for i in range(seeds['seeds_done'])})
-  sentence = common.busy_note(load) + _process_load(seeds, load)
+  load = seeds.get('runs_load') or run_records.load_record({i: {} for i in range(seeds['seeds_done'])})
+  sentence = run_records.busy_note(load) + _process_load(seeds, load)
   return SEEDS_LOAD.sub(lambda m: f"{m['head']}\n{sentence}", text)
 
 
@@ -339,7 +339,7 @@ def run_facts_texts(name: str, root: pathlib.Path = ROOT) -> dict[pathlib.Path, 
   (lenet5_mnist), its seeds section and seeds.md (`with_seeds_load`)."""
   report_dir = root / 'reports' / name
   seeds_path = report_dir / 'seeds.json'
-  seeds = common.read_json(seeds_path) if seeds_path.exists() else None
+  seeds = run_records.read_json(seeds_path) if seeds_path.exists() else None
   out = {}
   for path in (report_dir / 'report.md', report_dir / 'seeds.md'):
     if not path.exists():

@@ -26,6 +26,7 @@ from absl import app, flags
 from cnn_jax import cli, report, runtime, sweep, transfer
 from configs import transfer as transfer_config
 from experiments import lecture_common as common
+from experiments import report_parts, run_records
 
 FLAGS = flags.FLAGS
 PRESETS = ('', *transfer_config.PRESETS)
@@ -124,7 +125,7 @@ def checks(acc: dict, sizes: list[str], methods: list[str]) -> tuple[list, list]
     depths = [DEPTH[m] for _, m, _ in best]
     monotone = all(a <= b for a, b in zip(depths, depths[1:]))
     fewer_at_small = depths[0] < depths[-1]
-    rows.append(common.check_row(
+    rows.append(report_parts.check_row(
         'C24', 'method with the best mean test accuracy, by images per class (trained layers: '
         'head < last_stage < all)', 'the less new data, the fewer layers trained',
         'the best method never trains more layers at a smaller size, and trains fewer at the '
@@ -135,7 +136,7 @@ def checks(acc: dict, sizes: list[str], methods: list[str]) -> tuple[list, list]
              math.hypot(_se(acc[(n, 'all')]), _se(acc[(n, 'head')])))
             for n in sizes if (n, 'all') in acc and (n, 'head') in acc]
     if len(gaps) >= 2:
-      rows.append(common.check_row(
+      rows.append(report_parts.check_row(
           'C24', 'gain of fine-tuning everything over the linear probe (test accuracy, pp)',
           'training more layers pays off only with more data',
           'the gain at the largest size exceeds the gain at the smallest by more than 2 SE',
@@ -145,7 +146,7 @@ def checks(acc: dict, sizes: list[str], methods: list[str]) -> tuple[list, list]
     n = sizes[0]
     if (n, 'scratch') in acc and any((n, m) in acc for m in tl):
       top = max((acc[(n, m)]['mean'], m) for m in tl if (n, m) in acc)
-      rows.append(common.check_row(
+      rows.append(report_parts.check_row(
           'C24', f'transfer against training from scratch at {n} images per class',
           'with little data, start from a pretrained network',
           'the best transfer method beats from-scratch',
@@ -212,7 +213,7 @@ def statement_verdict(check_rows: list) -> tuple[bool | None, str]:
   """Whether the statement holds: the best method by size and the probe-vs-fine-tune gain (rows
   that compare sizes; the from-scratch row is context, not the statement), and a sentence."""
   statement = [r for r in check_rows if r[1].startswith(('method with the best', 'gain of'))]
-  holds = common.all_hold(statement) if statement else None
+  holds = report_parts.all_hold(statement) if statement else None
   return holds, ('"The less new data, the fewer layers should be trained" **holds** on these runs.'
                  if holds else '**The statement does not hold on these runs**: see which check '
                  'fails and by how much.' if statement else
@@ -223,7 +224,7 @@ def statement_verdict(check_rows: list) -> tuple[bool | None, str]:
 def _header(pre: dict, first: dict | None, c0, preset: str, overrides, sizes: list[str],
             methods: list[str], train_wall: float, facts: dict, command: str) -> str:
   pc = pretrain_config(preset, overrides)
-  return common.header(
+  return report_parts.header(
       title='Transfer learning on CIFAR-10: from scratch, linear probe, fine-tuning', claims='C24',
       command=command,
       data=(f"{first['dataset'] if first else 'CIFAR-10'}. Source task: classes 0-4 (airplane, "
@@ -252,8 +253,8 @@ def make_report(workdir: pathlib.Path, preset: str, mems: list[sweep.Member], si
   aggregates the members (sweep.md, sweep.csv, members.csv) and draws transfer.png there."""
   summary = sweep.aggregate(mems, workdir, title='Transfer learning members')
   acc = table_of(summary)
-  pre = common.read_results(workdir / 'pretrain') or {}
-  results = [common.read_results(workdir / m.name) for m in mems]
+  pre = run_records.read_results(workdir / 'pretrain') or {}
+  results = [run_records.read_results(workdir / m.name) for m in mems]
   first = next((r for r in results if r), None)
   trainable = trainable_params(workdir, mems, methods, first)
   check_rows, best = checks(acc, sizes, methods)
@@ -273,13 +274,13 @@ step {pre.get('best_step')}).
 
 ![accuracy against data size]({fig.name})
 
-{common.checks_section(check_rows)}
+{report_parts.checks_section(check_rows)}
 {verdict}
 
 Per-member figures: `sweep.md`, `members.csv`; every run's `results.json`, `config.json` and
 (transfer runs) `transfer.json` are in the workdir.
 
-{common.footer()}"""
+{report_parts.footer()}"""
   record = {
       'experiment': 'transfer', 'claims': 'C24', 'preset': preset, 'command': command,
       'model': mems[0].config.model, 'seeds': seeds, 'per_class': sizes, 'methods': methods,
@@ -303,18 +304,18 @@ def headline(acc: dict, best: list[tuple], sizes: list[str]) -> str:
           + (f" (scratch at {sizes[0]}: {scratch['mean']:.1%})" if scratch else ''))
 
 
-def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+def recompute(report_dir: pathlib.Path) -> report_parts.Recomputed:
   """The report in `report_dir` (reports/transfer) computed again from its per-run records:
   each member's test accuracy (members.csv), mean ± std over seeds per size and method, gives
   the checks and the headline."""
-  record = common.read_json(report_dir / 'results.json')
+  record = run_records.read_json(report_dir / 'results.json')
   values = collections.defaultdict(list)
-  for m in common.read_csv(report_dir / 'members.csv'):
+  for m in run_records.read_csv(report_dir / 'members.csv'):
     if m['status'] == 'completed':
       values[(label(m['per_class']), m['method'])].append(m['test_accuracy'])
-  acc = {k: {**common.stat(v), 'values': v} for k, v in values.items()}
+  acc = {k: {**run_records.stat(v), 'values': v} for k, v in values.items()}
   rows, best = checks(acc, record['per_class'], record['methods'])
-  return common.Recomputed(common.Checks.of(rows), headline(acc, best, record['per_class']))
+  return report_parts.Recomputed(report_parts.Checks.of(rows), headline(acc, best, record['per_class']))
 
 
 def main(argv):

@@ -25,10 +25,11 @@ from cnn_jax import cli, report, runtime, tasks
 from cnn_jax.datasets import mnist_segmentation
 from cnn_jax.metric_writers import read_metrics
 from experiments import lecture_common
+from experiments import report_parts, run_records
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
-# An older run also has the clock this script kept beside it (its load: lecture_common.runs_load).
+# An older run also has the clock this script kept beside it (its load: run_records.runs_load).
 RECORDS = ('results.json', 'metrics.jsonl', 'config.json', lecture_common.Clock.FILE)
 PADDING = {'unet': 'valid (the paper), overlap-tile input', 'unet_same': 'same'}
 NUM_EXAMPLES = 6  # test canvases in the figure
@@ -217,11 +218,11 @@ def _val_miou_curve(run_dir: pathlib.Path) -> list[tuple[int, float]]:
 
 
 def claim_checks(test_miou: dict[str, float], recomputed_miou: dict[str, float],
-                 best_baseline: float) -> lecture_common.Checks:
+                 best_baseline: float) -> report_parts.Checks:
   """C23 per net. Counted: its test mIoU (the loop's) above the best baseline's, i.e. the net
   recognises which digit each pixel belongs to. Fact (a self-consistency check): the mIoU the
   report recomputes from the best checkpoint agrees with the loop's to 1e-4."""
-  checks = lecture_common.Checks()
+  checks = report_parts.Checks()
   for model, miou in test_miou.items():
     checks.add('C23', f'{model}: test mIoU above the best baseline (per-pixel digit recognition)',
                'stated', f'> {best_baseline:.3f}', f'{miou:.3f}', miou > best_baseline)
@@ -238,19 +239,19 @@ def headline(test: dict[str, dict]) -> str:
                    for m, t in test.items())
 
 
-def recompute(report_dir: pathlib.Path) -> lecture_common.Recomputed:
+def recompute(report_dir: pathlib.Path) -> report_parts.Recomputed:
   """The report in `report_dir` (reports/unet_segmentation) computed again from its files: each
   net's test figures from its run's results.json, the per-class test IoU (recomputed from the best
   checkpoint when the report was written) and the baselines from the report's results.json."""
-  record = lecture_common.read_json(report_dir / 'results.json')
-  runs = {m: lecture_common.read_json(report_dir / m / 'results.json') for m in record['test']}
+  record = run_records.read_json(report_dir / 'results.json')
+  runs = {m: run_records.read_json(report_dir / m / 'results.json') for m in record['test']}
   test = {m: {'pixel_accuracy': r['test_accuracy'], 'mean_iou': r['test_mean_iou']}
           for m, r in runs.items()}
   again = {m: float(np.nanmean(np.asarray(iou, np.float64)))
            for m, iou in record['per_class_iou'].items()}
   checks = claim_checks({m: t['mean_iou'] for m, t in test.items()}, again,
                         max(b['mean_iou'] for b in record['baselines'].values()))
-  return lecture_common.Recomputed(checks, headline(test))
+  return report_parts.Recomputed(checks, headline(test))
 
 
 def _iou_cells(iou) -> list[str]:
@@ -310,9 +311,9 @@ and their best checkpoints ({status}).
   (`cnn_jax.tasks.align`).
 - **Metrics**: pixel accuracy = correct pixels / pixels; mIoU = mean over the 11 classes of
   TP / (TP + FP + FN), both from one confusion matrix summed over the test split on the device.
-- **Hardware**: {lecture_common.machine_note(lecture_common.host_record(runs))};
+- **Hardware**: {run_records.machine_note(run_records.host_record(runs))};
   training wall time {train_wall / 60:.1f} min summed over the runs.
-  {lecture_common.busy_note(lecture_common.runs_load(workdir / m for m in runs))}
+  {run_records.busy_note(run_records.runs_load(workdir / m for m in runs))}
 """
 
 
@@ -321,7 +322,7 @@ def write_report(workdir: pathlib.Path, models: list[str], preset: str,
   """report.md and results.json in `workdir` from its runs (make_report)."""
   text, record = make_report(workdir, models, preset, overrides, command)
   (workdir / 'report.md').write_text(text)
-  lecture_common.write_json(workdir / 'results.json', record)
+  run_records.write_json(workdir / 'results.json', record)
   return workdir / 'report.md'
 
 
@@ -363,7 +364,7 @@ recognise digits; a net above it recognises which digit each pixel belongs to.
 
 {class_table}
 
-{lecture_common.checks_section(checks)}
+{report_parts.checks_section(checks)}
 ## Input, true mask and predictions (test canvases)
 
 ![predictions]({png.name})
@@ -381,7 +382,7 @@ last quarter of the evaluations counts as none):
 
 {chr(10).join(sorted({f"- `{r['command']}`" for r in runs.values()}))}
 
-{lecture_common.footer()}"""
+{report_parts.footer()}"""
   test = {m: {'pixel_accuracy': r['test_accuracy'], 'mean_iou': r['test_mean_iou']}
           for m, r in runs.items()}
   return text, {
@@ -389,7 +390,7 @@ last quarter of the evaluations counts as none):
       'command': command, 'train_wall_time_s': sum(r['wall_time_s'] for r in runs.values()),
       'headline': headline(test), 'test': test,
       'per_class_iou': {m: r['iou'] for m, r in recomputed.items()},
-      'baselines': base, 'plateau': plateaus, **lecture_common.checks_record(checks)}
+      'baselines': base, 'plateau': plateaus, **report_parts.checks_record(checks)}
 
 
 def main(argv):

@@ -41,6 +41,7 @@ import numpy as np
 from cnn_jax import config_base, report, runtime, sweep
 from cnn_jax.config_base import ConfigError
 from experiments import lecture_common as common
+from experiments import report_parts, run_records
 
 FLAGS = flags.FLAGS
 
@@ -109,7 +110,7 @@ def mnist_config(spec: str, run_dir: pathlib.Path, toy: bool, overrides=()):
   `overrides`; where the run has begun (its config.json), its own SAVED_KEYS."""
   config = config_file(spec, (*(MNIST_TOY if toy else ()), *overrides))
   if (run_dir / 'config.json').exists():  # resume and restore with the run's own settings
-    saved = common.read_json(run_dir / 'config.json')
+    saved = run_records.read_json(run_dir / 'config.json')
     for key in SAVED_KEYS:
       config_base.set_key(config, key, functools.reduce(dict.__getitem__, key.split('.'), saved))
   return config
@@ -235,13 +236,13 @@ def plot_cifar_maps(images: np.ndarray, maps: np.ndarray, order, out: pathlib.Pa
   return out
 
 
-def claim_checks(record: dict) -> common.Checks:
+def claim_checks(record: dict) -> report_parts.Checks:
   """C26 from the figures in results.json, each part when present. MNIST: the learned C1
   filters' mean OSI ('filters', 'trained_mean_osi') above the 95th percentile of random sets
   ('random_mean_osi_p95', 'p_value'). CIFAR-10 ('cifar'): the spread of the colour index over
   the filters, and the DC share of the colour filters' chromatic part, each above the 95th
   percentile of random sets. All counted: other learned filters could fail them."""
-  checks = common.Checks()
+  checks = report_parts.Checks()
   if 'trained_mean_osi' in record:
     n, mean, p95 = len(record['filters']), record['trained_mean_osi'], record['random_mean_osi_p95']
     checks.add('C26', f'orientation selectivity (OSI) of the {n} C1 filters, mean',
@@ -315,7 +316,7 @@ def cifar_part(config, run_dir: pathlib.Path, workdir: pathlib.Path) -> tuple[st
   pngs = (plot_cifar_filters(kernels, stats, workdir / 'cifar_filters.png', title),
           plot_cifar_maps(np.asarray(test_x[picks]), maps, order,
                           workdir / 'cifar_feature_maps.png'))
-  results = common.read_json(run_dir / 'results.json')
+  results = run_records.read_json(run_dir / 'results.json')
   entry = {'run_dir': str(common.rel(run_dir)), 'model': config.model,
            'test_accuracy': results['test_accuracy'], **entry}
   entry['check_holds'] = claim_checks({'cifar': entry}).all_hold
@@ -454,13 +455,13 @@ def oriented(osi: list[float], random_osi_all: np.ndarray) -> tuple[float, int]:
   return p95, sum(o > p95 for o in osi)
 
 
-def recompute(report_dir: pathlib.Path) -> common.Recomputed:
+def recompute(report_dir: pathlib.Path) -> report_parts.Recomputed:
   """The report in `report_dir` (reports/visualize_filters) computed again from its
   results.json (the filters' figures) and the random baseline (seeded): checks and headline."""
-  record = common.read_json(report_dir / 'results.json')
+  record = run_records.read_json(report_dir / 'results.json')
   _, random_all = random_osi(len(record['filters']))
   _, n_above = oriented([f['osi'] for f in record['filters']], random_all)
-  return common.Recomputed(claim_checks(record), headline(record, n_above))
+  return report_parts.Recomputed(claim_checks(record), headline(record, n_above))
 
 
 def headline(record: dict, n_above: int) -> str:
@@ -473,11 +474,11 @@ def headline(record: dict, n_above: int) -> str:
 
 
 def report_text(session: common.Session, run_dir: pathlib.Path, mnist_text: str, cifar_text: str,
-                checks: common.Checks) -> str:
+                checks: report_parts.Checks) -> str:
   """report.md: the harness's header (the LeNet-5 run in `run_dir` as its data), the claim
   checks, the MNIST and the CIFAR-10 sections, the environment."""
-  results = common.read_json(run_dir / 'results.json')
-  text = common.header(
+  results = run_records.read_json(run_dir / 'results.json')
+  text = report_parts.header(
       title='What first layers learn: LeNet-5 on MNIST, a ResNet on CIFAR-10', claims='claim C26',
       command=session.command,
       data=(f"MNIST, bundled IDX files; the run in `{common.rel(run_dir)}` "
@@ -490,12 +491,12 @@ def report_text(session: common.Session, run_dir: pathlib.Path, mnist_text: str,
       train_wall_s=results['wall_time_s'], facts=session.facts(),
       generator='experiments/visualize_filters.py')
   return text + f"""
-{common.checks_section(checks)}
+{report_parts.checks_section(checks)}
 {mnist_text}
 
 {cifar_text}
 
-{common.footer()}"""
+{report_parts.footer()}"""
 
 
 def main(argv):

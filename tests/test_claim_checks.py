@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from experiments import (cnn_vs_fc, gd_variants, init_variance, lecture_common, lenet5_mnist,
-                         lr_sweep, normalization, readme_tables, transfer, unet_segmentation,
-                         visualize_filters)
+                         lr_sweep, normalization, readme_tables, report_parts, transfer,
+                         unet_segmentation, visualize_filters)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def verdicts(rows) -> dict[str, bool]:
-  """quantity -> holds, for rows of lecture_common.CHECK_HEADERS."""
+  """quantity -> holds, for rows of report_parts.CHECK_HEADERS."""
   return {r[1]: r[-1] == 'yes' for r in rows}
 
 
@@ -30,27 +30,27 @@ def assert_fails_alone(rows, quantity: str) -> None:
 
 def assert_all_hold(checks, counted: int, facts: int = 0) -> None:
   assert len(checks.rows) == counted and len(checks.facts) == facts, (checks.rows, checks.facts)
-  assert checks.all_hold and lecture_common.all_hold(checks.facts), (checks.rows, checks.facts)
+  assert checks.all_hold and report_parts.all_hold(checks.facts), (checks.rows, checks.facts)
 
 
 # ------------------------------------------------------------------------------- the harness
 
 
 def test_facts_are_kept_apart_and_never_counted(tmp_path):
-  checks = lecture_common.Checks()
+  checks = report_parts.Checks()
   checks.add('C0', 'measured', 'lecture', 'criterion', '1', True)
   checks.add('C0', 'from the config', 'lecture', 'criterion', '2', False, fact=True)
   assert [r[1] for r in checks.rows] == ['measured'] and checks.all_hold
   assert [r[1] for r in checks.facts] == ['from the config']
-  record = lecture_common.checks_record(checks)
+  record = report_parts.checks_record(checks)
   assert record['all_checks_hold'] and record['checks'] == checks.rows
   assert record['facts'] == checks.facts
-  assert 'facts' not in lecture_common.checks_record(checks.rows)  # a plain list: no facts
-  text = lecture_common.checks_section(checks)
-  assert text.index('## Claim checks') < text.index(f'## {lecture_common.FACTS_TITLE}')
-  assert text.index('| measured |') < text.index(f'## {lecture_common.FACTS_TITLE}')
-  assert text.index(f'## {lecture_common.FACTS_TITLE}') < text.index('| from the config |')
-  assert lecture_common.FACTS_TITLE not in lecture_common.checks_section(checks.rows)
+  assert 'facts' not in report_parts.checks_record(checks.rows)  # a plain list: no facts
+  text = report_parts.checks_section(checks)
+  assert text.index('## Claim checks') < text.index(f'## {report_parts.FACTS_TITLE}')
+  assert text.index('| measured |') < text.index(f'## {report_parts.FACTS_TITLE}')
+  assert text.index(f'## {report_parts.FACTS_TITLE}') < text.index('| from the config |')
+  assert report_parts.FACTS_TITLE not in report_parts.checks_section(checks.rows)
   lecture_common.finish(tmp_path, text, {'experiment': 'x'}, (), checks)
   saved = json.loads((tmp_path / 'results.json').read_text())
   assert saved['checks'] == checks.rows and saved['facts'] == checks.facts
@@ -309,7 +309,7 @@ TRANSFER_LARGE = {'scratch': 0.8, 'head': 0.6, 'last_stage': 0.8, 'all': 0.9}
 ])
 def test_transfer_checks_fail_on_their_own_data(small, large, std, quantity):
   rows, _ = transfer.checks(_acc(TRANSFER_SMALL, TRANSFER_LARGE), ['5', 'all'], TRANSFER_METHODS)
-  assert len(rows) == 3 and lecture_common.all_hold(rows), rows
+  assert len(rows) == 3 and report_parts.all_hold(rows), rows
   acc = _acc({**TRANSFER_SMALL, **small}, {**TRANSFER_LARGE, **large}, std)
   assert_fails_alone(transfer.checks(acc, ['5', 'all'], TRANSFER_METHODS)[0], quantity)
 
@@ -330,7 +330,7 @@ def test_committed_records_give_the_committed_rows(module):
     assert sorted(map(tuple, got.checks.rows + got.checks.facts)) == sorted(
         map(tuple, record['checks'] + record.get('facts', [])))
   assert got.checks.all_hold == record.get('all_checks_hold', True)
-  assert lecture_common.all_hold(got.checks.facts)
+  assert report_parts.all_hold(got.checks.facts)
 
 
 def test_lenet5_report_only_rewrite_keeps_the_runs_environment_and_seeds(tmp_path):
@@ -348,5 +348,5 @@ def test_lenet5_report_only_rewrite_keeps_the_runs_environment_and_seeds(tmp_pat
   text = lenet5_mnist.write_report(tmp_path, results, config, keep_environment=True).read_text()
   assert text.endswith("## Environment\n\n- **date**: the run's\n") and 'stale' not in text
   assert text.count('<!-- seeds:begin -->\n## Over seeds\n<!-- seeds:end -->\n') == 1
-  assert text.index('## Claim checks') < text.index(lecture_common.FACTS_TITLE) < text.index(
+  assert text.index('## Claim checks') < text.index(report_parts.FACTS_TITLE) < text.index(
       '<!-- seeds:begin -->')

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import cnn_vs_fc, init_variance, lr_sweep, visualize_filters
+from experiments import report_parts, run_records
 from tests.helpers import cifar_like_folder, run_module
 
 
@@ -192,16 +193,15 @@ def _run(run_dir, load=None, cores=2, clock=None, host=None):
 
 
 def test_runs_load_reads_each_finished_runs_own_record(tmp_path):
-  from experiments import lecture_common
   dirs = [_run(tmp_path / 'a', 0.3), _run(tmp_path / 'b', 1.6), _run(tmp_path / 'c'),
           _run(tmp_path / 'd', clock=0.9), tmp_path / 'unfinished']
   (tmp_path / 'unfinished').mkdir()
-  load = lecture_common.runs_load(dirs)
+  load = run_records.runs_load(dirs)
   assert load == {'runs': 4, 'recorded': 3, 'load_average_start': [0.3, 1.6],
                   'cpu_count': [2, 2], 'busy': ['b']}
-  assert lecture_common.runs_load(dirs) == load  # from the files alone: a rerun says the same
-  assert lecture_common.runs_load([tmp_path / 'c']) == {'runs': 1, 'recorded': 0}
-  assert lecture_common.runs_load([]) == {'runs': 0, 'recorded': 0}
+  assert run_records.runs_load(dirs) == load  # from the files alone: a rerun says the same
+  assert run_records.runs_load([tmp_path / 'c']) == {'runs': 1, 'recorded': 0}
+  assert run_records.runs_load([]) == {'runs': 0, 'recorded': 0}
 
 
 @pytest.mark.parametrize('loads, words', [
@@ -213,20 +213,18 @@ def test_runs_load_reads_each_finished_runs_own_record(tmp_path):
                         '(1 of the 3 runs did not record it)', 'not a speed figure']),
 ])
 def test_busy_note_says_what_the_runs_recorded(tmp_path, loads, words):
-  from experiments import lecture_common
-  load = lecture_common.runs_load(_run(tmp_path / f'r{i}', l) for i, l in enumerate(loads))
-  note = lecture_common.busy_note(load)
+  load = run_records.runs_load(_run(tmp_path / f'r{i}', l) for i, l in enumerate(loads))
+  note = run_records.busy_note(load)
   for w in words:
     assert w in note, note
   assert ('otherwise idle' in note) == (load['recorded'] > 0 and not load['busy'])
-  assert lecture_common.busy_note({'runs': 0, 'recorded': 0}).startswith('No run trained')
+  assert run_records.busy_note({'runs': 0, 'recorded': 0}).startswith('No run trained')
 
 
 def test_header_reports_the_runs_load_not_the_report_process(tmp_path):
-  from experiments import lecture_common
   facts = {'experiment_wall_time_s': 5.0,
-           **lecture_common.runs_facts([_run(tmp_path / 'r', 3.0, host='Host A')])}
-  text = lecture_common.header(title='t', claims='c', command='x', data='d', protocol='p',
+           **run_records.runs_facts([_run(tmp_path / 'r', 3.0, host='Host A')])}
+  text = report_parts.header(title='t', claims='c', command='x', data='d', protocol='p',
                                train_wall_s=60.0, facts=facts, generator='g')
   assert 'experiment\n  wall time 5 s. Trained while another job ran: 1-minute load average 3.0 ' \
          'at the start of the run, on 2 cores' in text
@@ -246,22 +244,21 @@ def _report_process_on_host_b(monkeypatch):
 def test_header_names_the_runs_host_not_the_report_process(tmp_path, monkeypatch):
   """Runs recorded on host A, the report written (--report_only) on host B: the header's
   hardware is A's; B appears only in the environment section, labelled as the report's."""
-  from experiments import lecture_common
   _report_process_on_host_b(monkeypatch)
   facts = {'experiment_wall_time_s': 5.0,
-           **lecture_common.runs_facts([_run(tmp_path / f'r{i}', 0.2, host=HOST_A)
+           **run_records.runs_facts([_run(tmp_path / f'r{i}', 0.2, host=HOST_A)
                                         for i in range(2)])}
-  text = lecture_common.header(title='t', claims='c', command='x', data='d', protocol='p',
+  text = report_parts.header(title='t', claims='c', command='x', data='d', protocol='p',
                                train_wall_s=60.0, facts=facts, generator='g')
   hardware = next(l for l in text.splitlines() if l.startswith('- **Hardware**'))
   assert hardware.startswith(f'- **Hardware**: 1 x cpu:cpu, host CPU {HOST_A}; '), hardware
   assert HOST_B not in text and 'gpu' not in text
-  footer = lecture_common.footer()
-  assert footer.startswith(f'## Environment\n\n{lecture_common.ENVIRONMENT_NOTE}\n\n')
+  footer = report_parts.footer()
+  assert footer.startswith(f'## Environment\n\n{report_parts.ENVIRONMENT_NOTE}\n\n')
   assert f'- **host_cpu**: {HOST_B}' in footer  # the report process's, under its label
   # No run recorded its host: the header says so, and never names the report process's.
-  bare = lecture_common.runs_facts([_run(tmp_path / 'bare')])
-  text = lecture_common.header(title='t', claims='c', command='x', data='d', protocol='p',
+  bare = run_records.runs_facts([_run(tmp_path / 'bare')])
+  text = report_parts.header(title='t', claims='c', command='x', data='d', protocol='p',
                                train_wall_s=None, facts={'experiment_wall_time_s': 1.0, **bare},
                                generator='g')
   assert '- **Hardware**: device and host CPU not recorded by the run; experiment' in text
@@ -269,28 +266,27 @@ def test_header_names_the_runs_host_not_the_report_process(tmp_path, monkeypatch
 
 
 def test_machine_note_lists_differing_hosts_with_their_runs(tmp_path):
-  from experiments import lecture_common
   dirs = [_run(tmp_path / 'a', host=HOST_A), _run(tmp_path / 'b', host=HOST_B),
           _run(tmp_path / 'c', host=HOST_A), _run(tmp_path / 'd')]
-  host = lecture_common.runs_facts(dirs)['runs_host']
+  host = run_records.runs_facts(dirs)['runs_host']
   assert host == {'runs': 4, 'recorded': 3, 'hosts': {HOST_A: 2, HOST_B: 1},
                   'devices': {'1 x cpu:cpu': 3}}
-  assert lecture_common.machine_note(host) == (
+  assert run_records.machine_note(host) == (
       f'1 x cpu:cpu, host CPU {HOST_A} (2 runs) and {HOST_B} (1 run) '
       '(1 of the 4 runs did not record it)')
-  assert lecture_common.machine_note(host, committed=True).endswith(
+  assert run_records.machine_note(host, committed=True).endswith(
       '(no committed record of it for 1 of the 4 runs)')
-  assert lecture_common.machine_note(lecture_common.host_record({})) == (
+  assert run_records.machine_note(run_records.host_record({})) == (
       'device and host CPU not recorded (no run finished)')
-  assert lecture_common.machine_note(lecture_common.host_record(None), committed=True) == (
+  assert run_records.machine_note(run_records.host_record(None), committed=True) == (
       "device and host CPU in none of the runs' committed records")
-  assert lecture_common.busy_note(lecture_common.load_record(None)).startswith(
+  assert run_records.busy_note(run_records.load_record(None)).startswith(
       "The runs did not record the machine's load")
 
 
 def test_degradation_hardware_counts_each_host(tmp_path):
-  from experiments import degradation, lecture_common
-  records = lecture_common.run_records([_run(tmp_path / n, host=h) for n, h in
+  from experiments import degradation
+  records = run_records.run_records([_run(tmp_path / n, host=h) for n, h in
                                         (('plain20', HOST_A), ('resnet20', HOST_B),
                                          ('plain56', HOST_A))])
   text = degradation.hardware(records)
@@ -305,7 +301,7 @@ def test_lenet5_header_names_the_runs_host(tmp_path, monkeypatch):
   without the record: 'not recorded by the run', never B."""
   import shutil  # pylint: disable=g-import-not-at-top
   from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
-  from experiments import lecture_common, lenet5_mnist
+  from experiments import lenet5_mnist
   from tests.helpers import ROOT
   _report_process_on_host_b(monkeypatch)
   for name in ('results.json', 'metrics.jsonl', 'config.json'):
@@ -316,4 +312,4 @@ def test_lenet5_header_names_the_runs_host(tmp_path, monkeypatch):
     results['host_cpu'] = host
     text = lenet5_mnist.write_report(tmp_path, results, config, keep_environment=False).read_text()
     assert f'host CPU\n  {says}; wall time' in text
-    assert text.count(HOST_B) == 1 and lecture_common.ENVIRONMENT_NOTE in text
+    assert text.count(HOST_B) == 1 and report_parts.ENVIRONMENT_NOTE in text

@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from experiments import lecture_common, lr_sweep, readme_tables
+from experiments import lr_sweep, readme_tables
+from experiments import report_parts, run_records
 
 ROOT = readme_tables.ROOT
 
@@ -39,13 +40,13 @@ LR_SWEEP_CURVES = {1.0: [(10, 2.4), (100, 2.31)], 0.01: [(10, 2.3), (50, 1.5), (
 LR_SWEEP_RUNS = {1.0: (0.11, 2.3), 0.1: (0.95, 0.3), 0.01: (0.8, 0.9)}  # test acc, val loss
 
 
-def _lr_sweep_report(report_dir, fast_curve) -> lecture_common.Recomputed:
+def _lr_sweep_report(report_dir, fast_curve) -> report_parts.Recomputed:
   """lr_sweep.recompute of a report folder with one seed per rate, 100 steps, α = 0.1's
   training-loss curve `fast_curve`; results.json holds no final loss (curves.csv gives it)."""
   curves = {**LR_SWEEP_CURVES, 0.1: fast_curve}
   lr_sweep.write_curves({(lr, 0): {'curve': c} for lr, c in curves.items()},
                         report_dir / lr_sweep.CURVES)
-  lecture_common.write_json(report_dir / 'results.json', {'total_steps': 100, 'runs': [
+  run_records.write_json(report_dir / 'results.json', {'total_steps': 100, 'runs': [
       {'learning_rate': lr, 'seed': 0, 'diverged': False, 'final_loss': None,
        'test_accuracy': acc, 'val_loss': val} for lr, (acc, val) in LR_SWEEP_RUNS.items()]})
   return lr_sweep.recompute(report_dir)
@@ -123,12 +124,12 @@ def test_recheck_rewrites_only_the_checks_of_a_stale_report(tmp_path):
   report_dir = tmp_path / 'reports' / 'normalization'
   shutil.copytree(ROOT / 'reports' / 'normalization', report_dir)
   record = json.loads((report_dir / 'results.json').read_text())
-  stale = lecture_common.Checks.of(record['checks'] + record['facts'])
-  lecture_common.write_json(report_dir / 'results.json', lecture_common.with_checks(record, stale))
+  stale = report_parts.Checks.of(record['checks'] + record['facts'])
+  run_records.write_json(report_dir / 'results.json', report_parts.with_checks(record, stale))
   text = (report_dir / 'report.md').read_text()
-  (report_dir / 'report.md').write_text(lecture_common.with_checks_section(text, stale))
+  (report_dir / 'report.md').write_text(report_parts.with_checks_section(text, stale))
   assert 'facts' not in json.loads((report_dir / 'results.json').read_text())
-  assert lecture_common.FACTS_TITLE not in (report_dir / 'report.md').read_text()
+  assert report_parts.FACTS_TITLE not in (report_dir / 'report.md').read_text()
   assert readme_tables.recheck(tmp_path, ['normalization']) == [
       report_dir / 'results.json', report_dir / 'report.md']
   for name in ('results.json', 'report.md'):
@@ -143,12 +144,12 @@ def _committed_run(run_dir, host=None, load=None):
     results.update(host_cpu=host, platform='cpu', device_kind='cpu', device_count=1)
   if load is not None:
     results.update(load_average_start=load, load_average_end=load, cpu_count=2)
-  lecture_common.write_json(run_dir / 'results.json', results)
+  run_records.write_json(run_dir / 'results.json', results)
   return run_dir
 
 
 def _header(facts) -> str:
-  return lecture_common.header(title='t', claims='c', command='x', data='d', protocol='p',
+  return report_parts.header(title='t', claims='c', command='x', data='d', protocol='p',
                                train_wall_s=120.0, facts=facts, generator='g')
 
 
@@ -168,11 +169,11 @@ def test_recheck_writes_the_runs_host_and_load_as_a_fresh_report(tmp_path, load,
   runs' load, as a fresh report does, the older process's load labelled as that."""
   report_dir = tmp_path / 'reports' / 'exp'
   dirs = [_committed_run(report_dir / n, 'Host A', load) for n in ('a', 'b')]
-  fresh = _header({'experiment_wall_time_s': 5.0, **lecture_common.runs_facts(dirs)})
+  fresh = _header({'experiment_wall_time_s': 5.0, **run_records.runs_facts(dirs)})
   old = fresh.replace('1 x cpu:cpu, host CPU Host A;', '1 x cpu:cpu, host CPU Host B;')
   old = old[:old.index('wall time 5 s.') + len('wall time 5 s.')] + (
       ' Measured on an otherwise idle machine (load average 3.1 at the start).\n')
-  lecture_common.write_json(report_dir / 'results.json', {
+  run_records.write_json(report_dir / 'results.json', {
       'experiment_wall_time_s': 5.0, 'load_average_start': 3.1, 'cpu_count': 2})
   (report_dir / 'report.md').write_text(old + OLD_ENVIRONMENT)
   assert 'Host A' not in old
@@ -180,7 +181,7 @@ def test_recheck_writes_the_runs_host_and_load_as_a_fresh_report(tmp_path, load,
   assert list(texts) == [report_dir / 'report.md']
   assert texts[report_dir / 'report.md'] == fresh.replace(
       fresh[fresh.index('wall time 5 s. ') + 15:], says + '\n') + OLD_ENVIRONMENT.replace(
-          '\n\n', f'\n\n{lecture_common.ENVIRONMENT_NOTE}\n\n')
+          '\n\n', f'\n\n{report_parts.ENVIRONMENT_NOTE}\n\n')
   (report_dir / 'report.md').write_text(texts[report_dir / 'report.md'])
   assert readme_tables.run_facts_texts('exp', tmp_path) == {}  # a fixed point
 
@@ -189,11 +190,11 @@ def test_recheck_leaves_a_fresh_report_as_it_is(tmp_path):
   """A report written by today's header from its runs' records (results.json with 'runs_host'
   and 'runs_load', whose per-run files are not committed) is what --recheck writes."""
   work = tmp_path / 'reports' / 'exp'
-  facts = {'experiment_wall_time_s': 5.0, **lecture_common.runs_facts(
+  facts = {'experiment_wall_time_s': 5.0, **run_records.runs_facts(
       [_committed_run(tmp_path / 'runs' / n, 'Host A', 1.7) for n in ('a', 'b')])}
   work.mkdir(parents=True)
-  lecture_common.write_json(work / 'results.json', facts)
-  text = _header(facts) + '\n' + lecture_common.footer()
+  run_records.write_json(work / 'results.json', facts)
+  text = _header(facts) + '\n' + report_parts.footer()
   (work / 'report.md').write_text(text)
   assert readme_tables.run_facts_texts('exp', tmp_path) == {}
 
@@ -205,7 +206,7 @@ def _outside_run_facts(name: str, text: str) -> tuple[str, list[str]]:
   pattern, _ = readme_tables.HARDWARE.get(layout, readme_tables.HARDWARE['header'])
   kept = [m['kept'] for m in pattern.finditer(text)]
   text = readme_tables.SEEDS_LOAD.sub(lambda m: m['head'], pattern.sub('', text))
-  return text.replace(lecture_common.ENVIRONMENT_NOTE + '\n\n', ''), kept
+  return text.replace(report_parts.ENVIRONMENT_NOTE + '\n\n', ''), kept
 
 
 @pytest.mark.parametrize('name', readme_tables.REPORTS)

@@ -2,7 +2,6 @@
 (parameters and BatchNorm statistics), class subsets and images per class, the errors, and the
 experiment's `toy` preset end to end."""
 import json
-import types
 
 import jax
 import jax.numpy as jnp

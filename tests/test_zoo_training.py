@@ -1,5 +1,4 @@
 """Every classifier in the registry can be trained by the foundation's loop (issue: model zoo)."""
-import functools
 
 import jax
 import jax.numpy as jnp
