@@ -114,7 +114,8 @@ def variants_table(variants: dict[str, dict]) -> str:
     rows.append([k, v['batch_size'], v['learning_rate'], f"{v['steps']:,}", len(v['runs']),
                  sweep.pm(run_records.stat(v['min_val_loss'])),
                  ', '.join(str(r['best_epoch']) for r in v['runs']),
-                 sweep.pm(run_records.stat([r['test_accuracy'] for r in v['runs']]), '{:.2f}%', 100),
+                 sweep.pm(run_records.stat([r['test_accuracy'] for r in v['runs']]), '{:.2f}%',
+                          100),
                  f"{np.mean(v['final_over_min']):.2f}",
                  f"{np.mean([r['wall_time_s'] for r in v['runs']]):.0f} s"])
   return report.markdown_table(

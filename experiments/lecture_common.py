@@ -127,7 +127,8 @@ class SweepRun:
   def facts(self) -> dict:
     """The experiment's wall time (Clock.facts) and the machine and its load as the finished
     members recorded them ('runs_load', 'runs_host': `run_records.runs_facts`)."""
-    return {**self.clock.facts(), **run_records.runs_facts(self.workdir / m.name for m in self.members)}
+    return {**self.clock.facts(),
+            **run_records.runs_facts(self.workdir / m.name for m in self.members)}
 
 
 def start_sweep(argv, name: str, title: str, config_args: tuple[str, ...] = (),
@@ -310,9 +311,9 @@ def copy_outputs(workdir: pathlib.Path, report_dir: str | None, names) -> None:
 
 def finish(workdir: pathlib.Path, text: str, record: dict, outputs, checks=None,
            report_dir: str | None = None) -> None:
-  """Writes report.md and results.json (`record`, plus `report_parts.checks_record(checks)` when given: a
-  Checks or a list of rows) in the workdir, says whether the claims hold, and copies `outputs`
-  to `report_dir`."""
+  """Writes report.md and results.json (`record`, plus `report_parts.checks_record(checks)`
+  when given: a Checks or a list of rows) in the workdir, says whether the claims hold, and
+  copies `outputs` to `report_dir`."""
   if checks is not None:
     record = {**record, **report_parts.checks_record(checks)}
   (workdir / 'report.md').write_text(text)

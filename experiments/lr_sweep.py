@@ -143,8 +143,9 @@ def recompute(report_dir: pathlib.Path) -> report_parts.Recomputed:
   if not (report_dir / CURVES).exists():
     outcomes = {(r['learning_rate'], r['seed']): {**r, 'curve': None} for r in record['runs']}
     rows, _ = checks(outcomes)
-    return report_parts.Recomputed(report_parts.Checks.of(rows + report_parts.stored_rows(record, CURVE_CHECK)),
-                             headline(outcomes), stored=(CURVE_CHECK,))
+    stored = report_parts.stored_rows(record, CURVE_CHECK)
+    return report_parts.Recomputed(report_parts.Checks.of(rows + stored), headline(outcomes),
+                                   stored=(CURVE_CHECK,))
   curves = read_curves(report_dir / CURVES)
   outcomes = {}
   for r in record['runs']:

@@ -208,8 +208,9 @@ def recheck(root: pathlib.Path = ROOT, names=REPORTS) -> list[pathlib.Path]:
     if name not in KEPT:
       got = recompute(name, root)
       record = run_records.read_json(report_dir / 'results.json')
-      if 'checks' in record and report_parts.with_checks(record, got.checks) != record:
-        run_records.write_json(report_dir / 'results.json', report_parts.with_checks(record, got.checks))
+      rechecked = report_parts.with_checks(record, got.checks)
+      if 'checks' in record and rechecked != record:
+        run_records.write_json(report_dir / 'results.json', rechecked)
         written.append(report_dir / 'results.json')
       text = (report_dir / 'report.md').read_text()
       new = report_parts.with_checks_section(text, got.checks)
@@ -328,7 +329,8 @@ def with_run_facts(name: str, text: str, report_dir: pathlib.Path) -> str:
 def with_seeds_load(text: str, seeds: dict) -> str:
   """`text` (lenet5_mnist's report.md or seeds.md) with the sweep's load sentence written from
   seeds.json (`seeds`): its 'runs_load', else its seeds, none of them committed with a record."""
-  load = seeds.get('runs_load') or run_records.load_record({i: {} for i in range(seeds['seeds_done'])})
+  load = (seeds.get('runs_load')
+          or run_records.load_record({i: {} for i in range(seeds['seeds_done'])}))
   sentence = run_records.busy_note(load) + _process_load(seeds, load)
   return SEEDS_LOAD.sub(lambda m: f"{m['head']}\n{sentence}", text)
 

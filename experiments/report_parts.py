@@ -15,7 +15,8 @@ def header(*, title: str, claims: str, command: str, data: str, protocol: str,
            train_wall_s: float | None, facts: dict, generator: str) -> str:
   """The report's title and its command, data, protocol and hardware. `facts`: the experiment's
   wall time (Clock.facts) and what its runs recorded of their machine and its load ('runs_host',
-  'runs_load': `run_records.runs_facts`), e.g. `Session.facts`; nothing of the report process's machine."""
+  'runs_load': `run_records.runs_facts`), e.g. `Session.facts`; nothing of the report process's
+  machine."""
   wall = (f"training wall time {train_wall_s:.0f} s summed over the runs; " if train_wall_s else '')
   if 'clock_of' in facts:
     wall += f"({facts['clock_of']}) "  # a regeneration without the run's own clock

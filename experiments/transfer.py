@@ -315,7 +315,8 @@ def recompute(report_dir: pathlib.Path) -> report_parts.Recomputed:
       values[(label(m['per_class']), m['method'])].append(m['test_accuracy'])
   acc = {k: {**run_records.stat(v), 'values': v} for k, v in values.items()}
   rows, best = checks(acc, record['per_class'], record['methods'])
-  return report_parts.Recomputed(report_parts.Checks.of(rows), headline(acc, best, record['per_class']))
+  return report_parts.Recomputed(report_parts.Checks.of(rows),
+                                 headline(acc, best, record['per_class']))
 
 
 def main(argv):
