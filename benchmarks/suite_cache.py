@@ -62,6 +62,20 @@ def table(runs: list[dict]) -> str:
                                 'pytest', 'cache entries / size'], rows)
 
 
+
+def recorded_args(args: list[str]) -> str:
+  """`args` as a committed record keeps them: a path inside the checkout relative to it, any
+  other absolute path as `<elsewhere>/` and its file name (this machine's folders mean nothing
+  elsewhere)."""
+  def one(arg: str) -> str:
+    flag, eq, value = arg.partition('=')
+    if not eq or not value.startswith('/'):
+      return arg
+    path = pathlib.Path(value).resolve()
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else f'<elsewhere>/{path.name}'
+    return f'{flag}={shown}'
+  return ' '.join(one(a) for a in args)
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--runs', type=int, default=2)
@@ -85,7 +99,7 @@ def main():
               f"{r['wall_s']:.0f} s, {r['summary']}, cache {r['cache_entries']} entries / "
               f"{r['cache_mb']:.0f} MB", flush=True)
   env = report.environment()
-  facts = {'command': 'python -m benchmarks.suite_cache ' + ' '.join(sys.argv[1:]),
+  facts = {'command': 'python -m benchmarks.suite_cache ' + recorded_args(sys.argv[1:]),
            'machine': train_step.machine(measure_peak=False), 'git_commit': env['git_commit'], 'jax': env['jax'],
            'load_average_start': load_start, 'runs': runs}
   load, cpus = facts['load_average_start'], os.cpu_count()

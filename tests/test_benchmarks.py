@@ -355,3 +355,10 @@ def test_bfloat16_training_sweep_has_both_dtypes_over_the_cpu_recipe_cut_to_2000
   assert (config.num_steps, tuple(config.lr_boundaries)) == (2000, (1000, 1500))
   assert config.model == 'resnet20' and config.learning_rate == 0.1
   assert module.get_sweep(arg) == [{'dtype': 'float32'}, {'dtype': 'bfloat16'}]
+
+
+def test_suite_cache_records_no_path_of_the_measuring_machine():
+  inside = str(suite_cache.ROOT / 'benchmarks' / 'results' / 'suite.md')
+  assert suite_cache.recorded_args(['--runs=2', f'--out={inside}', '--out=/tmp/q/suite.md', '-k',
+                                    'slow']) == ('--runs=2 --out=benchmarks/results/suite.md '
+                                                 '--out=<elsewhere>/suite.md -k slow')
