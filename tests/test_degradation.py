@@ -237,6 +237,12 @@ def test_band_verdict_is_a_function_of_the_data():
   assert 'What a longer run would need' in text and '64,000 iterations' in text
   assert degradation.reading([], cifar_resnet.get_config('resnet20,quarter'), 'quarter',
                              entries[:4], runs) == ''  # all inside: nothing to say
+  assert 'JPEG' not in text  # the data is named only when the runs say it is the JPEG copy
+  on_jpeg = degradation.reading([], cifar_resnet.get_config('resnet20,quarter'), 'quarter',
+                                entries, runs, 'CIFAR-10 (JPEG copy)')
+  assert 'part of each gap is the data' in on_jpeg.split('band**')[1].split('\n\n')[0]
+  assert 'JPEG' not in degradation.reading([], cifar_resnet.get_config('resnet20,quarter'),
+                                           'quarter', entries[:4], runs, 'CIFAR-10 (JPEG copy)')
 
 
 def test_reading_says_what_a_longer_run_needs_only_when_depth_fails():
