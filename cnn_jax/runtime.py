@@ -190,12 +190,12 @@ def kernel_names(value: str) -> tuple[tuple[str, ...], list[str]]:
 
 
 def conv_kernel_gradient() -> str:
-  """`CNN_JAX_CONV_KERNEL_GRADIENT`: 'direct' (default: cnn_jax's AVX2 kernel gradient where it
-  applies) or 'onednn' (oneDNN's everywhere)."""
+  """`CNN_JAX_CONV_KERNEL_GRADIENT`: 'direct' (default: cnn_jax's own kernel gradient where it
+  applies: float32 on AVX2, bfloat16 on AVX-512 BF16) or 'onednn' (oneDNN's everywhere)."""
   value = os.environ.get('CNN_JAX_CONV_KERNEL_GRADIENT', 'direct')
   if value not in KERNEL_GRADIENT_CHOICES:
     raise ValueError(f'CNN_JAX_CONV_KERNEL_GRADIENT={value!r}: use one of '
-                     f'{list(KERNEL_GRADIENT_CHOICES)} (direct, the default, is cnn_jax\'s AVX2 '
+                     f'{list(KERNEL_GRADIENT_CHOICES)} (direct, the default, is cnn_jax\'s own '
                      'kernel gradient where it applies; onednn keeps oneDNN\'s everywhere).')
   return value
 

@@ -161,6 +161,39 @@ def test_bfloat16_conv2d_matches_lax_on_the_rounded_inputs(x_shape, k_shape, str
   _close((y, [g.astype(jnp.float32) for g in grads]), (y_ref, grads_ref), rtol=2e-2, atol=1e-2)
 
 
+@pytest.mark.skipif(not precision.native_bfloat16(), reason='no native bfloat16 on this CPU')
+@pytest.mark.parametrize('x_shape,k_shape,padding,dilation', [
+    ((5, 9, 11, 16), (3, 3, 16, 16), ((1, 1), (1, 1)), (1, 1)),  # ResNet's 3x3, odd batch
+    ((3, 8, 7, 12), (3, 3, 12, 32), ((2, 0), (1, 2)), (2, 2)),  # dilated, uneven padding
+    ((4, 6, 5, 64), (3, 3, 64, 48), ((1, 1), (1, 1)), (1, 1)),  # 32 + 16 output channels
+    ((3, 5, 5, 20), (1, 1, 20, 16), ((0, 0), (0, 0)), (1, 1)),  # 1x1
+    ((2, 7, 9, 6), (3, 3, 6, 16), ((1, 1), (1, 1)), (1, 1)),  # the fewest input channels
+    ((3, 64, 40, 64), (3, 3, 64, 16), ((1, 1), (1, 1)), (1, 1)),  # images split in row blocks
+])
+def test_bfloat16_kernel_gradient_is_xlas_float32_gradient_rounded_once(x_shape, k_shape, padding,
+                                                                        dilation):
+  """The kernel gradient of bfloat16 activations, direct (conv_kernel_gradient_bf16.h, where the
+  CPU has it) and oneDNN's: products summed in float32 and rounded once to bfloat16, so within
+  half a bfloat16 step (2^-8 relative) of XLA's float32 gradient of the same rounded inputs."""
+  x = jax.random.normal(jax.random.key(0), x_shape).astype(jnp.bfloat16)
+  k = jax.random.normal(jax.random.key(1), k_shape).astype(jnp.bfloat16)
+
+  def ref(k):
+    return lax.conv_general_dilated(x.astype(jnp.float32), k, (1, 1), padding,
+                                    rhs_dilation=dilation, dimension_numbers=ops.NHWC)
+
+  y, vjp = jax.vjp(ref, k.astype(jnp.float32))
+  dy = jax.random.normal(jax.random.key(2), y.shape).astype(jnp.bfloat16)
+  want = np.asarray(vjp(dy.astype(jnp.float32))[0])
+  for direct in (True, False):
+    conv = lambda k, d=direct: ops.conv2d(x, k, (1, 1), padding, dilation,
+                                          direct_kernel_gradient=d)
+    got = jax.jit(lambda k, dy, c=conv: jax.vjp(c, k)[1](dy)[0])(k, dy)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), want, rtol=2 ** -8,
+                               atol=1e-3)
+
+
 @pytest.mark.parametrize('shape', [(8, 5, 7, 12), (3, 1), (2, 40, 40, 3), (1100, 1)])
 @pytest.mark.parametrize('relu', [False, True])
 def test_batch_norm_matches_xla_values_and_gradients(shape, relu):

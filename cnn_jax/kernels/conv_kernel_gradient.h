@@ -16,10 +16,6 @@
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
-#define CNN_JAX_DIRECT_KERNEL_GRADIENT 1
-#include <immintrin.h>
-
 namespace cnn_jax {
 
 struct KernelGradientGeometry {
@@ -29,6 +25,14 @@ struct KernelGradientGeometry {
   int64_t pad_t, pad_l;  // padding before the image
   int64_t dil_h, dil_w;  // dilation (1: none)
 };
+
+}  // namespace cnn_jax
+
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+#define CNN_JAX_DIRECT_KERNEL_GRADIENT 1
+#include <immintrin.h>
+
+namespace cnn_jax {
 
 // Where the direct kernel gradient applies: stride 1, output channels in 8s, 12 input channels
 // or more (with 3 or 8, oneDNN's was faster).

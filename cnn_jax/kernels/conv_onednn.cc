@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "conv_kernel_gradient.h"
+#include "conv_kernel_gradient_bf16.h"
 #include "oneapi/dnnl/dnnl.hpp"
 #include "parallel_for.h"
 #include "xla/ffi/api/ffi.h"
@@ -305,11 +306,13 @@ void SumPieces(float* partial, int64_t count, int64_t floats) {
   }
 }
 
-#ifdef CNN_JAX_DIRECT_KERNEL_GRADIENT
-// Kernel gradient by conv_kernel_gradient.h: per-piece partial gradients in HWIO, summed in
-// piece order.
-void RunWeightsDirect(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy,
-                      float* dw) {
+#if defined(CNN_JAX_DIRECT_KERNEL_GRADIENT) || defined(CNN_JAX_DIRECT_KERNEL_GRADIENT_BF16)
+// Kernel gradient by a direct kernel, kernel(geometry, x, dy, partial, n0, n1) adding images
+// [n0, n1) to a float32 HWIO partial gradient: one partial per piece, summed in piece order
+// (the first kh * kw * c * k floats of the result).
+template <typename T, typename Kernel>
+std::vector<float> DirectKernelGradient(ffi::ThreadPool& pool, const Geometry& g, const void* x,
+                                        const void* dy, Kernel kernel) {
   const cnn_jax::KernelGradientGeometry kg{g.src[2], g.src[3], g.src[1], g.weights[2],
                                            g.weights[3], g.weights[0], g.dst[2], g.dst[3],
                                            g.pad_l[0], g.pad_l[1], g.dilates[0] + 1,
@@ -320,24 +323,43 @@ void RunWeightsDirect(ffi::ThreadPool& pool, const Geometry& g, const float* x, 
   std::vector<float> partial(pieces.count * floats, 0.f);
   cnn_jax::ParallelFor(pool, pieces.count, pieces.count, [&](int64_t i) {
     const int64_t n0 = i * pieces.per;
-    cnn_jax::KernelGradient(kg, x, dy, partial.data() + i * floats, n0, n0 + pieces.Size(i, n));
+    kernel(kg, static_cast<const T*>(x), static_cast<const T*>(dy), partial.data() + i * floats,
+           n0, n0 + pieces.Size(i, n));
   });
   SumPieces(partial.data(), pieces.count, floats);
-  std::memcpy(dw, partial.data(), floats * sizeof(float));
+  return partial;
 }
 #endif
+
+// The direct kernel gradient (conv_kernel_gradient.h for float32 on AVX2,
+// conv_kernel_gradient_bf16.h for bfloat16 on AVX-512 BF16) into dw, where it is built and
+// applies; false where oneDNN's is to run.
+bool RunWeightsDirect(ffi::ThreadPool& pool, const Geometry& g, const void* x, const void* dy,
+                      void* dw) {
+  [[maybe_unused]] const int64_t c = g.src[1], k = g.weights[0];
+#ifdef CNN_JAX_DIRECT_KERNEL_GRADIENT
+  if (g.dt == Dt::f32 && cnn_jax::DirectKernelGradientApplies(g.strides[0], g.strides[1], c, k)) {
+    const auto sum = DirectKernelGradient<float>(pool, g, x, dy, cnn_jax::KernelGradient);
+    std::memcpy(dw, sum.data(), g.weights[2] * g.weights[3] * c * k * sizeof(float));
+    return true;
+  }
+#endif
+#ifdef CNN_JAX_DIRECT_KERNEL_GRADIENT_BF16
+  if (g.dt == Dt::bf16 &&
+      cnn_jax::DirectKernelGradientBf16Applies(g.strides[0], g.strides[1], c, k)) {
+    const auto sum = DirectKernelGradient<uint16_t>(pool, g, x, dy, cnn_jax::KernelGradientBf16);
+    cnn_jax::RoundToBf16(sum.data(), g.weights[2] * g.weights[3] * c * k,
+                         static_cast<uint16_t*>(dw));
+    return true;
+  }
+#endif
+  return false;
+}
 
 // Kernel gradient: per-piece partial gradients in oneDNN's layout, summed, reordered to HWIO.
 ffi::Error RunWeights(ffi::ThreadPool& pool, const Geometry& g, const void* x, const void* dy,
                       void* dw, bool direct_wanted) {
-#ifdef CNN_JAX_DIRECT_KERNEL_GRADIENT
-  if (direct_wanted && g.dt == Dt::f32 &&
-      cnn_jax::DirectKernelGradientApplies(g.strides[0], g.strides[1], g.src[1], g.weights[0])) {
-    RunWeightsDirect(pool, g, static_cast<const float*>(x), static_cast<const float*>(dy),
-                     static_cast<float*>(dw));
-    return ffi::Error::Success();
-  }
-#endif
+  if (direct_wanted && RunWeightsDirect(pool, g, x, dy, dw)) return ffi::Error::Success();
   OneThread();
   const int64_t n = g.src[0];
   auto whole = Get(Kind::kBackwardWeights, g);

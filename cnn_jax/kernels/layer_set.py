@@ -56,8 +56,9 @@ def _reverse_mode_only(name: str, fn):
 def cpu_layers(kernels: frozenset[str] = frozenset(library.KERNELS),
                kernel_gradient: str = 'direct') -> LayerSet:
   """The CPU layer set running the named kernels (the others' layers run XLA's ops), with the
-  convolutions' kernel gradient `kernel_gradient` ('direct': conv_kernel_gradient.h where it
-  applies; 'onednn': oneDNN's everywhere). One object per choice, so jit's cache is shared."""
+  convolutions' kernel gradient `kernel_gradient` ('direct': conv_kernel_gradient.h or
+  conv_kernel_gradient_bf16.h where they apply; 'onednn': oneDNN's everywhere). One object per
+  choice, so jit's cache is shared."""
   return _cpu_layers(frozenset(kernels), kernel_gradient)
 
 

@@ -51,7 +51,7 @@ KERNELS = {
                                               'CnnJaxBatchNormAddReluForward',
                                               'CnnJaxBatchNormAddReluBackward')),
 }
-HEADERS = ('parallel_for.h', 'conv_kernel_gradient.h')
+HEADERS = ('parallel_for.h', 'conv_kernel_gradient.h', 'conv_kernel_gradient_bf16.h')
 
 
 class Unavailable(RuntimeError):

@@ -48,8 +48,9 @@ def conv2d(x: jax.Array, w: jax.Array, window_strides: Sequence[int] = (1, 1),
            direct_kernel_gradient: bool = True) -> jax.Array:
   """`lax.conv_general_dilated(x, w, window_strides, padding, rhs_dilation=rhs_dilation,
   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`, on a CPU through oneDNN where it applies;
-  `direct_kernel_gradient`: the kernel gradient of conv_kernel_gradient.h where it applies (AVX2
-  builds), else oneDNN's."""
+  `direct_kernel_gradient`: cnn_jax's own kernel gradient where it applies (conv_kernel_gradient.h:
+  float32 on AVX2 builds; conv_kernel_gradient_bf16.h: bfloat16 on AVX-512 BF16 builds), else
+  oneDNN's."""
   strides = tuple(int(s) for s in window_strides)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   dilation = tuple(int(d) for d in rhs_dilation)
