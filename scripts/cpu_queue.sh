@@ -42,6 +42,10 @@ done
 #   --out=benchmarks/results/bfloat16_training.md
 # Issue 24: He et al. at a quarter of the schedule (about 12 CPU-hours on 2 AVX2 cores; the
 # runs go one after another, ResNet-20's extra seeds last), then the U-Net trained to a plateau.
+# The runs so far trained on the float32 computation of commit 6103856; f0ef04b changed which
+# oneDNN implementation computes the strided input gradients (same function, another summation
+# order). To keep one computation, run this script from a worktree at 6103856 and regenerate the
+# report with the current code (--report_only), as the closing notes of issue 24 say.
 step experiments.degradation --preset=quarter \
   --models=resnet20,resnet56,plain56,plain20,resnet20_seed1,resnet20_seed2 \
   --workdir=workdirs/degradation_quarter --report_dir=reports/degradation_quarter
