@@ -20,9 +20,9 @@
 #include <cstdint>
 #include <cstring>
 #include <utility>
-#include <vector>
 
 #include "conv_kernel_gradient.h"  // KernelGradientGeometry
+#include "parallel_for.h"          // ThreadScratch
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
     defined(__AVX512BF16__)
@@ -191,16 +191,6 @@ inline void PairsGradient(const KernelGradientGeometry& g, const Pairs& p, int64
   }
 }
 
-// Scratch of `lines` 64-byte lines, per thread.
-inline uint32_t* Scratch(int64_t lines) {
-  struct alignas(64) Line {
-    uint32_t pairs[16];
-  };
-  thread_local std::vector<Line> buffer;
-  if (static_cast<int64_t>(buffer.size()) < lines) buffer.resize(lines);
-  return buffer[0].pairs;
-}
-
 }  // namespace bf16_gradient
 
 // dw (HWIO, kh * kw * c * k floats) += the kernel gradient over images [n0, n1) of x and dy
@@ -218,7 +208,8 @@ inline void KernelGradientBf16(const KernelGradientGeometry& g, const uint16_t* 
   const int64_t xs = round((rows + span) * wp * g.c), ds = round(rows * g.wo * g.k);
   const int64_t most = rows < g.ho ? 1 : std::clamp<int64_t>(kScratchPairs / (xs + ds), 1,
                                                            (n1 - n0 + 1) / 2);
-  uint32_t* scratch = Scratch(most * (xs + ds) / 16);
+  auto* scratch =
+      static_cast<uint32_t*>(ThreadScratch<Pairs>(most * (xs + ds) * sizeof(uint32_t)));
   Pairs p{0, rows, wp, xs, ds, scratch, scratch + most * xs};
   for (int64_t n = n0; n < n1; n += 2 * most) {
     const int64_t pairs = std::min(most, (n1 - n + 1) / 2);

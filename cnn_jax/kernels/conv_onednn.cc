@@ -166,17 +166,10 @@ std::shared_ptr<const Primitive> Get(Kind kind, const Geometry& g) {
   return cache->emplace(key, p).first->second;
 }
 
-// A scratch buffer per thread, grown as needed (pieces on one thread run one after another).
-void* Scratch(size_t bytes) {
-  thread_local std::vector<char> buffer;
-  if (buffer.size() < bytes) buffer.resize(bytes);
-  return buffer.data();
-}
-
 memory ScratchMemory(const Primitive& p) {
   return memory(memory::desc({static_cast<int64_t>(std::max<size_t>(p.scratchpad_bytes, 1))},
                              Dt::u8, Tag::a),
-                Engine(), Scratch(p.scratchpad_bytes));
+                Engine(), cnn_jax::ThreadScratch<Primitive>(p.scratchpad_bytes));
 }
 
 // Each piece runs in oneDNN with the calling thread alone (OpenMP team of one).

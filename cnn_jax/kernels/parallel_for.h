@@ -18,6 +18,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -65,6 +66,20 @@ inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t n, int64_t max_worke
   std::unique_lock<std::mutex> lock(state->mu);
   state->cv.wait(lock, [&] { return state->done == state->n; });
   if (state->error) std::rethrow_exception(state->error);
+}
+
+// A buffer of at least `bytes` bytes, 64-byte aligned, per thread and per `Use` (a tag type, so
+// that two uses never share one), kept and grown as needed: pieces on one thread run one after
+// another.
+template <typename Use>
+void* ThreadScratch(size_t bytes) {
+  struct alignas(64) Line {
+    char bytes[64];
+  };
+  thread_local std::vector<Line> buffer;
+  const size_t lines = (bytes + sizeof(Line) - 1) / sizeof(Line);
+  if (buffer.size() < lines) buffer.resize(lines);
+  return buffer.data();
 }
 
 // The handlers' error: the message of whatever a kernel threw.
