@@ -12,6 +12,7 @@ Variables (each parsed by one function here, with an error naming the valid valu
     CNN_JAX_MALLOC=auto|jemalloc|mimalloc|glibc|system   the allocator start() restarts on
     CNN_JAX_CPU_KERNELS=1|0|NAMES     the default of config.cpu_kernels (auto, off, a comma list)
     CNN_JAX_CONV_KERNEL_GRADIENT=direct|onednn  the CPU convolution kernel's weight gradient
+    CNN_JAX_CONV_WINOGRAD=1|0   3x3 CPU convolutions by Winograd's F(2x2, 3x3) where it applies
     CNN_JAX_CACHE_DIR=DIR       decoded datasets, compiled executables and kernels
                                 (default $XDG_CACHE_HOME/cnn_jax, i.e. ~/.cache/cnn_jax)
     CNN_JAX_SYNC_TIMEOUT_S=S    how long processes wait for each other at a barrier (3600)
@@ -87,7 +88,7 @@ def start() -> dict:
 def check_environment() -> None:
   """Parses every variable this module reads; ValueError naming the first bad one."""
   for parse in (xla_defaults_on, malloc_choice, cpu_kernels_default, conv_kernel_gradient,
-                sync_timeout_ms, cluster):
+                conv_winograd, sync_timeout_ms, cluster):
     parse()
 
 
@@ -198,6 +199,17 @@ def conv_kernel_gradient() -> str:
                      f'{list(KERNEL_GRADIENT_CHOICES)} (direct, the default, is cnn_jax\'s own '
                      'kernel gradient where it applies; onednn keeps oneDNN\'s everywhere).')
   return value
+
+
+def conv_winograd() -> bool:
+  """`CNN_JAX_CONV_WINOGRAD`: 1 (default: the CPU convolution's forward and input gradient by
+  Winograd's F(2x2, 3x3) where it applies: float32 3x3 stride-1 convolutions, AVX-512) or 0
+  (oneDNN's everywhere)."""
+  value = os.environ.get('CNN_JAX_CONV_WINOGRAD', '1')
+  if value not in ('0', '1'):
+    raise ValueError(f'CNN_JAX_CONV_WINOGRAD={value!r}: use 1 (the default, Winograd where it '
+                     'applies) or 0 (oneDNN\'s convolutions everywhere).')
+  return value == '1'
 
 
 def sync_timeout_ms() -> int:

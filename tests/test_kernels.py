@@ -4,6 +4,7 @@ import contextlib
 import functools
 import json
 import os
+import pathlib
 import platform
 import subprocess
 import sys
@@ -78,6 +79,11 @@ def test_kernels_build_and_load_here():
     ((3, 10, 9, 13), (3, 5, 13, 24), (1, 1), ((2, 0), (1, 3)), (2, 1)),
     ((2, 7, 7, 20), (1, 1, 20, 8), (1, 1), ((0, 0), (0, 0)), (1, 1)),
     ((2, 6, 6, 12), (3, 3, 12, 8), (1, 1), ((3, 3), (0, 1)), (1, 1)),
+    # 3x3, stride 1, input and output channels in 16s, 32 input channels or more, padding of 2 at
+    # most: on AVX-512 CPUs the forward and input gradient come from conv_winograd.h (odd sizes
+    # with partial tiles, uneven and no padding, 16 and 32 output channels at a time).
+    ((3, 9, 7, 32), (3, 3, 32, 48), (1, 1), ((0, 2), (2, 1)), (1, 1)),
+    ((2, 6, 5, 32), (3, 3, 32, 16), (1, 1), ((0, 0), (0, 0)), (1, 1)),
 ])
 def test_conv2d_matches_lax_values_and_gradients(x_shape, k_shape, strides, padding, dilation):
   x = jax.random.normal(jax.random.key(0), x_shape)
@@ -372,6 +378,30 @@ def test_kernel_gradient_choice_reaches_the_layer_set_and_both_paths_match_lax(m
     f = lambda k, d=direct: jnp.sum(jnp.sin(ops.conv2d(x, k, (1, 1), ((1, 1), (1, 1)),
                                                       direct_kernel_gradient=d)))
     _close(jax.jit(jax.grad(f))(k), want, rtol=1e-4, atol=1e-5)
+
+
+def test_winograd_choice_reaches_the_kernel_and_both_paths_match_lax(monkeypatch):
+  monkeypatch.setenv('CNN_JAX_CONV_WINOGRAD', '0')
+  from cnn_jax import config_base  # pylint: disable=g-import-not-at-top
+  layers = cpu_layer_set.for_config(config_base.base_config())
+  assert layers is cpu_layer_set.cpu_layers(frozenset(library.KERNELS), 'direct', False)
+  assert 'no Winograd' in layers.name
+  x = jax.random.normal(jax.random.key(0), (5, 10, 9, 32))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 32, 32))
+  pads = ((1, 1), (1, 1))
+  ref = lambda x: lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=ops.NHWC)
+  ct = jax.random.normal(jax.random.key(2), x.shape[:3] + (32,))
+  want = jax.vjp(ref, x)
+  got = {}
+  for winograd in (True, False):
+    f = lambda x, w=winograd: ops.conv2d(x, k, (1, 1), pads, winograd=w)
+    got[winograd] = jax.jit(lambda x, f=f: (lambda y, vjp: (y, vjp(ct)[0]))(*jax.vjp(f, x)))(x)
+    _close(got[winograd], (want[0], want[1](ct)[0]))
+  cpuinfo = pathlib.Path('/proc/cpuinfo')
+  if library.load('conv2d') and cpuinfo.exists() and 'avx512f' in cpuinfo.read_text():
+    # Winograd is built here: its rounding differs from oneDNN's.
+    assert not np.array_equal(got[True][0], got[False][0])
+    assert not np.array_equal(got[True][1], got[False][1])
 
 
 def test_environment_variable_names_unknown_kernels(monkeypatch):

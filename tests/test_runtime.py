@@ -215,6 +215,7 @@ def test_applied_names_what_the_process_runs_with():
     ('CNN_JAX_SYNC_TIMEOUT_S', '1h', r"CNN_JAX_SYNC_TIMEOUT_S='1h': give a positive number"),
     ('CNN_JAX_CPU_KERNELS', 'conv', r"CNN_JAX_CPU_KERNELS='conv' names unknown kernels"),
     ('CNN_JAX_CONV_KERNEL_GRADIENT', 'xla', r"CNN_JAX_CONV_KERNEL_GRADIENT='xla': use one of"),
+    ('CNN_JAX_CONV_WINOGRAD', 'yes', r"CNN_JAX_CONV_WINOGRAD='yes': use 1 .* or 0"),
     ('JAX_NUM_PROCESSES', 'two', r'JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers'),
 ])
 def test_each_variable_is_parsed_with_an_error_naming_the_fix(monkeypatch, name, value, message):
@@ -224,6 +225,7 @@ def test_each_variable_is_parsed_with_an_error_naming_the_fix(monkeypatch, name,
            'CNN_JAX_SYNC_TIMEOUT_S': runtime.sync_timeout_ms,
            'CNN_JAX_CPU_KERNELS': runtime.cpu_kernels_default,
            'CNN_JAX_CONV_KERNEL_GRADIENT': runtime.conv_kernel_gradient,
+           'CNN_JAX_CONV_WINOGRAD': runtime.conv_winograd,
            'JAX_NUM_PROCESSES': runtime.cluster}[name]
   with pytest.raises(ValueError, match=message):
     parse()

@@ -73,7 +73,7 @@ def _padded(lhs_shape, window, padding) -> tuple[int, ...]:
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None,
                          kernel: bool = True, direct_kernel_gradient: bool = True,
-                         **kwargs) -> jax.Array:
+                         winograd: bool = True, **kwargs) -> jax.Array:
   """`lax.conv_general_dilated`, as im2col for maps smaller than the kernel (see module doc),
   through the oneDNN kernel where it applies if `kernel`."""
   if kwargs or not uses_patches(lhs.shape, rhs.shape, window_strides, lhs_dilation,
@@ -83,7 +83,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
       return ops.conv2d(lhs, rhs, window_strides, _pads(lhs.shape, window, padding,
                                                         window_strides, rhs_dilation),
                         rhs_dilation or (1, 1), kernel=kernel,
-                        direct_kernel_gradient=direct_kernel_gradient)
+                        direct_kernel_gradient=direct_kernel_gradient, winograd=winograd)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     precision=precision, **kwargs)

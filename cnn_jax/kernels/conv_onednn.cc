@@ -5,10 +5,14 @@
 // Layouts are flax's: activations NHWC, kernels HWIO, both row-major; oneDNN reads and writes the
 // activations in place (format nhwc) and gets the kernel reordered into its blocked layout once
 // per call. Element types: float32, or bfloat16 activations and kernels (bf16 convolutions where
-// the CPU has them; the kernel gradient is accumulated in float32 and rounded once). The batch is split into pieces that run on XLA's intra-op pool with one oneDNN
+// the CPU has them; the kernel gradient is accumulated in float32 and rounded once). The batch
+// is split into pieces that run on XLA's intra-op pool with one oneDNN
 // thread each (parallel_for.h), so oneDNN's OpenMP threads never compete with XLA's; the kernel
 // gradient sums the pieces' partial gradients in piece order, so results do not depend on the
-// threads. Primitives are created once per geometry and cached.
+// threads. Primitives are created once per geometry and cached. Where they apply and are built,
+// cnn_jax's own kernels run instead: the direct kernel gradients (conv_kernel_gradient.h,
+// conv_kernel_gradient_bf16.h) and Winograd's F(2x2, 3x3) for float32 3x3 forwards and input
+// gradients (conv_winograd.h).
 #include <omp.h>
 
 #include <algorithm>
@@ -22,6 +26,7 @@
 
 #include "conv_kernel_gradient.h"
 #include "conv_kernel_gradient_bf16.h"
+#include "conv_winograd.h"
 #include "oneapi/dnnl/dnnl.hpp"
 #include "parallel_for.h"
 #include "xla/ffi/api/ffi.h"
@@ -254,9 +259,44 @@ struct Piece {
   }
 };
 
+// The forward or input gradient by F(2x2, 3x3) (conv_winograd.h), where it is built and
+// applies; false where oneDNN's convolution is to run. The input gradient is the convolution of
+// dy with the kernel flipped and transposed, padded by 2 - the forward's padding.
+bool RunWinograd(Kind kind, ffi::ThreadPool& pool, const Geometry& g, void* x, const void* w,
+                 void* y) {
+#ifdef CNN_JAX_WINOGRAD
+  const int64_t n = g.src[0], c = g.src[1], k = g.weights[0];
+  const bool forward = kind == Kind::kForward;
+  if (g.dt != Dt::f32 ||
+      !cnn_jax::WinogradApplies(g.weights[2], g.weights[3], g.strides[0], g.strides[1],
+                                g.dilates[0] + 1, g.dilates[1] + 1, forward ? c : k,
+                                forward ? k : c,
+                                {g.pad_l[0], g.pad_l[1], g.pad_r[0], g.pad_r[1]})) {
+    return false;
+  }
+  const int64_t h = g.src[2], wd = g.src[3], ho = g.dst[2], wo = g.dst[3];
+  const cnn_jax::WinogradGeometry wg =
+      forward ? cnn_jax::WinogradGeometry{n, h, wd, c, ho, wo, k, g.pad_l[0], g.pad_l[1]}
+              : cnn_jax::WinogradGeometry{n, ho, wo, k, h, wd, c, 2 - g.pad_l[0], 2 - g.pad_l[1]};
+  std::vector<float> u(16 * c * k);
+  cnn_jax::winograd::TransformKernel(static_cast<const float*>(w), wg.c, wg.k, !forward, u.data());
+  const float* in = static_cast<const float*>(forward ? x : y);
+  float* out = static_cast<float*>(forward ? y : x);
+  Pieces pieces(n, Workers(pool));
+  cnn_jax::ParallelFor(pool, pieces.count, pieces.count, [&](int64_t i) {
+    const int64_t n0 = i * pieces.per;
+    cnn_jax::WinogradConvolution(wg, in, u.data(), out, n0, n0 + pieces.Size(i, n));
+  });
+  return true;
+#else
+  return false;
+#endif
+}
+
 // Forward (y = conv(x, w)) or input gradient (x = conv_transpose(y, w)): batch-parallel.
 ffi::Error RunActivations(Kind kind, ffi::ThreadPool& pool, const Geometry& g, void* x,
-                          const void* w, void* y) {
+                          const void* w, void* y, bool winograd_wanted) {
+  if (winograd_wanted && RunWinograd(kind, pool, g, x, w, y)) return ffi::Error::Success();
   OneThread();
   const int64_t n = g.src[0];
   Pieces pieces(n, Workers(pool));
@@ -392,7 +432,7 @@ ffi::Error RunWeights(ffi::ThreadPool& pool, const Geometry& g, const void* x, c
 ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
                    ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> strides,
                    ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
-                   ffi::Span<const int64_t> pad_hi) {
+                   ffi::Span<const int64_t> pad_hi, bool winograd) {
   try {
     Geometry g;
     if (auto e = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, dilation,
@@ -400,7 +440,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
     if (auto e = ElementType(x.element_type(), w.element_type(), y->element_type(), &g.dt);
         e.failure()) return e;
     return RunActivations(Kind::kForward, pool, g, x.untyped_data(), w.untyped_data(),
-                          y->untyped_data());
+                          y->untyped_data(), winograd);
   } catch (const std::exception& e) {
     return cnn_jax::Internal("conv2d_forward", e.what());
   }
@@ -409,7 +449,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
 ffi::Error BackwardData(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer w,
                         ffi::Result<ffi::AnyBuffer> dx, ffi::Span<const int64_t> strides,
                         ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
-                        ffi::Span<const int64_t> pad_hi) {
+                        ffi::Span<const int64_t> pad_hi, bool winograd) {
   try {
     Geometry g;
     if (auto e = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, dilation,
@@ -417,7 +457,7 @@ ffi::Error BackwardData(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer 
     if (auto e = ElementType(dy.element_type(), w.element_type(), dx->element_type(), &g.dt);
         e.failure()) return e;
     return RunActivations(Kind::kBackwardData, pool, g, dx->untyped_data(), w.untyped_data(),
-                          dy.untyped_data());
+                          dy.untyped_data(), winograd);
   } catch (const std::exception& e) {
     return cnn_jax::Internal("conv2d_backward_data", e.what());
   }
@@ -453,8 +493,11 @@ ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffe
       .Attr<ffi::Span<const int64_t>>("padding_lo")                 \
       .Attr<ffi::Span<const int64_t>>("padding_hi")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv2dForward, Forward, CNN_JAX_CONV_BINDING(x, w));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv2dBackwardData, BackwardData, CNN_JAX_CONV_BINDING(dy, w));
+// winograd: conv_winograd.h where it applies (runtime.conv_winograd).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv2dForward, Forward,
+                              CNN_JAX_CONV_BINDING(x, w).Attr<bool>("winograd"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv2dBackwardData, BackwardData,
+                              CNN_JAX_CONV_BINDING(dy, w).Attr<bool>("winograd"));
 // direct_kernel_gradient: conv_kernel_gradient.h where it applies (runtime.conv_kernel_gradient).
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv2dBackwardWeights, BackwardWeights,
                               CNN_JAX_CONV_BINDING(x, dy).Attr<bool>("direct_kernel_gradient"));

@@ -54,16 +54,17 @@ def _reverse_mode_only(name: str, fn):
 
 
 def cpu_layers(kernels: frozenset[str] = frozenset(library.KERNELS),
-               kernel_gradient: str = 'direct') -> LayerSet:
+               kernel_gradient: str = 'direct', winograd: bool = True) -> LayerSet:
   """The CPU layer set running the named kernels (the others' layers run XLA's ops), with the
   convolutions' kernel gradient `kernel_gradient` ('direct': conv_kernel_gradient.h or
-  conv_kernel_gradient_bf16.h where they apply; 'onednn': oneDNN's everywhere). One object per
-  choice, so jit's cache is shared."""
-  return _cpu_layers(frozenset(kernels), kernel_gradient)
+  conv_kernel_gradient_bf16.h where they apply; 'onednn': oneDNN's everywhere), and their
+  forward and input gradient by Winograd's F(2x2, 3x3) where it applies if `winograd`
+  (conv_winograd.h). One object per choice, so jit's cache is shared."""
+  return _cpu_layers(frozenset(kernels), kernel_gradient, bool(winograd))
 
 
 @functools.cache
-def _cpu_layers(kernels: frozenset[str], kernel_gradient: str) -> LayerSet:
+def _cpu_layers(kernels: frozenset[str], kernel_gradient: str, winograd: bool) -> LayerSet:
   unknown = sorted(set(kernels) - set(library.KERNELS))
   if unknown:
     raise ValueError(f'Unknown CPU kernels {unknown}; the kernels are {sorted(library.KERNELS)}.')
@@ -76,11 +77,13 @@ def _cpu_layers(kernels: frozenset[str], kernel_gradient: str) -> LayerSet:
     raise ValueError(f'kernel_gradient={kernel_gradient!r}: use one of '
                      f'{runtime.KERNEL_GRADIENT_CHOICES}.')
   gradient_note = '; oneDNN kernel gradient' if kernel_gradient == 'onednn' else ''
+  gradient_note += '' if winograd else '; no Winograd'
   return LayerSet(
       f"cpu ({', '.join(sorted(kernels)) or 'no kernels'}{gradient_note})",
       _reverse_mode_only('the convolution',
                          functools.partial(conv.conv_general_dilated, kernel=use_conv,
-                                           direct_kernel_gradient=kernel_gradient == 'direct')),
+                                           direct_kernel_gradient=kernel_gradient == 'direct',
+                                           winograd=winograd)),
       _reverse_mode_only('BatchNorm', batch_norm_train),
       _reverse_mode_only('max pooling', pooling.max_pool))
 
@@ -90,13 +93,14 @@ def for_config(config) -> LayerSet:
   off a CPU or for 'off'; else the CPU set with the kernels asked for ('auto': those that build
   here, on one device; 'on' or names: each must build, on one device, else ConfigError)."""
   choice = check_cpu_kernels(config.cpu_kernels)
-  gradient = runtime.conv_kernel_gradient()
+  gradient, winograd = runtime.conv_kernel_gradient(), runtime.conv_winograd()
   if choice == ('off',) or jax.default_backend() != 'cpu':
     return STOCK
   wanted = library.KERNELS if choice in (('auto',), ('on',)) else choice
   if choice == ('auto',):
     on_one_device = jax.device_count() == 1
-    return cpu_layers(frozenset(n for n in wanted if on_one_device and library.load(n)), gradient)
+    return cpu_layers(frozenset(n for n in wanted if on_one_device and library.load(n)), gradient,
+                      winograd)
   if jax.device_count() != 1:
     raise ConfigError(f'config.cpu_kernels={config.cpu_kernels!r} needs one device (the kernels '
                       f'are opaque to XLA\'s partitioner; this program has {jax.device_count()}); '
@@ -105,4 +109,4 @@ def for_config(config) -> LayerSet:
   if missing:
     raise ConfigError(f'config.cpu_kernels={config.cpu_kernels!r}: CPU kernel(s) {missing} cannot '
                       f'be used here ({library.status()}); use \'auto\' or \'off\'.')
-  return cpu_layers(frozenset(wanted), gradient)
+  return cpu_layers(frozenset(wanted), gradient, winograd)

@@ -51,7 +51,8 @@ KERNELS = {
                                               'CnnJaxBatchNormAddReluForward',
                                               'CnnJaxBatchNormAddReluBackward')),
 }
-HEADERS = ('parallel_for.h', 'conv_kernel_gradient.h', 'conv_kernel_gradient_bf16.h')
+HEADERS = ('parallel_for.h', 'conv_kernel_gradient.h', 'conv_kernel_gradient_bf16.h',
+           'conv_winograd.h')
 
 
 class Unavailable(RuntimeError):

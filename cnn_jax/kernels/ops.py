@@ -45,12 +45,13 @@ def use_kernel(name: str) -> bool:
 def conv2d(x: jax.Array, w: jax.Array, window_strides: Sequence[int] = (1, 1),
            padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0)),
            rhs_dilation: Sequence[int] = (1, 1), kernel: bool = True,
-           direct_kernel_gradient: bool = True) -> jax.Array:
+           direct_kernel_gradient: bool = True, winograd: bool = True) -> jax.Array:
   """`lax.conv_general_dilated(x, w, window_strides, padding, rhs_dilation=rhs_dilation,
   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`, on a CPU through oneDNN where it applies;
   `direct_kernel_gradient`: cnn_jax's own kernel gradient where it applies (conv_kernel_gradient.h:
   float32 on AVX2 builds; conv_kernel_gradient_bf16.h: bfloat16 on AVX-512 BF16 builds), else
-  oneDNN's."""
+  oneDNN's; `winograd`: the forward and input gradient by F(2x2, 3x3) where it applies
+  (conv_winograd.h: float32 3x3 stride-1 convolutions on AVX-512 builds), else oneDNN's."""
   strides = tuple(int(s) for s in window_strides)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   dilation = tuple(int(d) for d in rhs_dilation)
@@ -59,7 +60,8 @@ def conv2d(x: jax.Array, w: jax.Array, window_strides: Sequence[int] = (1, 1),
           and use_kernel('conv2d')):
     return xla(x, w)
   cpu = functools.partial(_conv2d_cpu,
-                          geometry=(strides, pads, dilation, bool(direct_kernel_gradient)))
+                          geometry=(strides, pads, dilation, bool(direct_kernel_gradient),
+                                    bool(winograd)))
   return lax.platform_dependent(x, w, cpu=cpu, default=xla)
 
 
@@ -84,7 +86,7 @@ def _conv2d_xla(x, w, *, strides, padding, dilation):
 
 
 def _conv_attrs(geometry) -> dict:
-  strides, padding, dilation, _ = geometry
+  strides, padding, dilation = geometry[:3]
   return dict(window_strides=np.asarray(strides, np.int64),
               rhs_dilation=np.asarray(dilation, np.int64),
               padding_lo=np.asarray([lo for lo, _ in padding], np.int64),
@@ -102,19 +104,20 @@ def _conv2d_cpu(x, w, geometry):
 
 
 def _conv2d_cpu_fwd(x, w, geometry):
-  strides, padding, dilation, _ = geometry
+  strides, padding, dilation = geometry[:3]
   out = jax.eval_shape(functools.partial(_conv2d_xla, strides=strides, padding=padding,
                                          dilation=dilation), x, w)
-  y = _ffi('CnnJaxConv2dForward', out)(x, w, **_conv_attrs(geometry))
+  y = _ffi('CnnJaxConv2dForward', out)(x, w, winograd=geometry[4], **_conv_attrs(geometry))
   return y, (x, w)
 
 
 def _conv2d_cpu_bwd(geometry, residuals, dy):
   x, w = residuals
   attrs = _conv_attrs(geometry)
-  dx = _ffi('CnnJaxConv2dBackwardData', jax.ShapeDtypeStruct(x.shape, x.dtype))(dy, w, **attrs)
+  dx = _ffi('CnnJaxConv2dBackwardData', jax.ShapeDtypeStruct(x.shape, x.dtype))(
+      dy, w, winograd=geometry[4], **attrs)
   dw = _ffi('CnnJaxConv2dBackwardWeights', jax.ShapeDtypeStruct(w.shape, w.dtype))(
-      x, dy, direct_kernel_gradient=geometry[-1], **attrs)
+      x, dy, direct_kernel_gradient=geometry[3], **attrs)
   return dx, dw
 
 

@@ -1,0 +1,213 @@
+// 3x3 stride-1 convolutions in float32 by Winograd's F(2x2, 3x3), written with AVX-512, for
+// conv_onednn.cc: the forward and (with the kernel flipped and transposed) the input gradient.
+//
+// Every 2x2 block of outputs ("tile") reads a 4x4 block of the padded input d; with
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
+//   A^T = [1 1 1 0; 0 1 -1 -1],
+// the tile is A^T [sum over c of (G g G^T) (.) (B^T d B)] A, (.) the elementwise product: 16
+// small matrix products (one per position e of the 4x4 transforms) over the input channels,
+// with 16 multiplications per 4 outputs and input channel where the direct convolution has 36.
+// Channels are the vector lanes (NHWC), so the transforms are additions of 16-float vectors.
+#ifndef CNN_JAX_KERNELS_CONV_WINOGRAD_H_
+#define CNN_JAX_KERNELS_CONV_WINOGRAD_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <vector>
+
+#include "parallel_for.h"  // ThreadScratch
+
+#if defined(__AVX512F__)
+#define CNN_JAX_WINOGRAD 1
+#include <immintrin.h>
+
+namespace cnn_jax {
+
+// Where F(2x2, 3x3) applies to a convolution of c input and k output channels: a 3x3 kernel,
+// stride 1, no dilation, channels in 16s, 32 input channels or more (with 16 the transforms cost
+// what the products save), padding of at most 2 on every side (so that the input gradient is
+// such a convolution too).
+inline bool WinogradApplies(int64_t kh, int64_t kw, int64_t stride_h, int64_t stride_w,
+                            int64_t dil_h, int64_t dil_w, int64_t c, int64_t k,
+                            std::initializer_list<int64_t> pads) {
+  bool ok = kh == 3 && kw == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 && dil_w == 1 &&
+            c % 16 == 0 && k % 16 == 0 && c >= 32 && k > 0;
+  for (int64_t p : pads) ok = ok && p >= 0 && p <= 2;
+  return ok;
+}
+
+struct WinogradGeometry {
+  int64_t n, h, w, c;    // input (NHWC)
+  int64_t ho, wo, k;     // output
+  int64_t pad_t, pad_l;  // padding before the image
+};
+
+namespace winograd {
+
+constexpr int kTiles = 24;  // tiles per block
+
+// u[e][ci][co] (16 x c x k) = G g G^T at position e, g[i][j] = w[i][j][ci][co] of an HWIO kernel
+// (c x k), or, transposed, w[2 - i][2 - j][co][ci] of a kernel k x c: the input gradient's.
+inline void TransformKernel(const float* w, int64_t c, int64_t k, bool transposed, float* u) {
+  std::vector<float> g(9 * k), t(12 * k);
+  for (int64_t ci = 0; ci < c; ++ci) {
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j)
+        for (int64_t co = 0; co < k; ++co) {
+          g[(i * 3 + j) * k + co] = transposed ? w[(((2 - i) * 3 + 2 - j) * k + co) * c + ci]
+                                               : w[((i * 3 + j) * c + ci) * k + co];
+        }
+    for (int j = 0; j < 3; ++j)  // t = G g (4 x 3)
+      for (int64_t co = 0; co < k; ++co) {
+        const float g0 = g[j * k + co], g1 = g[(3 + j) * k + co], g2 = g[(6 + j) * k + co];
+        t[j * k + co] = g0;
+        t[(3 + j) * k + co] = 0.5f * (g0 + g1 + g2);
+        t[(6 + j) * k + co] = 0.5f * (g0 - g1 + g2);
+        t[(9 + j) * k + co] = g2;
+      }
+    for (int a = 0; a < 4; ++a)  // u = t G^T (4 x 4)
+      for (int64_t co = 0; co < k; ++co) {
+        const float t0 = t[(a * 3) * k + co], t1 = t[(a * 3 + 1) * k + co];
+        const float t2 = t[(a * 3 + 2) * k + co];
+        const float v[4] = {t0, 0.5f * (t0 + t1 + t2), 0.5f * (t0 - t1 + t2), t2};
+        for (int b = 0; b < 4; ++b) u[((a * 4 + b) * c + ci) * k + co] = v[b];
+      }
+  }
+}
+
+// v[e][slot][c] = (B^T d B)[e] for the tile at output (oh, ow) of image x (h x w x c).
+inline void TransformInput(const WinogradGeometry& g, const float* x, int64_t oh, int64_t ow,
+                           float* v, int64_t slot) {
+  const int64_t ih0 = oh - g.pad_t, iw0 = ow - g.pad_l;
+  const int64_t stride = kTiles * g.c;
+  for (int64_t c = 0; c < g.c; c += 16) {
+    __m512 d[4][4];
+    for (int a = 0; a < 4; ++a) {
+      const int64_t ih = ih0 + a;
+      for (int b = 0; b < 4; ++b) {
+        const int64_t iw = iw0 + b;
+        d[a][b] = ih >= 0 && ih < g.h && iw >= 0 && iw < g.w
+                      ? _mm512_loadu_ps(x + (ih * g.w + iw) * g.c + c)
+                      : _mm512_setzero_ps();
+      }
+    }
+    __m512 r[4][4];  // B^T d
+    for (int b = 0; b < 4; ++b) {
+      r[0][b] = _mm512_sub_ps(d[0][b], d[2][b]);
+      r[1][b] = _mm512_add_ps(d[1][b], d[2][b]);
+      r[2][b] = _mm512_sub_ps(d[2][b], d[1][b]);
+      r[3][b] = _mm512_sub_ps(d[1][b], d[3][b]);
+    }
+    float* out = v + slot * g.c + c;
+    for (int a = 0; a < 4; ++a) {  // (B^T d) B
+      _mm512_storeu_ps(out + (a * 4 + 0) * stride, _mm512_sub_ps(r[a][0], r[a][2]));
+      _mm512_storeu_ps(out + (a * 4 + 1) * stride, _mm512_add_ps(r[a][1], r[a][2]));
+      _mm512_storeu_ps(out + (a * 4 + 2) * stride, _mm512_sub_ps(r[a][2], r[a][1]));
+      _mm512_storeu_ps(out + (a * 4 + 3) * stride, _mm512_sub_ps(r[a][1], r[a][3]));
+    }
+  }
+}
+
+// m[t][k0 + 16 o] = sum over ci of v[t][ci] * u[ci][k0 + 16 o] for T tiles and CO output
+// vectors (one position e): v rows c apart, u and m rows k apart.
+template <int T, int CO>
+void Product(const float* v, const float* u, float* m, int64_t c, int64_t k) {
+  __m512 acc[T][CO];
+#pragma GCC unroll 24
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 2
+    for (int o = 0; o < CO; ++o) acc[t][o] = _mm512_setzero_ps();
+  for (int64_t ci = 0; ci < c; ++ci) {
+    __m512 w[CO];
+#pragma GCC unroll 2
+    for (int o = 0; o < CO; ++o) w[o] = _mm512_loadu_ps(u + ci * k + 16 * o);
+#pragma GCC unroll 24
+    for (int t = 0; t < T; ++t) {
+      const __m512 s = _mm512_set1_ps(v[t * c + ci]);
+#pragma GCC unroll 2
+      for (int o = 0; o < CO; ++o) acc[t][o] = _mm512_fmadd_ps(s, w[o], acc[t][o]);
+    }
+  }
+#pragma GCC unroll 24
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 2
+    for (int o = 0; o < CO; ++o) _mm512_storeu_ps(m + t * k + 16 * o, acc[t][o]);
+}
+
+// y at the tile's 2x2 outputs (those inside ho x wo) = A^T m A, m[e][slot][k].
+inline void TransformOutput(const WinogradGeometry& g, const float* m, int64_t slot, float* y,
+                            int64_t oh, int64_t ow) {
+  const int64_t stride = kTiles * g.k;
+  const bool down = oh + 1 < g.ho, right = ow + 1 < g.wo;
+  for (int64_t k = 0; k < g.k; k += 16) {
+    const float* in = m + slot * g.k + k;
+    __m512 s[2][4];  // A^T m
+    for (int b = 0; b < 4; ++b) {
+      const __m512 m0 = _mm512_loadu_ps(in + (0 * 4 + b) * stride);
+      const __m512 m1 = _mm512_loadu_ps(in + (1 * 4 + b) * stride);
+      const __m512 m2 = _mm512_loadu_ps(in + (2 * 4 + b) * stride);
+      const __m512 m3 = _mm512_loadu_ps(in + (3 * 4 + b) * stride);
+      s[0][b] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+      s[1][b] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+    }
+    for (int a = 0; a < 1 + down; ++a) {  // (A^T m) A
+      float* row = y + ((oh + a) * g.wo + ow) * g.k + k;
+      _mm512_storeu_ps(row, _mm512_add_ps(_mm512_add_ps(s[a][0], s[a][1]), s[a][2]));
+      if (right) {
+        _mm512_storeu_ps(row + g.k, _mm512_sub_ps(_mm512_sub_ps(s[a][1], s[a][2]), s[a][3]));
+      }
+    }
+  }
+}
+
+// m[e] = v[e] u[e] for every position e, kTiles tiles.
+inline void Products(const float* v, const float* u, float* m, int64_t c, int64_t k) {
+  for (int e = 0; e < 16; ++e) {
+    const float* ve = v + e * kTiles * c;
+    const float* ue = u + e * c * k;
+    float* me = m + e * kTiles * k;
+    int64_t co = 0;
+    for (; co + 32 <= k; co += 32) {
+      Product<12, 2>(ve, ue + co, me + co, c, k);
+      Product<12, 2>(ve + 12 * c, ue + co, me + 12 * k + co, c, k);
+    }
+    if (co < k) Product<24, 1>(ve, ue + co, me + co, c, k);
+  }
+}
+
+}  // namespace winograd
+
+// y (images [n0, n1), NHWC) = the convolution of x with the kernel whose transform is u
+// (winograd::TransformKernel), tile blocks of kTiles.
+inline void WinogradConvolution(const WinogradGeometry& g, const float* x, const float* u,
+                                float* y, int64_t n0, int64_t n1) {
+  using namespace winograd;
+  const int64_t th = (g.ho + 1) / 2, tw = (g.wo + 1) / 2, per_image = th * tw;
+  const int64_t tiles = (n1 - n0) * per_image;
+  auto* v = static_cast<float*>(ThreadScratch<WinogradGeometry>(
+      16 * kTiles * (g.c + g.k) * sizeof(float)));
+  float* m = v + 16 * kTiles * g.c;
+  for (int64_t t0 = 0; t0 < tiles; t0 += kTiles) {
+    const int64_t count = std::min<int64_t>(kTiles, tiles - t0);
+    for (int64_t s = 0; s < kTiles; ++s) {
+      if (s >= count) {  // zeros past the last tile
+        for (int e = 0; e < 16; ++e)
+          std::fill_n(v + (e * kTiles + s) * g.c, g.c, 0.f);
+        continue;
+      }
+      const int64_t t = t0 + s, n = n0 + t / per_image, r = t % per_image;
+      TransformInput(g, x + n * g.h * g.w * g.c, r / tw * 2, r % tw * 2, v, s);
+    }
+    Products(v, u, m, g.c, g.k);
+    for (int64_t s = 0; s < count; ++s) {
+      const int64_t t = t0 + s, n = n0 + t / per_image, r = t % per_image;
+      TransformOutput(g, m, s, y + n * g.ho * g.wo * g.k, r / tw * 2, r % tw * 2);
+    }
+  }
+}
+
+}  // namespace cnn_jax
+
+#endif  // AVX-512
+#endif  // CNN_JAX_KERNELS_CONV_WINOGRAD_H_
