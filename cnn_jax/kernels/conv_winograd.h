@@ -1,5 +1,5 @@
-// 3x3 stride-1 convolutions in float32 by Winograd's F(2x2, 3x3), written with AVX-512, for
-// conv_onednn.cc: the forward and (with the kernel flipped and transposed) the input gradient.
+// 3x3 stride-1 convolutions in float32 by Winograd's F(2x2, 3x3), written with AVX-512 (or AVX2
+// and FMA), for conv_onednn.cc: the forward and (with the kernel flipped and transposed) the input gradient.
 //
 // Every 2x2 block of outputs ("tile") reads a 4x4 block of the padded input d; with
 //   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
@@ -7,7 +7,8 @@
 // the tile is A^T [sum over c of (G g G^T) (.) (B^T d B)] A, (.) the elementwise product: 16
 // small matrix products (one per position e of the 4x4 transforms) over the input channels,
 // with 16 multiplications per 4 outputs and input channel where the direct convolution has 36.
-// Channels are the vector lanes (NHWC), so the transforms are additions of 16-float vectors.
+// Channels are the vector lanes (NHWC), so the transforms are additions of 16-float (AVX2: 8)
+// vectors.
 #ifndef CNN_JAX_KERNELS_CONV_WINOGRAD_H_
 #define CNN_JAX_KERNELS_CONV_WINOGRAD_H_
 
@@ -18,7 +19,7 @@
 
 #include "parallel_for.h"  // ThreadScratch
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #define CNN_JAX_WINOGRAD 1
 #include <immintrin.h>
 
@@ -46,6 +47,29 @@ struct WinogradGeometry {
 namespace winograd {
 
 constexpr int kTiles = 24;  // tiles per block
+
+// The vectors: 16 floats in 32 registers (AVX-512) or 8 in 16 (AVX2).
+#if defined(__AVX512F__)
+using V = __m512;
+constexpr int kLanes = 16, kRegisters = 32;
+inline V Load(const float* p) { return _mm512_loadu_ps(p); }
+inline void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
+inline V Zero() { return _mm512_setzero_ps(); }
+inline V Broadcast(const float* p) { return _mm512_set1_ps(*p); }
+inline V Add(V a, V b) { return _mm512_add_ps(a, b); }
+inline V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
+inline V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+#else
+using V = __m256;
+constexpr int kLanes = 8, kRegisters = 16;
+inline V Load(const float* p) { return _mm256_loadu_ps(p); }
+inline void Store(float* p, V v) { _mm256_storeu_ps(p, v); }
+inline V Zero() { return _mm256_setzero_ps(); }
+inline V Broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+inline V Add(V a, V b) { return _mm256_add_ps(a, b); }
+inline V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
+inline V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+#endif
 
 // u[e][ci][co] (16 x c x k) = G g G^T at position e, g[i][j] = w[i][j][ci][co] of an HWIO kernel
 // (c x k), or, transposed, w[2 - i][2 - j][co][ci] of a kernel k x c: the input gradient's.
@@ -81,58 +105,58 @@ inline void TransformInput(const WinogradGeometry& g, const float* x, int64_t oh
                            float* v, int64_t slot) {
   const int64_t ih0 = oh - g.pad_t, iw0 = ow - g.pad_l;
   const int64_t stride = kTiles * g.c;
-  for (int64_t c = 0; c < g.c; c += 16) {
-    __m512 d[4][4];
+  for (int64_t c = 0; c < g.c; c += kLanes) {
+    V d[4][4];
     for (int a = 0; a < 4; ++a) {
       const int64_t ih = ih0 + a;
       for (int b = 0; b < 4; ++b) {
         const int64_t iw = iw0 + b;
         d[a][b] = ih >= 0 && ih < g.h && iw >= 0 && iw < g.w
-                      ? _mm512_loadu_ps(x + (ih * g.w + iw) * g.c + c)
-                      : _mm512_setzero_ps();
+                      ? Load(x + (ih * g.w + iw) * g.c + c)
+                      : Zero();
       }
     }
-    __m512 r[4][4];  // B^T d
+    V r[4][4];  // B^T d
     for (int b = 0; b < 4; ++b) {
-      r[0][b] = _mm512_sub_ps(d[0][b], d[2][b]);
-      r[1][b] = _mm512_add_ps(d[1][b], d[2][b]);
-      r[2][b] = _mm512_sub_ps(d[2][b], d[1][b]);
-      r[3][b] = _mm512_sub_ps(d[1][b], d[3][b]);
+      r[0][b] = Sub(d[0][b], d[2][b]);
+      r[1][b] = Add(d[1][b], d[2][b]);
+      r[2][b] = Sub(d[2][b], d[1][b]);
+      r[3][b] = Sub(d[1][b], d[3][b]);
     }
     float* out = v + slot * g.c + c;
     for (int a = 0; a < 4; ++a) {  // (B^T d) B
-      _mm512_storeu_ps(out + (a * 4 + 0) * stride, _mm512_sub_ps(r[a][0], r[a][2]));
-      _mm512_storeu_ps(out + (a * 4 + 1) * stride, _mm512_add_ps(r[a][1], r[a][2]));
-      _mm512_storeu_ps(out + (a * 4 + 2) * stride, _mm512_sub_ps(r[a][2], r[a][1]));
-      _mm512_storeu_ps(out + (a * 4 + 3) * stride, _mm512_sub_ps(r[a][1], r[a][3]));
+      Store(out + (a * 4 + 0) * stride, Sub(r[a][0], r[a][2]));
+      Store(out + (a * 4 + 1) * stride, Add(r[a][1], r[a][2]));
+      Store(out + (a * 4 + 2) * stride, Sub(r[a][2], r[a][1]));
+      Store(out + (a * 4 + 3) * stride, Sub(r[a][1], r[a][3]));
     }
   }
 }
 
-// m[t][k0 + 16 o] = sum over ci of v[t][ci] * u[ci][k0 + 16 o] for T tiles and CO output
+// m[t][k0 + kLanes o] = sum over ci of v[t][ci] * u[ci][k0 + kLanes o] for T tiles and CO output
 // vectors (one position e): v rows c apart, u and m rows k apart.
 template <int T, int CO>
 void Product(const float* v, const float* u, float* m, int64_t c, int64_t k) {
-  __m512 acc[T][CO];
+  V acc[T][CO];
 #pragma GCC unroll 24
   for (int t = 0; t < T; ++t)
 #pragma GCC unroll 2
-    for (int o = 0; o < CO; ++o) acc[t][o] = _mm512_setzero_ps();
+    for (int o = 0; o < CO; ++o) acc[t][o] = Zero();
   for (int64_t ci = 0; ci < c; ++ci) {
-    __m512 w[CO];
+    V w[CO];
 #pragma GCC unroll 2
-    for (int o = 0; o < CO; ++o) w[o] = _mm512_loadu_ps(u + ci * k + 16 * o);
+    for (int o = 0; o < CO; ++o) w[o] = Load(u + ci * k + kLanes * o);
 #pragma GCC unroll 24
     for (int t = 0; t < T; ++t) {
-      const __m512 s = _mm512_set1_ps(v[t * c + ci]);
+      const V s = Broadcast(v + t * c + ci);
 #pragma GCC unroll 2
-      for (int o = 0; o < CO; ++o) acc[t][o] = _mm512_fmadd_ps(s, w[o], acc[t][o]);
+      for (int o = 0; o < CO; ++o) acc[t][o] = Fma(s, w[o], acc[t][o]);
     }
   }
 #pragma GCC unroll 24
   for (int t = 0; t < T; ++t)
 #pragma GCC unroll 2
-    for (int o = 0; o < CO; ++o) _mm512_storeu_ps(m + t * k + 16 * o, acc[t][o]);
+    for (int o = 0; o < CO; ++o) Store(m + t * k + kLanes * o, acc[t][o]);
 }
 
 // y at the tile's 2x2 outputs (those inside ho x wo) = A^T m A, m[e][slot][k].
@@ -140,39 +164,44 @@ inline void TransformOutput(const WinogradGeometry& g, const float* m, int64_t s
                             int64_t oh, int64_t ow) {
   const int64_t stride = kTiles * g.k;
   const bool down = oh + 1 < g.ho, right = ow + 1 < g.wo;
-  for (int64_t k = 0; k < g.k; k += 16) {
+  for (int64_t k = 0; k < g.k; k += kLanes) {
     const float* in = m + slot * g.k + k;
-    __m512 s[2][4];  // A^T m
+    V s[2][4];  // A^T m
     for (int b = 0; b < 4; ++b) {
-      const __m512 m0 = _mm512_loadu_ps(in + (0 * 4 + b) * stride);
-      const __m512 m1 = _mm512_loadu_ps(in + (1 * 4 + b) * stride);
-      const __m512 m2 = _mm512_loadu_ps(in + (2 * 4 + b) * stride);
-      const __m512 m3 = _mm512_loadu_ps(in + (3 * 4 + b) * stride);
-      s[0][b] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-      s[1][b] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+      const V m0 = Load(in + (0 * 4 + b) * stride);
+      const V m1 = Load(in + (1 * 4 + b) * stride);
+      const V m2 = Load(in + (2 * 4 + b) * stride);
+      const V m3 = Load(in + (3 * 4 + b) * stride);
+      s[0][b] = Add(Add(m0, m1), m2);
+      s[1][b] = Sub(Sub(m1, m2), m3);
     }
     for (int a = 0; a < 1 + down; ++a) {  // (A^T m) A
       float* row = y + ((oh + a) * g.wo + ow) * g.k + k;
-      _mm512_storeu_ps(row, _mm512_add_ps(_mm512_add_ps(s[a][0], s[a][1]), s[a][2]));
+      Store(row, Add(Add(s[a][0], s[a][1]), s[a][2]));
       if (right) {
-        _mm512_storeu_ps(row + g.k, _mm512_sub_ps(_mm512_sub_ps(s[a][1], s[a][2]), s[a][3]));
+        Store(row + g.k, Sub(Sub(s[a][1], s[a][2]), s[a][3]));
       }
     }
   }
 }
 
-// m[e] = v[e] u[e] for every position e, kTiles tiles.
+// m[e] = v[e] u[e] for every position e, kTiles tiles: register tiles of T tiles x 2 vectors
+// of output channels, then T2 tiles x 1 vector (T * 2 and T2 accumulators, with the vectors and
+// a broadcast, in the registers).
 inline void Products(const float* v, const float* u, float* m, int64_t c, int64_t k) {
+  constexpr int T = kRegisters == 32 ? 12 : 6, T2 = kRegisters == 32 ? 24 : 12;
+  static_assert(kTiles % T == 0 && kTiles % T2 == 0);
   for (int e = 0; e < 16; ++e) {
     const float* ve = v + e * kTiles * c;
     const float* ue = u + e * c * k;
     float* me = m + e * kTiles * k;
     int64_t co = 0;
-    for (; co + 32 <= k; co += 32) {
-      Product<12, 2>(ve, ue + co, me + co, c, k);
-      Product<12, 2>(ve + 12 * c, ue + co, me + 12 * k + co, c, k);
-    }
-    if (co < k) Product<24, 1>(ve, ue + co, me + co, c, k);
+    for (; co + 2 * kLanes <= k; co += 2 * kLanes)
+      for (int t = 0; t < kTiles; t += T)
+        Product<T, 2>(ve + t * c, ue + co, me + t * k + co, c, k);
+    for (; co < k; co += kLanes)
+      for (int t = 0; t < kTiles; t += T2)
+        Product<T2, 1>(ve + t * c, ue + co, me + t * k + co, c, k);
   }
 }
 
@@ -209,5 +238,5 @@ inline void WinogradConvolution(const WinogradGeometry& g, const float* x, const
 
 }  // namespace cnn_jax
 
-#endif  // AVX-512
+#endif  // AVX-512, or AVX2 and FMA
 #endif  // CNN_JAX_KERNELS_CONV_WINOGRAD_H_

@@ -51,7 +51,7 @@ def conv2d(x: jax.Array, w: jax.Array, window_strides: Sequence[int] = (1, 1),
   `direct_kernel_gradient`: cnn_jax's own kernel gradient where it applies (conv_kernel_gradient.h:
   float32 on AVX2 builds; conv_kernel_gradient_bf16.h: bfloat16 on AVX-512 BF16 builds), else
   oneDNN's; `winograd`: the forward and input gradient by F(2x2, 3x3) where it applies
-  (conv_winograd.h: float32 3x3 stride-1 convolutions on AVX-512 builds), else oneDNN's."""
+  (conv_winograd.h: float32 3x3 stride-1 convolutions on AVX2 and AVX-512 builds), else oneDNN's."""
   strides = tuple(int(s) for s in window_strides)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   dilation = tuple(int(d) for d in rhs_dilation)
