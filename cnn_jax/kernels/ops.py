@@ -22,7 +22,7 @@ mapped element); forward mode (`jax.jvp`) needs the stock layer set (`config.cpu
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,8 +60,8 @@ def conv2d(x: jax.Array, w: jax.Array, window_strides: Sequence[int] = (1, 1),
           and use_kernel('conv2d')):
     return xla(x, w)
   cpu = functools.partial(_conv2d_cpu,
-                          geometry=(strides, pads, dilation, bool(direct_kernel_gradient),
-                                    bool(winograd)))
+                          geometry=ConvGeometry(strides, pads, dilation,
+                                                bool(direct_kernel_gradient), bool(winograd)))
   return lax.platform_dependent(x, w, cpu=cpu, default=xla)
 
 
@@ -85,8 +85,17 @@ def _conv2d_xla(x, w, *, strides, padding, dilation):
                                   dimension_numbers=NHWC)
 
 
-def _conv_attrs(geometry) -> dict:
-  strides, padding, dilation = geometry[:3]
+class ConvGeometry(NamedTuple):
+  """A CPU convolution's static arguments (hashable: custom_vjp's nondiff argument)."""
+  strides: tuple[int, ...]
+  padding: tuple[tuple[int, int], ...]
+  dilation: tuple[int, ...]
+  direct_kernel_gradient: bool
+  winograd: bool
+
+
+def _conv_attrs(geometry: ConvGeometry) -> dict:
+  strides, padding, dilation = geometry.strides, geometry.padding, geometry.dilation
   return dict(window_strides=np.asarray(strides, np.int64),
               rhs_dilation=np.asarray(dilation, np.int64),
               padding_lo=np.asarray([lo for lo, _ in padding], np.int64),
@@ -104,10 +113,11 @@ def _conv2d_cpu(x, w, geometry):
 
 
 def _conv2d_cpu_fwd(x, w, geometry):
-  strides, padding, dilation = geometry[:3]
+  strides, padding, dilation = geometry.strides, geometry.padding, geometry.dilation
   out = jax.eval_shape(functools.partial(_conv2d_xla, strides=strides, padding=padding,
                                          dilation=dilation), x, w)
-  y = _ffi('CnnJaxConv2dForward', out)(x, w, winograd=geometry[4], **_conv_attrs(geometry))
+  y = _ffi('CnnJaxConv2dForward', out)(x, w, winograd=geometry.winograd,
+                                       **_conv_attrs(geometry))
   return y, (x, w)
 
 
@@ -115,9 +125,9 @@ def _conv2d_cpu_bwd(geometry, residuals, dy):
   x, w = residuals
   attrs = _conv_attrs(geometry)
   dx = _ffi('CnnJaxConv2dBackwardData', jax.ShapeDtypeStruct(x.shape, x.dtype))(
-      dy, w, winograd=geometry[4], **attrs)
+      dy, w, winograd=geometry.winograd, **attrs)
   dw = _ffi('CnnJaxConv2dBackwardWeights', jax.ShapeDtypeStruct(w.shape, w.dtype))(
-      x, dy, direct_kernel_gradient=geometry[3], **attrs)
+      x, dy, direct_kernel_gradient=geometry.direct_kernel_gradient, **attrs)
   return dx, dw
 
 
