@@ -202,8 +202,8 @@ def conv_kernel_gradient() -> str:
 
 
 def conv_winograd() -> bool:
-  """`CNN_JAX_CONV_WINOGRAD`: 1 (default: the CPU convolution's forward and input gradient by
-  Winograd's F(2x2, 3x3) where it applies: float32 3x3 stride-1 convolutions, AVX2 or AVX-512)
+  """`CNN_JAX_CONV_WINOGRAD`: 1 (default: the CPU convolution's forward, input gradient and
+  kernel gradient by Winograd's F(2x2, 3x3) where it applies: float32 3x3 stride-1 convolutions, AVX2 or AVX-512)
   or 0 (oneDNN's everywhere)."""
   value = os.environ.get('CNN_JAX_CONV_WINOGRAD', '1')
   if value not in ('0', '1'):

@@ -80,10 +80,12 @@ def test_kernels_build_and_load_here():
     ((2, 7, 7, 20), (1, 1, 20, 8), (1, 1), ((0, 0), (0, 0)), (1, 1)),
     ((2, 6, 6, 12), (3, 3, 12, 8), (1, 1), ((3, 3), (0, 1)), (1, 1)),
     # 3x3, stride 1, input and output channels in 16s, 32 input channels or more, padding of 2 at
-    # most: on AVX2 and AVX-512 CPUs the forward and input gradient come from conv_winograd.h
-    # (odd sizes with partial tiles, uneven and no padding, one and two vectors of outputs).
+    # most: on AVX2 and AVX-512 CPUs all three come from conv_winograd.h (odd sizes with partial
+    # tiles, uneven and no padding; one, two, three and six vectors of outputs; ragged blocks of
+    # input channels in the kernel gradient's register tiles; a batch of pieces of unequal size).
     ((3, 9, 7, 32), (3, 3, 32, 48), (1, 1), ((0, 2), (2, 1)), (1, 1)),
     ((2, 6, 5, 32), (3, 3, 32, 16), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+    ((3, 7, 6, 48), (3, 3, 48, 96), (1, 1), ((1, 1), (1, 1)), (1, 1)),
 ])
 def test_conv2d_matches_lax_values_and_gradients(x_shape, k_shape, strides, padding, dilation):
   x = jax.random.normal(jax.random.key(0), x_shape)
@@ -389,20 +391,23 @@ def test_winograd_choice_reaches_the_kernel_and_both_paths_match_lax(monkeypatch
   x = jax.random.normal(jax.random.key(0), (5, 10, 9, 32))
   k = jax.random.normal(jax.random.key(1), (3, 3, 32, 32))
   pads = ((1, 1), (1, 1))
-  ref = lambda x: lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=ops.NHWC)
+  ref = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=ops.NHWC)
   ct = jax.random.normal(jax.random.key(2), x.shape[:3] + (32,))
-  want = jax.vjp(ref, x)
+  want = jax.vjp(ref, x, k)
+  want = (want[0], *want[1](ct))
   got = {}
   for winograd in (True, False):
-    f = lambda x, w=winograd: ops.conv2d(x, k, (1, 1), pads, winograd=w)
-    got[winograd] = jax.jit(lambda x, f=f: (lambda y, vjp: (y, vjp(ct)[0]))(*jax.vjp(f, x)))(x)
-    _close(got[winograd], (want[0], want[1](ct)[0]))
+    f = lambda x, k, w=winograd: ops.conv2d(x, k, (1, 1), pads, winograd=w)
+    got[winograd] = jax.jit(lambda x, k, f=f: (lambda y, vjp: (y, *vjp(ct)))(*jax.vjp(f, x, k)))(
+        x, k)
+    _close(got[winograd], want)
   flags = set(pathlib.Path('/proc/cpuinfo').read_text().split()) if os.path.exists(
       '/proc/cpuinfo') else set()
   if library.load('conv2d') and ('avx512f' in flags or {'avx2', 'fma'} <= flags):
-    # Winograd is built here: its rounding differs from oneDNN's.
-    assert not np.array_equal(got[True][0], got[False][0])
-    assert not np.array_equal(got[True][1], got[False][1])
+    # Winograd is built here: its rounding differs from oneDNN's (output, input and kernel
+    # gradient).
+    for ours, theirs in zip(got[True], got[False]):
+      assert not np.array_equal(ours, theirs)
 
 
 def test_environment_variable_names_unknown_kernels(monkeypatch):

@@ -11,8 +11,8 @@
 // gradient sums the pieces' partial gradients in piece order, so results do not depend on the
 // threads. Primitives are created once per geometry and cached. Where they apply and are built,
 // cnn_jax's own kernels run instead: the direct kernel gradients (conv_kernel_gradient.h,
-// conv_kernel_gradient_bf16.h) and Winograd's F(2x2, 3x3) for float32 3x3 forwards and input
-// gradients (conv_winograd.h).
+// conv_kernel_gradient_bf16.h) and Winograd's F(2x2, 3x3) for float32 3x3 convolutions, all three
+// passes (conv_winograd.h).
 #include <omp.h>
 
 #include <algorithm>
@@ -389,9 +389,42 @@ bool RunWeightsDirect(ffi::ThreadPool& pool, const Geometry& g, const void* x, c
   return false;
 }
 
+// The kernel gradient by F(2x2, 3x3) (conv_winograd.h) into dw, where it is built and applies
+// (as the forward does); false where another is to run. One transformed partial gradient per
+// piece, summed in piece order, then transformed back.
+bool RunWeightsWinograd(ffi::ThreadPool& pool, const Geometry& g, const void* x, const void* dy,
+                        void* dw) {
+#ifdef CNN_JAX_WINOGRAD
+  const int64_t n = g.src[0], c = g.src[1], k = g.weights[0];
+  if (g.dt != Dt::f32 ||
+      !cnn_jax::WinogradApplies(g.weights[2], g.weights[3], g.strides[0], g.strides[1],
+                                g.dilates[0] + 1, g.dilates[1] + 1, c, k,
+                                {g.pad_l[0], g.pad_l[1], g.pad_r[0], g.pad_r[1]})) {
+    return false;
+  }
+  const cnn_jax::WinogradGeometry wg{n, g.src[2], g.src[3], c, g.dst[2], g.dst[3], k,
+                                     g.pad_l[0], g.pad_l[1]};
+  const int64_t floats = 16 * c * k;
+  const int64_t cap = std::max<int64_t>(1, kMaxPartialBytes / (floats * sizeof(float)));
+  Pieces pieces(n, std::min(Workers(pool), cap));
+  std::vector<float> partial(pieces.count * floats, 0.f);
+  cnn_jax::ParallelFor(pool, pieces.count, pieces.count, [&](int64_t i) {
+    const int64_t n0 = i * pieces.per;
+    cnn_jax::WinogradKernelGradient(wg, static_cast<const float*>(x), static_cast<const float*>(dy),
+                                    partial.data() + i * floats, n0, n0 + pieces.Size(i, n));
+  });
+  SumPieces(partial.data(), pieces.count, floats);
+  cnn_jax::KernelGradientFromTransform(partial.data(), c, k, static_cast<float*>(dw));
+  return true;
+#else
+  return false;
+#endif
+}
+
 // Kernel gradient: per-piece partial gradients in oneDNN's layout, summed, reordered to HWIO.
 ffi::Error RunWeights(ffi::ThreadPool& pool, const Geometry& g, const void* x, const void* dy,
-                      void* dw, bool direct_wanted) {
+                      void* dw, bool direct_wanted, bool winograd_wanted) {
+  if (winograd_wanted && RunWeightsWinograd(pool, g, x, dy, dw)) return ffi::Error::Success();
   if (direct_wanted && RunWeightsDirect(pool, g, x, dy, dw)) return ffi::Error::Success();
   OneThread();
   const int64_t n = g.src[0];
@@ -466,7 +499,8 @@ ffi::Error BackwardData(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer 
 ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy,
                            ffi::Result<ffi::AnyBuffer> dw, ffi::Span<const int64_t> strides,
                            ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
-                           ffi::Span<const int64_t> pad_hi, bool direct_kernel_gradient) {
+                           ffi::Span<const int64_t> pad_hi, bool direct_kernel_gradient,
+                           bool winograd) {
   try {
     Geometry g;
     if (auto e = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, dilation,
@@ -474,7 +508,7 @@ ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffe
     if (auto e = ElementType(x.element_type(), dy.element_type(), dw->element_type(), &g.dt);
         e.failure()) return e;
     return RunWeights(pool, g, x.untyped_data(), dy.untyped_data(), dw->untyped_data(),
-                      direct_kernel_gradient);
+                      direct_kernel_gradient, winograd);
   } catch (const std::exception& e) {
     return cnn_jax::Internal("conv2d_backward_weights", e.what());
   }
@@ -498,6 +532,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv2dForward, Forward,
                               CNN_JAX_CONV_BINDING(x, w).Attr<bool>("winograd"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv2dBackwardData, BackwardData,
                               CNN_JAX_CONV_BINDING(dy, w).Attr<bool>("winograd"));
-// direct_kernel_gradient: conv_kernel_gradient.h where it applies (runtime.conv_kernel_gradient).
+// direct_kernel_gradient: conv_kernel_gradient.h where it applies (runtime.conv_kernel_gradient);
+// winograd: conv_winograd.h before it, where that applies.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv2dBackwardWeights, BackwardWeights,
-                              CNN_JAX_CONV_BINDING(x, dy).Attr<bool>("direct_kernel_gradient"));
+                              CNN_JAX_CONV_BINDING(x, dy)
+                                  .Attr<bool>("direct_kernel_gradient")
+                                  .Attr<bool>("winograd"));

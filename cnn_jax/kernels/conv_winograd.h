@@ -7,8 +7,9 @@
 // the tile is A^T [sum over c of (G g G^T) (.) (B^T d B)] A, (.) the elementwise product: 16
 // small matrix products (one per position e of the 4x4 transforms) over the input channels,
 // with 16 multiplications per 4 outputs and input channel where the direct convolution has 36.
-// Channels are the vector lanes (NHWC), so the transforms are additions of 16-float (AVX2: 8)
-// vectors.
+// The kernel gradient is the adjoint: G^T [sum over tiles of (B^T d B) (.) (A dy A^T)] G, 16
+// products over the tiles. Channels are the vector lanes (NHWC), so the transforms are
+// additions of 16-float (AVX2: 8) vectors.
 #ifndef CNN_JAX_KERNELS_CONV_WINOGRAD_H_
 #define CNN_JAX_KERNELS_CONV_WINOGRAD_H_
 
@@ -27,7 +28,7 @@ namespace cnn_jax {
 
 // Where F(2x2, 3x3) applies to a convolution of c input and k output channels: a 3x3 kernel,
 // stride 1, no dilation, channels in 16s, 32 input channels or more (with 16 the transforms cost
-// what the products save), padding of at most 2 on every side (so that the input gradient is
+// about what the products save, in all three passes), padding of at most 2 on every side (so that the input gradient is
 // such a convolution too).
 inline bool WinogradApplies(int64_t kh, int64_t kw, int64_t stride_h, int64_t stride_w,
                             int64_t dil_h, int64_t dil_w, int64_t c, int64_t k,
@@ -47,6 +48,7 @@ struct WinogradGeometry {
 namespace winograd {
 
 constexpr int kTiles = 24;  // tiles per block
+constexpr int kGradientTiles = 24;  // tiles per block of the kernel gradient
 
 // The vectors: 16 floats in 32 registers (AVX-512) or 8 in 16 (AVX2).
 #if defined(__AVX512F__)
@@ -100,11 +102,12 @@ inline void TransformKernel(const float* w, int64_t c, int64_t k, bool transpose
   }
 }
 
-// v[e][slot][c] = (B^T d B)[e] for the tile at output (oh, ow) of image x (h x w x c).
+// v[e][slot][c] = (B^T d B)[e] for the tile at output (oh, ow) of image x (h x w x c), blocks
+// of `block` tiles.
 inline void TransformInput(const WinogradGeometry& g, const float* x, int64_t oh, int64_t ow,
-                           float* v, int64_t slot) {
+                           float* v, int64_t slot, int64_t block = kTiles) {
   const int64_t ih0 = oh - g.pad_t, iw0 = ow - g.pad_l;
-  const int64_t stride = kTiles * g.c;
+  const int64_t stride = block * g.c;
   for (int64_t c = 0; c < g.c; c += kLanes) {
     V d[4][4];
     for (int a = 0; a < 4; ++a) {
@@ -205,6 +208,101 @@ inline void Products(const float* v, const float* u, float* m, int64_t c, int64_
   }
 }
 
+
+// m[e][slot][k] = (A dy A^T)[e] for the tile at output (oh, ow) of an output gradient dy
+// (ho x wo x k), zero outside it: the adjoint of TransformOutput.
+inline void TransformOutputGradient(const WinogradGeometry& g, const float* dy, int64_t oh,
+                                    int64_t ow, float* m, int64_t slot) {
+  const int64_t stride = kGradientTiles * g.k;
+  const bool down = oh + 1 < g.ho, right = ow + 1 < g.wo;
+  for (int64_t k = 0; k < g.k; k += kLanes) {
+    const float* row = dy + (oh * g.wo + ow) * g.k + k;
+    const V p = Load(row), q = right ? Load(row + g.k) : Zero();
+    const V r = down ? Load(row + g.wo * g.k) : Zero();
+    const V s = down && right ? Load(row + (g.wo + 1) * g.k) : Zero();
+    // A dy (4 x 2), then each row (a, b) times A^T: (a, a + b, a - b, -b).
+    const V a[4] = {p, Add(p, r), Sub(p, r), Sub(Zero(), r)};
+    const V b[4] = {q, Add(q, s), Sub(q, s), Sub(Zero(), s)};
+    float* out = m + slot * g.k + k;
+    for (int i = 0; i < 4; ++i) {
+      Store(out + (i * 4 + 0) * stride, a[i]);
+      Store(out + (i * 4 + 1) * stride, Add(a[i], b[i]));
+      Store(out + (i * 4 + 2) * stride, Sub(a[i], b[i]));
+      Store(out + (i * 4 + 3) * stride, Sub(Zero(), b[i]));
+    }
+  }
+}
+
+// du[ci][co + kLanes o] += sum over `tiles` tiles of v[t][ci] * m[t][co + kLanes o] for CI input
+// channels and CO output vectors (one position e): v rows c apart, m and du rows k apart.
+template <int CI, int CO>
+void GradientProduct(const float* v, const float* m, float* du, int64_t c, int64_t k,
+                     int64_t tiles) {
+  V acc[CI][CO];
+#pragma GCC unroll 24
+  for (int i = 0; i < CI; ++i)
+#pragma GCC unroll 4
+    for (int o = 0; o < CO; ++o) acc[i][o] = Load(du + i * k + kLanes * o);
+  for (int64_t t = 0; t < tiles; ++t) {
+    V w[CO];
+#pragma GCC unroll 4
+    for (int o = 0; o < CO; ++o) w[o] = Load(m + t * k + kLanes * o);
+#pragma GCC unroll 24
+    for (int i = 0; i < CI; ++i) {
+      const V s = Broadcast(v + t * c + i);
+#pragma GCC unroll 4
+      for (int o = 0; o < CO; ++o) acc[i][o] = Fma(s, w[o], acc[i][o]);
+    }
+  }
+#pragma GCC unroll 24
+  for (int i = 0; i < CI; ++i)
+#pragma GCC unroll 4
+    for (int o = 0; o < CO; ++o) Store(du + i * k + kLanes * o, acc[i][o]);
+}
+
+// GradientProduct for `size` (<= CI) input channels.
+template <int CI, int CO>
+void GradientProductOf(int64_t size, const float* v, const float* m, float* du, int64_t c,
+                       int64_t k, int64_t tiles) {
+  if constexpr (CI > 1) {
+    if (size < CI) return GradientProductOf<CI - 1, CO>(size, v, m, du, c, k, tiles);
+  }
+  GradientProduct<CI, CO>(v, m, du, c, k, tiles);
+}
+
+// The output vectors [co, co + CO kLanes) of du[e] += v[e]^T m[e], in register tiles of as even
+// a number of input channels as fit beside CO vectors and a broadcast.
+template <int CO>
+void GradientColumns(const float* v, const float* m, float* du, int64_t c, int64_t k,
+                     int64_t tiles, int64_t co) {
+  constexpr int kMaxCi = std::min(24, (kRegisters - CO - 2) / CO);
+  const int64_t blocks = (c + kMaxCi - 1) / kMaxCi, base = c / blocks, extra = c % blocks;
+  for (int64_t b = 0, ci = 0; b < blocks; ++b) {
+    const int64_t size = base + (b < extra);
+    GradientProductOf<kMaxCi, CO>(size, v + ci, m + co, du + ci * k + co, c, k, tiles);
+    ci += size;
+  }
+}
+
+// du[e] += v[e]^T m[e] (c x k) over the block's first `tiles` tiles, every position e.
+inline void GradientProducts(const float* v, const float* m, float* du, int64_t c, int64_t k,
+                             int64_t tiles) {
+  constexpr int kWide = kRegisters == 32 ? 4 : 2;  // output vectors per register tile
+  for (int e = 0; e < 16; ++e) {
+    const float* ve = v + e * kGradientTiles * c;
+    const float* me = m + e * kGradientTiles * k;
+    float* due = du + e * c * k;
+    int64_t co = 0;
+    for (; co + kWide * kLanes <= k; co += kWide * kLanes)
+      GradientColumns<kWide>(ve, me, due, c, k, tiles, co);
+    if (kWide > 2 && co + 2 * kLanes <= k) {
+      GradientColumns<2>(ve, me, due, c, k, tiles, co);
+      co += 2 * kLanes;
+    }
+    for (; co < k; co += kLanes) GradientColumns<1>(ve, me, due, c, k, tiles, co);
+  }
+}
+
 }  // namespace winograd
 
 // y (images [n0, n1), NHWC) = the convolution of x with the kernel whose transform is u
@@ -232,6 +330,48 @@ inline void WinogradConvolution(const WinogradGeometry& g, const float* x, const
     for (int64_t s = 0; s < count; ++s) {
       const int64_t t = t0 + s, n = n0 + t / per_image, r = t % per_image;
       TransformOutput(g, m, s, y + n * g.ho * g.wo * g.k, r / tw * 2, r % tw * 2);
+    }
+  }
+}
+
+// du (16 x c x k, as the caller left it) += the transform of the kernel gradient over images
+// [n0, n1), x the forward's input and dy its output gradient (NHWC), tile blocks of
+// kGradientTiles.
+inline void WinogradKernelGradient(const WinogradGeometry& g, const float* x, const float* dy,
+                                   float* du, int64_t n0, int64_t n1) {
+  using namespace winograd;
+  const int64_t th = (g.ho + 1) / 2, tw = (g.wo + 1) / 2, per_image = th * tw;
+  const int64_t tiles = (n1 - n0) * per_image;
+  auto* v = static_cast<float*>(ThreadScratch<WinogradGeometry>(
+      16 * kGradientTiles * (g.c + g.k) * sizeof(float)));
+  float* m = v + 16 * kGradientTiles * g.c;
+  for (int64_t t0 = 0; t0 < tiles; t0 += kGradientTiles) {
+    const int64_t count = std::min<int64_t>(kGradientTiles, tiles - t0);
+    for (int64_t s = 0; s < count; ++s) {
+      const int64_t t = t0 + s, n = n0 + t / per_image, r = t % per_image;
+      TransformInput(g, x + n * g.h * g.w * g.c, r / tw * 2, r % tw * 2, v, s, kGradientTiles);
+      TransformOutputGradient(g, dy + n * g.ho * g.wo * g.k, r / tw * 2, r % tw * 2, m, s);
+    }
+    GradientProducts(v, m, du, g.c, g.k, count);
+  }
+}
+
+// dw (HWIO, 3 x 3 x c x k) = G^T du G, du[e][ci][co] as WinogradKernelGradient sums it.
+inline void KernelGradientFromTransform(const float* du, int64_t c, int64_t k, float* dw) {
+  const int64_t ck = c * k;
+  for (int64_t j = 0; j < ck; ++j) {
+    float t[4][3];  // du G
+    for (int a = 0; a < 4; ++a) {
+      const float* d = du + a * 4 * ck + j;
+      const float d0 = d[0], d1 = d[ck], d2 = d[2 * ck], d3 = d[3 * ck];
+      t[a][0] = d0 + 0.5f * (d1 + d2);
+      t[a][1] = 0.5f * (d1 - d2);
+      t[a][2] = 0.5f * (d1 + d2) + d3;
+    }
+    for (int b = 0; b < 3; ++b) {  // G^T (du G)
+      dw[(0 * 3 + b) * ck + j] = t[0][b] + 0.5f * (t[1][b] + t[2][b]);
+      dw[(1 * 3 + b) * ck + j] = 0.5f * (t[1][b] - t[2][b]);
+      dw[(2 * 3 + b) * ck + j] = 0.5f * (t[1][b] + t[2][b]) + t[3][b];
     }
   }
 }

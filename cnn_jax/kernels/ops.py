@@ -50,8 +50,9 @@ def conv2d(x: jax.Array, w: jax.Array, window_strides: Sequence[int] = (1, 1),
   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`, on a CPU through oneDNN where it applies;
   `direct_kernel_gradient`: cnn_jax's own kernel gradient where it applies (conv_kernel_gradient.h:
   float32 on AVX2 builds; conv_kernel_gradient_bf16.h: bfloat16 on AVX-512 BF16 builds), else
-  oneDNN's; `winograd`: the forward and input gradient by F(2x2, 3x3) where it applies
-  (conv_winograd.h: float32 3x3 stride-1 convolutions on AVX2 and AVX-512 builds), else oneDNN's."""
+  oneDNN's; `winograd`: the forward, input gradient and kernel gradient by F(2x2, 3x3) where it
+  applies (conv_winograd.h: float32 3x3 stride-1 convolutions on AVX2 and AVX-512 builds; the
+  kernel gradient before the direct one), else as without it."""
   strides = tuple(int(s) for s in window_strides)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   dilation = tuple(int(d) for d in rhs_dilation)
@@ -127,7 +128,8 @@ def _conv2d_cpu_bwd(geometry, residuals, dy):
   dx = _ffi('CnnJaxConv2dBackwardData', jax.ShapeDtypeStruct(x.shape, x.dtype))(
       dy, w, winograd=geometry.winograd, **attrs)
   dw = _ffi('CnnJaxConv2dBackwardWeights', jax.ShapeDtypeStruct(w.shape, w.dtype))(
-      x, dy, direct_kernel_gradient=geometry.direct_kernel_gradient, **attrs)
+      x, dy, direct_kernel_gradient=geometry.direct_kernel_gradient, winograd=geometry.winograd,
+      **attrs)
   return dx, dw
 
 
