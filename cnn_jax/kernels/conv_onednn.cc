@@ -339,10 +339,24 @@ void SumPieces(float* partial, int64_t count, int64_t floats) {
   }
 }
 
+// fn(partial, n0, n1) adds images [n0, n1) to its piece's `floats` float32 zeros; the pieces (at
+// most kMaxPartialBytes of them at once) are summed in piece order into the first `floats`.
+template <typename Fn>
+std::vector<float> SumOverPieces(ffi::ThreadPool& pool, int64_t n, int64_t floats, Fn fn) {
+  const int64_t cap = std::max<int64_t>(1, kMaxPartialBytes / (floats * sizeof(float)));
+  Pieces pieces(n, std::min(Workers(pool), cap));
+  std::vector<float> partial(pieces.count * floats, 0.f);
+  cnn_jax::ParallelFor(pool, pieces.count, pieces.count, [&](int64_t i) {
+    const int64_t n0 = i * pieces.per;
+    fn(partial.data() + i * floats, n0, n0 + pieces.Size(i, n));
+  });
+  SumPieces(partial.data(), pieces.count, floats);
+  return partial;
+}
+
 #if defined(CNN_JAX_DIRECT_KERNEL_GRADIENT) || defined(CNN_JAX_DIRECT_KERNEL_GRADIENT_BF16)
 // Kernel gradient by a direct kernel, kernel(geometry, x, dy, partial, n0, n1) adding images
-// [n0, n1) to a float32 HWIO partial gradient: one partial per piece, summed in piece order
-// (the first kh * kw * c * k floats of the result).
+// [n0, n1) to a float32 HWIO partial gradient (the first kh * kw * c * k floats of the result).
 template <typename T, typename Kernel>
 std::vector<float> DirectKernelGradient(ffi::ThreadPool& pool, const Geometry& g, const void* x,
                                         const void* dy, Kernel kernel) {
@@ -350,17 +364,11 @@ std::vector<float> DirectKernelGradient(ffi::ThreadPool& pool, const Geometry& g
                                            g.weights[3], g.weights[0], g.dst[2], g.dst[3],
                                            g.pad_l[0], g.pad_l[1], g.dilates[0] + 1,
                                            g.dilates[1] + 1};
-  const int64_t n = g.src[0], floats = kg.kh * kg.kw * kg.c * kg.k;
-  const int64_t cap = std::max<int64_t>(1, kMaxPartialBytes / (floats * sizeof(float)));
-  Pieces pieces(n, std::min(Workers(pool), cap));
-  std::vector<float> partial(pieces.count * floats, 0.f);
-  cnn_jax::ParallelFor(pool, pieces.count, pieces.count, [&](int64_t i) {
-    const int64_t n0 = i * pieces.per;
-    kernel(kg, static_cast<const T*>(x), static_cast<const T*>(dy), partial.data() + i * floats,
-           n0, n0 + pieces.Size(i, n));
-  });
-  SumPieces(partial.data(), pieces.count, floats);
-  return partial;
+  return SumOverPieces(pool, g.src[0], kg.kh * kg.kw * kg.c * kg.k,
+                       [&](float* partial, int64_t n0, int64_t n1) {
+                         kernel(kg, static_cast<const T*>(x), static_cast<const T*>(dy), partial,
+                                n0, n1);
+                       });
 }
 #endif
 
@@ -404,17 +412,11 @@ bool RunWeightsWinograd(ffi::ThreadPool& pool, const Geometry& g, const void* x,
   }
   const cnn_jax::WinogradGeometry wg{n, g.src[2], g.src[3], c, g.dst[2], g.dst[3], k,
                                      g.pad_l[0], g.pad_l[1]};
-  const int64_t floats = 16 * c * k;
-  const int64_t cap = std::max<int64_t>(1, kMaxPartialBytes / (floats * sizeof(float)));
-  Pieces pieces(n, std::min(Workers(pool), cap));
-  std::vector<float> partial(pieces.count * floats, 0.f);
-  cnn_jax::ParallelFor(pool, pieces.count, pieces.count, [&](int64_t i) {
-    const int64_t n0 = i * pieces.per;
+  const auto sum = SumOverPieces(pool, n, 16 * c * k, [&](float* partial, int64_t n0, int64_t n1) {
     cnn_jax::WinogradKernelGradient(wg, static_cast<const float*>(x), static_cast<const float*>(dy),
-                                    partial.data() + i * floats, n0, n0 + pieces.Size(i, n));
+                                    partial, n0, n1);
   });
-  SumPieces(partial.data(), pieces.count, floats);
-  cnn_jax::KernelGradientFromTransform(partial.data(), c, k, static_cast<float*>(dw));
+  cnn_jax::KernelGradientFromTransform(sum.data(), c, k, static_cast<float*>(dw));
   return true;
 #else
   return false;

@@ -136,30 +136,33 @@ inline void TransformInput(const WinogradGeometry& g, const float* x, int64_t oh
   }
 }
 
-// m[t][k0 + kLanes o] = sum over ci of v[t][ci] * u[ci][k0 + kLanes o] for T tiles and CO output
-// vectors (one position e): v rows c apart, u and m rows k apart.
-template <int T, int CO>
-void Product(const float* v, const float* u, float* m, int64_t c, int64_t k) {
-  V acc[T][CO];
+// One register tile of R rows x CO output vectors of a product over `depth` terms (v rows c
+// apart; b and out rows k apart): the forward's out[t][.] = sum over ci of v[t][ci] b[ci][.]
+// (rows: tiles, depth: c), or with kGradient the kernel gradient's
+// out[ci][.] += sum over t of v[t][ci] b[t][.] (rows: input channels, depth: tiles).
+template <int R, int CO, bool kGradient>
+void RegisterTile(const float* v, const float* b, float* out, int64_t c, int64_t k,
+                  int64_t depth) {
+  V acc[R][CO];
 #pragma GCC unroll 24
-  for (int t = 0; t < T; ++t)
-#pragma GCC unroll 2
-    for (int o = 0; o < CO; ++o) acc[t][o] = Zero();
-  for (int64_t ci = 0; ci < c; ++ci) {
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int o = 0; o < CO; ++o) acc[r][o] = kGradient ? Load(out + r * k + kLanes * o) : Zero();
+  for (int64_t d = 0; d < depth; ++d) {
     V w[CO];
-#pragma GCC unroll 2
-    for (int o = 0; o < CO; ++o) w[o] = Load(u + ci * k + kLanes * o);
+#pragma GCC unroll 4
+    for (int o = 0; o < CO; ++o) w[o] = Load(b + d * k + kLanes * o);
 #pragma GCC unroll 24
-    for (int t = 0; t < T; ++t) {
-      const V s = Broadcast(v + t * c + ci);
-#pragma GCC unroll 2
-      for (int o = 0; o < CO; ++o) acc[t][o] = Fma(s, w[o], acc[t][o]);
+    for (int r = 0; r < R; ++r) {
+      const V s = Broadcast(kGradient ? v + d * c + r : v + r * c + d);
+#pragma GCC unroll 4
+      for (int o = 0; o < CO; ++o) acc[r][o] = Fma(s, w[o], acc[r][o]);
     }
   }
 #pragma GCC unroll 24
-  for (int t = 0; t < T; ++t)
-#pragma GCC unroll 2
-    for (int o = 0; o < CO; ++o) Store(m + t * k + kLanes * o, acc[t][o]);
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int o = 0; o < CO; ++o) Store(out + r * k + kLanes * o, acc[r][o]);
 }
 
 // y at the tile's 2x2 outputs (those inside ho x wo) = A^T m A, m[e][slot][k].
@@ -201,10 +204,10 @@ inline void Products(const float* v, const float* u, float* m, int64_t c, int64_
     int64_t co = 0;
     for (; co + 2 * kLanes <= k; co += 2 * kLanes)
       for (int t = 0; t < kTiles; t += T)
-        Product<T, 2>(ve + t * c, ue + co, me + t * k + co, c, k);
+        RegisterTile<T, 2, false>(ve + t * c, ue + co, me + t * k + co, c, k, c);
     for (; co < k; co += kLanes)
       for (int t = 0; t < kTiles; t += T2)
-        Product<T2, 1>(ve + t * c, ue + co, me + t * k + co, c, k);
+        RegisterTile<T2, 1, false>(ve + t * c, ue + co, me + t * k + co, c, k, c);
   }
 }
 
@@ -233,41 +236,14 @@ inline void TransformOutputGradient(const WinogradGeometry& g, const float* dy, 
   }
 }
 
-// du[ci][co + kLanes o] += sum over `tiles` tiles of v[t][ci] * m[t][co + kLanes o] for CI input
-// channels and CO output vectors (one position e): v rows c apart, m and du rows k apart.
-template <int CI, int CO>
-void GradientProduct(const float* v, const float* m, float* du, int64_t c, int64_t k,
-                     int64_t tiles) {
-  V acc[CI][CO];
-#pragma GCC unroll 24
-  for (int i = 0; i < CI; ++i)
-#pragma GCC unroll 4
-    for (int o = 0; o < CO; ++o) acc[i][o] = Load(du + i * k + kLanes * o);
-  for (int64_t t = 0; t < tiles; ++t) {
-    V w[CO];
-#pragma GCC unroll 4
-    for (int o = 0; o < CO; ++o) w[o] = Load(m + t * k + kLanes * o);
-#pragma GCC unroll 24
-    for (int i = 0; i < CI; ++i) {
-      const V s = Broadcast(v + t * c + i);
-#pragma GCC unroll 4
-      for (int o = 0; o < CO; ++o) acc[i][o] = Fma(s, w[o], acc[i][o]);
-    }
-  }
-#pragma GCC unroll 24
-  for (int i = 0; i < CI; ++i)
-#pragma GCC unroll 4
-    for (int o = 0; o < CO; ++o) Store(du + i * k + kLanes * o, acc[i][o]);
-}
-
-// GradientProduct for `size` (<= CI) input channels.
+// The kernel gradient's RegisterTile for `size` (<= CI) input channels.
 template <int CI, int CO>
 void GradientProductOf(int64_t size, const float* v, const float* m, float* du, int64_t c,
                        int64_t k, int64_t tiles) {
   if constexpr (CI > 1) {
     if (size < CI) return GradientProductOf<CI - 1, CO>(size, v, m, du, c, k, tiles);
   }
-  GradientProduct<CI, CO>(v, m, du, c, k, tiles);
+  RegisterTile<CI, CO, true>(v, m, du, c, k, tiles);
 }
 
 // The output vectors [co, co + CO kLanes) of du[e] += v[e]^T m[e], in register tiles of as even

@@ -59,7 +59,8 @@ def cpu_layers(kernels: frozenset[str] = frozenset(library.KERNELS),
   convolutions' kernel gradient `kernel_gradient` ('direct': conv_kernel_gradient.h or
   conv_kernel_gradient_bf16.h where they apply; 'onednn': oneDNN's everywhere), and their
   forward, input gradient and kernel gradient by Winograd's F(2x2, 3x3) where it applies if
-  `winograd` (conv_winograd.h, before the direct kernel gradient). One object per choice, so jit's cache is shared."""
+  `winograd` (conv_winograd.h, before the direct kernel gradient). One object per choice, so
+  jit's cache is shared."""
   return _cpu_layers(frozenset(kernels), kernel_gradient, bool(winograd))
 
 
