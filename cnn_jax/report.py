@@ -82,7 +82,7 @@ def environment() -> dict:
       'device_count': jax.device_count(),
       'python': platform.python_version(),
       'jax': jax.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
-      'git_commit': _git_commit(),
+      'git_commit': git_commit(),
       'runtime': runtime_summary(runtime.applied()),
   }
 
@@ -97,7 +97,8 @@ def runtime_summary(applied: dict) -> str:
           f"{applied['cpu_threads']}")
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+  """The checkout's short commit (with '+dirty' if tracked files changed), or 'unknown'."""
   try:
     out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
                          cwd=pathlib.Path(__file__).parent, timeout=5, check=False)

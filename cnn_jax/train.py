@@ -472,6 +472,7 @@ def final_results(run: Run, state: TrainState, command: str | None) -> dict:
       'cpu_count': os.cpu_count(),
       'runtime': runtime.applied(),
       'jax_version': jax.__version__,
+      'git_commit': report.git_commit(),  # the code of this (last) sitting
       'command': command if command is not None else shlex.join([sys.executable] + sys.argv),
   })
   if parallel.is_main_process():

@@ -477,26 +477,29 @@ def tta_table(tta: dict) -> str:
 
 
 def timing_table(runs: dict, num_steps: int, models=()) -> str:
-  """Per run: wall time (over every sitting), train images/s and host from results.json; a run
-  still training shows how far it is and its wall time at its last test evaluation."""
+  """Per run: wall time (over every sitting), train images/s, host and code commit from
+  results.json; a run still training shows how far it is and its wall time at its last test
+  evaluation."""
   rows = []
   for name in run_order(set(runs) | set(models)):
     if name not in runs:
-      rows.append([name, 'not started', '–', '–', '–'])
+      rows.append([name, 'not started', '–', '–', '–', '–'])
       continue
     run, res = runs[name], runs[name]['results']
     if res:
       ips = res.get('train_images_per_s')
       rows.append([name, f"{res['steps']:,} (finished)", duration(res['wall_time_s']),
-                   f'{ips:,.0f}' if ips else '–', res.get('host_cpu', '?')])
+                   f'{ips:,.0f}' if ips else '–', res.get('host_cpu', '?'),
+                   res.get('git_commit', 'not recorded')])
       continue
     so_far = next((r['wall_time_s'] for r in reversed(run['test']) if 'wall_time_s' in r), None)
     ips = run['logged_images_per_s']
     rows.append([name, f"{run['last_step']:,} of {num_steps:,} (running)",
                  f'{duration(so_far)} at its last test evaluation' if so_far else '…',
-                 f'{ips:,.0f} (median of the logs so far)' if ips else '…', '…'])
+                 f'{ips:,.0f} (median of the logs so far)' if ips else '…', '…', '…'])
   return report.markdown_table(
-      ['run', 'iterations', 'wall time', 'train images/s', 'host (last sitting)'], rows)
+      ['run', 'iterations', 'wall time', 'train images/s', 'host (last sitting)',
+       'code commit (last sitting)'], rows)
 
 
 # ----------------------------------------------------------------------------------- report

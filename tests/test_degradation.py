@@ -287,12 +287,13 @@ def test_timing_table_shows_finished_and_running_runs():
   from experiments import degradation
   done = _run(0.9, 0.8, step=16000)
   done['results'] = {'steps': 16000, 'wall_time_s': 5400.0, 'train_images_per_s': 512.3,
-                     'host_cpu': 'AMD EPYC (2 cores)'}
+                     'host_cpu': 'AMD EPYC (2 cores)', 'git_commit': '3678b04'}
   running = _run(0.8, 0.7, step=4500, finished=False, wall=1800.0)
   running['last_step'], running['logged_images_per_s'] = 4600, 550.0
   table = degradation.timing_table({'resnet20_seed1': running, 'resnet20': done}, 16000)
   lines = table.splitlines()
-  assert lines[2] == '| resnet20 | 16,000 (finished) | 90 min | 512 | AMD EPYC (2 cores) |'
+  assert lines[2] == ('| resnet20 | 16,000 (finished) | 90 min | 512 | AMD EPYC (2 cores) | '
+                      '3678b04 |')
   assert lines[3].startswith('| resnet20_seed1 | 4,600 of 16,000 (running) | 30 min at its last')
   assert '550 (median of the logs so far)' in lines[3]
 

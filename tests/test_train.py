@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from cnn_jax import checkpointing, steps, train
+from cnn_jax import checkpointing, report, steps, train
 from cnn_jax.metric_writers import read_metrics
 from tests.helpers import tiny_config
 
@@ -33,6 +33,7 @@ def test_tiny_run_learns(tiny_run):
   for key in ('test_loss', 'best_epoch', 'wall_time_s', 'train_images_per_s', 'device_kind',
               'device_count', 'command'):
     assert key in saved
+  assert saved['git_commit'] == report.git_commit()  # the code that trained it
   assert (workdir / 'config.json').exists() and list((workdir / 'tensorboard').iterdir())
 
 
