@@ -77,6 +77,10 @@ EXPERIMENTS = {
     'unet_segmentation': ('C23', 'U-Net, same and valid padding, on MNIST canvases (CPU protocol)',
                           'python -m experiments.unet_segmentation --preset=cpu '
                           '--report_dir=reports/unet_segmentation'),
+    'unet_segmentation_long': ('C23', 'U-Net, same and valid padding, trained until validation '
+                               'mIoU plateaus (30 epochs of 64x64 canvases)',
+                               'python -m experiments.unet_segmentation --preset=long '
+                               '--report_dir=reports/unet_segmentation_long'),
     'transfer': ('C24', 'from scratch, linear probe, last stage, fine-tuning by data size '
                  '(CIFAR-10 0-4 to 5-9, ResNet-8)',
                  'python -m experiments.transfer --preset=quick --report_dir=reports/transfer'),
@@ -122,6 +126,15 @@ def experiments_table() -> str:
                          'wall time', 'command'], rows)
 
 
+# A report made by another experiment's preset -> that experiment (else the report's own name).
+EXPERIMENT_OF = {'degradation_cpu': 'degradation', 'degradation_quarter': 'degradation',
+                 'unet_segmentation_long': 'unet_segmentation'}
+
+
+def experiment_of(name: str) -> str:
+  return EXPERIMENT_OF.get(name, name)
+
+
 # ------------------------------------------------- every README row, computed again from its files
 
 # The committed reports (a protocol still training has its README row but no report yet).
@@ -136,9 +149,8 @@ KEPT = {'degradation_cpu': 'its rows, in its own table, are rewritten with its r
 @functools.lru_cache(maxsize=None)
 def recompute(name: str, root: pathlib.Path = ROOT) -> report_parts.Recomputed:
   """Report `name` computed again from root/reports/<name>/ by its experiment's `recompute`
-  (degradation_<preset>'s experiment is degradation)."""
-  module = 'degradation' if name.startswith('degradation_') else name
-  return importlib.import_module(f'experiments.{module}').recompute(root / 'reports' / name)
+  (a preset's report by its experiment: `experiment_of`)."""
+  return importlib.import_module(f'experiments.{experiment_of(name)}').recompute(root / 'reports' / name)
 
 
 def _row_key(name: str):
@@ -227,7 +239,7 @@ def recheck(root: pathlib.Path = ROOT, names=REPORTS) -> list[pathlib.Path]:
 # ------------------------------------- a committed report's machine and load, from its runs
 
 FINISHED = ('completed', 'stopped_early')  # a finished run's status (results.json, members.csv)
-# A report.md's hardware bullet by layout (the report name, degradation_* as 'degradation', else
+# A report.md's hardware bullet by layout (its experiment, `experiment_of`, where listed, else
 # report_parts.header's): the pattern, with `head`, the runs' `machine` (device and host) or
 # `host`, `kept` (the wall times, as they are) and `load` (the load sentence: absent in older
 # reports), and what goes between `kept` and the load sentence.
@@ -305,7 +317,7 @@ def with_run_facts(name: str, text: str, report_dir: pathlib.Path) -> str:
   host = record.get('runs_host') or run_records.host_record(runs)
   committed = 'runs_host' not in record  # else the runs' records as the report read them
   load = record.get('runs_load') or run_records.load_record(runs)
-  layout = 'degradation' if name.startswith('degradation_') else name
+  layout = experiment_of(name)
   pattern, sep = HARDWARE.get(layout, HARDWARE['header'])
   found = pattern.search(text)
   if found is not None:
