@@ -413,7 +413,8 @@ def diagnostics_table(runs: dict) -> str:
     run = runs[model]
     if not run['diagnostics'] or parse_run(model)[1] != 0:
       continue
-    for rec in (run['diagnostics'][0], run['diagnostics'][-1]):
+    ends = {r['step']: r for r in (run['diagnostics'][0], run['diagnostics'][-1])}
+    for rec in ends.values():  # one row while a run has only its initial record
       names = [n for n in _block_names(rec, 'grad_rms') if n.startswith('stage')]
       first, last = rec[f'grad_rms/{names[0]}'], rec[f'grad_rms/{names[-1]}']
       acts = [rec[f'act_rms/{n}'] for n in names]

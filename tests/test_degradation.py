@@ -122,6 +122,20 @@ def _run(train_acc, test_acc, step=10, finished=True, wall=None):
           'last_step': step, 'logged_images_per_s': None}
 
 
+def test_diagnostics_table_rows_at_start_and_end():
+  from experiments import degradation
+  rec = lambda step, g: {'split': 'diagnostics', 'step': step, 'grad_rms/stage1_block0': g,
+                         'grad_rms/stage3_block2': 1.0, 'act_rms/stage1_block0': 1.0,
+                         'act_rms/stage3_block2': 2.0}
+  started, done = _run(0.5, 0.5, finished=False), _run(0.9, 0.8)
+  started['diagnostics'] = [rec(0, 4.0)]
+  done['diagnostics'] = [rec(0, 8.0), rec(16000, 3.0)]
+  lines = degradation.diagnostics_table({'plain20': started, 'resnet20': done}).splitlines()[2:]
+  assert [l.split(' | ')[:2] for l in lines] == [['| plain20', '0'], ['| resnet20', '0'],
+                                                 ['| resnet20', '16000']]
+  assert lines[2].split(' | ')[4] == '3'  # first / last block at the end
+
+
 def _four_runs(**changes):
   """plain20/56 and resnet20/56 on which all four checks hold; `changes` replace runs."""
   runs = {'plain20': _run(0.90, 0.85), 'plain56': _run(0.80, 0.78),
