@@ -174,15 +174,25 @@ def _runs(workdir, models):
 
 
 def _curve_rows(run_dir: pathlib.Path) -> list[list[str]]:
+  """Per validation: step, val loss, pixel accuracy and mIoU; and the test mIoU at that step
+  where the run recorded a test curve."""
+  test = dict(_miou_curve(run_dir, 'test_curve'))
   rows = []
   for r in read_metrics(run_dir / 'metrics.jsonl'):
     if r['split'] == 'val':
       rows.append([f"{r['step']:,}", f"{r['loss']:.4f}", f"{r['accuracy']:.2%}",
-                   f"{r['mean_iou']:.3f}"])
+                   f"{r['mean_iou']:.3f}"]
+                  + ([f"{test[r['step']]:.3f}" if r['step'] in test else '–'] if test else []))
   return rows
 
 
 PLATEAU_TOLERANCE = 0.005  # mIoU: a gain no larger than this in the last quarter is no gain
+
+
+def curve_table(run_dir: pathlib.Path) -> str:
+  rows = _curve_rows(run_dir)
+  head = ['step', 'val loss', 'val pixel accuracy', 'val mIoU', 'test mIoU (read only)']
+  return report.markdown_table(head[:len(rows[0])] if rows else head[:4], rows)
 
 
 def plateau(curve: list[tuple[int, float]], tolerance: float = PLATEAU_TOLERANCE) -> dict:
@@ -202,19 +212,22 @@ def plateau(curve: list[tuple[int, float]], tolerance: float = PLATEAU_TOLERANCE
           'first_within_tolerance': next(s for s, v in curve if v >= best[1] - tolerance)}
 
 
-def plateau_text(model: str, p: dict) -> str:
+def plateau_text(model: str, p: dict, curve: str = 'validation') -> str:
   if p['plateaued'] is None:
-    return f'{model}: {p["evaluations"]} evaluations, too few to tell.'
+    return f'{model}, {curve} mIoU: {p["evaluations"]} evaluations, too few to tell.'
   verdict = ('plateaued' if p['plateaued'] else
              'still improving: a longer run (or a larger learning rate late) would gain more')
-  return (f"{model}: {verdict}. Best validation mIoU {p['best']:.3f} at step {p['best_step']:,}"
+  return (f"{model}, {curve} mIoU: {verdict}. Best {p['best']:.3f} at step {p['best_step']:,}"
           f" (within {PLATEAU_TOLERANCE} of it from step {p['first_within_tolerance']:,}); gain in "
           f"the last quarter (from step {p['last_quarter_from']:,}): {p['gain_last_quarter']:+.3f}.")
 
 
-def _val_miou_curve(run_dir: pathlib.Path) -> list[tuple[int, float]]:
+CURVES = {'validation': 'val', 'test': 'test_curve'}  # a report's name -> the metrics split
+
+
+def _miou_curve(run_dir: pathlib.Path, split: str) -> list[tuple[int, float]]:
   return [(r['step'], r['mean_iou']) for r in read_metrics(run_dir / 'metrics.jsonl')
-          if r['split'] == 'val']
+          if r['split'] == split]
 
 
 def claim_checks(test_miou: dict[str, float], recomputed_miou: dict[str, float],
@@ -343,12 +356,11 @@ def make_report(workdir: pathlib.Path, models: list[str], preset: str,
                         {m: r['mean_iou'] for m, r in recomputed.items()},
                         max(b['mean_iou'] for b in base.values()))
   table, class_table = _tables(runs, measured, configs)
-  curves = '\n\n'.join(f'**{m}**\n\n' + report.markdown_table(
-      ['step', 'val loss', 'val pixel accuracy', 'val mIoU'], _curve_rows(workdir / m))
-                       for m in runs)
+  curves = '\n\n'.join(f'**{m}**\n\n' + curve_table(workdir / m) for m in runs)
   status = ('all runs finished' if len(runs) == len(models) else
             f'{len(runs)} of {len(models)} runs finished')
-  plateaus = {m: plateau(_val_miou_curve(workdir / m)) for m in runs}
+  plateaus = {m: {name: plateau(curve) for name, split in CURVES.items()
+                  if (curve := _miou_curve(workdir / m, split))} for m in runs}
   text = _header(workdir, runs, measured['data'], next(iter(configs.values())), preset, command,
                  status) + f"""
 ## Results
@@ -369,14 +381,17 @@ recognise digits; a net above it recognises which digit each pixel belongs to.
 
 ![predictions]({png.name})
 
-## Validation along training
+## Along training
 
 {curves}
 
-Where each run stopped improving (validation mIoU; a gain of at most {PLATEAU_TOLERANCE} in the
-last quarter of the evaluations counts as none):
+Where the preset asks for it (`eval_test_curve`), the test mIoU is measured at each validation,
+to show where the test figure stops improving; it chooses nothing (the checkpoint is the one with
+the lowest validation loss). Where each run stopped improving (a gain of at most
+{PLATEAU_TOLERANCE} mIoU in the last quarter of the evaluations counts as none):
 
-{chr(10).join(f'- {plateau_text(m, p)}' for m, p in plateaus.items())}
+{chr(10).join(f'- {plateau_text(m, p, name)}' for m, ps in plateaus.items()
+              for name, p in ps.items())}
 
 ## Per-run commands
 

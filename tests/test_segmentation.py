@@ -271,3 +271,19 @@ def test_plateau_is_read_from_the_validation_curve():
   assert got['plateaued'] is False and got['gain_last_quarter'] == pytest.approx(0.1)
   assert experiment.plateau(flat[:3])['plateaued'] is None
   assert 'still improving' in experiment.plateau_text('unet', got)
+
+
+def test_curve_table_shows_the_test_curve_where_recorded(tmp_path):
+  from experiments import unet_segmentation as experiment  # pylint: disable=g-import-not-at-top
+  rec = lambda split, step, miou: {'split': split, 'step': step, 'loss': 0.1, 'accuracy': 0.9,
+                                   'mean_iou': miou}
+  (tmp_path / 'a').mkdir(), (tmp_path / 'b').mkdir()
+  write = lambda d, recs: (tmp_path / d / 'metrics.jsonl').write_text(
+      ''.join(json.dumps(r) + '\n' for r in recs))
+  write('a', [rec('val', 10, 0.5), rec('test_curve', 10, 0.45), rec('val', 20, 0.6)])
+  write('b', [rec('val', 10, 0.5)])
+  with_test = experiment.curve_table(tmp_path / 'a').splitlines()
+  assert with_test[0].endswith('| val mIoU | test mIoU (read only) |')
+  assert with_test[2:] == ['| 10 | 0.1000 | 90.00% | 0.500 | 0.450 |',
+                           '| 20 | 0.1000 | 90.00% | 0.600 | – |']
+  assert experiment.curve_table(tmp_path / 'b').splitlines()[0].endswith('| val mIoU |')
