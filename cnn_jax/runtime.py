@@ -138,8 +138,16 @@ def applied() -> dict:
       'cpu_kernels_default': cpu_kernels_default(),
       'cpu_threads': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
                      else os.cpu_count(),
-      'compilation_cache': jax.config.jax_compilation_cache_dir or '',
+      'compilation_cache': home_relative(jax.config.jax_compilation_cache_dir or ''),
   }
+
+
+def home_relative(path: str) -> str:
+  """`path` with the user's home folder written as '~', for records that leave this machine."""
+  home = os.path.expanduser('~')
+  if path == home or path.startswith(home.rstrip(os.sep) + os.sep):
+    return '~' + path[len(home.rstrip(os.sep)):]
+  return path
 
 
 def _backend_started() -> bool:

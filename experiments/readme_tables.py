@@ -150,7 +150,8 @@ KEPT = {'degradation_cpu': 'its rows, in its own table, are rewritten with its r
 def recompute(name: str, root: pathlib.Path = ROOT) -> report_parts.Recomputed:
   """Report `name` computed again from root/reports/<name>/ by its experiment's `recompute`
   (a preset's report by its experiment: `experiment_of`)."""
-  return importlib.import_module(f'experiments.{experiment_of(name)}').recompute(root / 'reports' / name)
+  experiment = importlib.import_module(f'experiments.{experiment_of(name)}')
+  return experiment.recompute(root / 'reports' / name)
 
 
 def _row_key(name: str):

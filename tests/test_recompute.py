@@ -202,7 +202,8 @@ def test_recheck_leaves_a_fresh_report_as_it_is(tmp_path):
 def _outside_run_facts(name: str, text: str) -> tuple[str, list[str]]:
   """report.md or seeds.md `text` less its machine and load sentences and the environment
   label, and what the hardware bullet keeps between them (the wall times)."""
-  pattern, _ = readme_tables.HARDWARE.get(readme_tables.experiment_of(name), readme_tables.HARDWARE['header'])
+  pattern, _ = readme_tables.HARDWARE.get(readme_tables.experiment_of(name),
+                                          readme_tables.HARDWARE['header'])
   kept = [m['kept'] for m in pattern.finditer(text)]
   text = readme_tables.SEEDS_LOAD.sub(lambda m: m['head'], pattern.sub('', text))
   return text.replace(report_parts.ENVIRONMENT_NOTE + '\n\n', ''), kept

@@ -210,6 +210,14 @@ def test_applied_names_what_the_process_runs_with():
                       'compilation_cache'}
 
 
+def test_records_write_the_home_folder_as_a_tilde(monkeypatch):
+  from cnn_jax import runtime
+  monkeypatch.setenv('HOME', '/home/researcher')
+  assert runtime.home_relative('/home/researcher/.cache/cnn_jax/jax') == '~/.cache/cnn_jax/jax'
+  assert runtime.home_relative('/home/researcher2/cache') == '/home/researcher2/cache'
+  assert runtime.home_relative('/scratch/cache') == '/scratch/cache'
+
+
 @pytest.mark.parametrize('name,value,message', [
     ('CNN_JAX_XLA_DEFAULTS', 'no', r"CNN_JAX_XLA_DEFAULTS='no': use 1"),
     ('CNN_JAX_SYNC_TIMEOUT_S', '1h', r"CNN_JAX_SYNC_TIMEOUT_S='1h': give a positive number"),
