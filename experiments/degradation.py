@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 
 from absl import app
 
@@ -699,6 +700,7 @@ def reading(check_rows: list[list[str]], config, preset: str, entries: list[dict
   Table 6's band (and, on the JPEG copy of CIFAR-10 (`dataset`), that part of the gap is the
   data), and what that means."""
   failed = [row[1] for row in check_rows if row[-1] == '**no**']
+  narrow = narrow_checks(check_rows)
   misses = [e for e in entries if e['headline'] and e['within_band'] == '**no**']
   depth_failed = any('with depth' in f for f in failed)
   text = ''
@@ -713,6 +715,12 @@ def reading(check_rows: list[list[str]], config, preset: str, entries: list[dict
              'caught up with the shallower one. The degradation checks need no convergence: '
              "He et al.'s Figure 6 shows plain-56 above plain-20 from the first thousand "
              'iterations on. The `paper` preset tests the ordering.')
+  if narrow:
+    text += ('\n\n**Holds by a narrow margin**: ' + '; '.join(
+        f'{row[1]}, {row[3]}' for row in narrow) + f'. A difference under {NARROW_SE:g} '
+        'binomial SE is within what measuring the same nets on another set of that size could '
+        'move; more seeds of the nets compared (the seed counts are in the table above) would '
+        'tell whether it stands.')
   if misses:
     text += (f"\n\n**Outside Table 6's ±{BAND_PP} pp band**: " + '; '.join(
         f"{e['row']} {e['test']['mean']:.2f}% against {e['paper']:.2f}% "
@@ -725,6 +733,16 @@ def reading(check_rows: list[list[str]], config, preset: str, entries: list[dict
   if preset == 'quarter' and (depth_failed or misses):
     text += longer_run_note(runs or {}, config)
   return text
+
+
+NARROW_SE = 2.0  # a check holding by fewer binomial SEs than this is called narrow
+
+
+def narrow_checks(check_rows: list[list[str]]) -> list[list[str]]:
+  """The checks that hold by less than NARROW_SE binomial SEs (read from their difference cell)."""
+  se = lambda row: re.search(r'= ([+-]?[0-9.]+) binomial SE', row[3])
+  return [row for row in check_rows
+          if row[-1] == 'yes' and (m := se(row)) and abs(float(m.group(1))) < NARROW_SE]
 
 
 def longer_run_note(runs: dict, config) -> str:

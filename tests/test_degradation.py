@@ -270,6 +270,19 @@ def test_reading_says_what_a_longer_run_needs_only_when_depth_fails():
   assert 'What a longer run would need' in text and '4,000 iterations instead of 16,000' in text
 
 
+def test_reading_names_a_check_that_holds_by_under_two_standard_errors():
+  from experiments import degradation
+  config = cifar_resnet.get_config('resnet20,quarter')
+  # ResNet-56 0.5 pp below ResNet-20 on 10,000 test images: about 1.0 binomial SE
+  rows = degradation.claim_checks(_four_runs(resnet56=_run(0.95, 0.865)), 5000, 10000)
+  assert [r[1] for r in degradation.narrow_checks(rows)] == [CHECKS['depth']]
+  text = degradation.reading(rows, config, 'quarter')
+  assert text.startswith('\n\n**Holds by a narrow margin**: ' + CHECKS['depth'])
+  assert degradation.narrow_checks(degradation.claim_checks(_four_runs(), 5000, 10000)) == []
+  failing = degradation.claim_checks(_four_runs(resnet56=_run(0.95, 0.859)), 5000, 10000)
+  assert degradation.narrow_checks(failing) == []  # a check that fails is not called narrow
+
+
 def test_time_to_accuracy_reached_and_not():
   from experiments import degradation
   curve = [(500, 0.55, 120.0), (1000, 0.9126, 250.0), (1500, 0.93, 380.0), (2000, 0.92, 500.0)]
