@@ -20,7 +20,7 @@
   it on a 45k/5k split), so there is nothing to select and no validation split is needed; the
   errors reported are those of the last state, training error on a fixed 5,000-image training
   subset, test error on the test split every 500 iterations (curves and time to accuracy, never
-  selection). ResNet-20 about 1.5 h, ResNet-56 about 4 h on 2 AVX2 cores.
+  selection). Measured wall time per run: reports/degradation_quarter.
 * `quick`: 400 iterations, minutes on a CPU.
 * `toy`: a few steps on 512 images, seconds, for tests.
 * `tta`: not the paper's recipe but a short one for time to accuracy (benchmarks/
