@@ -144,9 +144,9 @@ def applied() -> dict:
 
 def home_relative(path: str) -> str:
   """`path` with the user's home folder written as '~', for records that leave this machine."""
-  home = os.path.expanduser('~')
-  if path == home or path.startswith(home.rstrip(os.sep) + os.sep):
-    return '~' + path[len(home.rstrip(os.sep)):]
+  home = os.path.expanduser('~').rstrip(os.sep)
+  if home and (path == home or path.startswith(home + os.sep)):
+    return '~' + path[len(home):]
   return path
 
 

@@ -140,11 +140,10 @@ def experiment_of(name: str) -> str:
 # The committed reports (a protocol still training has its README row but no report yet).
 REPORTS = tuple(name for name in ('lenet5_mnist', *EXPERIMENTS)
                 if (ROOT / 'reports' / name / 'results.json').exists())
-# Reports whose results.json and report.md `--recheck` leaves alone, and why.
-_DEGRADATION_KEPT = ('its rows, in its own table, are rewritten with its report by '
-                     '`python -m experiments.degradation --report_only` from the same committed '
-                     'records')
-KEPT = {'degradation_cpu': _DEGRADATION_KEPT, 'degradation_quarter': _DEGRADATION_KEPT}
+# Experiments whose reports' results.json and report.md `--recheck` leaves alone, and why.
+KEPT = {'degradation': 'its rows, in its own table, are rewritten with its report by '
+                       '`python -m experiments.degradation --report_only` from the same '
+                       'committed records'}
 
 
 @functools.lru_cache(maxsize=None)
@@ -205,7 +204,7 @@ def mismatches(name: str, root: pathlib.Path = ROOT) -> list[str]:
     if record.get('all_checks_hold', got.checks.all_hold) != got.checks.all_hold:
       out.append(f"results.json all_checks_hold {record['all_checks_hold']} is stale")
   section = report_parts.CHECKS_SECTION.search((report_dir / 'report.md').read_text())
-  if name not in KEPT and (section or got.checks.rows) and (
+  if experiment_of(name) not in KEPT and (section or got.checks.rows) and (
       section is None or section.group(0) != report_parts.checks_section(got.checks)):
     out.append('report.md claim checks differ from the recomputed ones')
   return out
@@ -219,7 +218,7 @@ def recheck(root: pathlib.Path = ROOT, names=REPORTS) -> list[pathlib.Path]:
   written = []
   for name in names:
     report_dir = root / 'reports' / name
-    if name not in KEPT:
+    if experiment_of(name) not in KEPT:
       got = recompute(name, root)
       record = run_records.read_json(report_dir / 'results.json')
       rechecked = report_parts.with_checks(record, got.checks)
@@ -506,8 +505,9 @@ def main(argv: list[str]) -> None:
   if argv:
     for path in recheck():
       print(f'rewrote {path.relative_to(ROOT)}')
-    for name, why in KEPT.items():
-      print(f'left the checks of {name} as they are: {why}')
+    for name in REPORTS:
+      if (why := KEPT.get(experiment_of(name))):
+        print(f'left the checks of {name} as they are: {why}')
   readme = ROOT / 'README.md'
   readme.write_text(render(readme.read_text()))
   print(f'updated {readme} ({", ".join(TABLES)}); {len(models.names())} models registered')

@@ -210,12 +210,15 @@ def test_applied_names_what_the_process_runs_with():
                       'compilation_cache'}
 
 
-def test_records_write_the_home_folder_as_a_tilde(monkeypatch):
+def test_records_write_the_home_folder_as_a_tilde(monkeypatch, tmp_path):
   from cnn_jax import runtime
-  monkeypatch.setenv('HOME', '/home/researcher')
-  assert runtime.home_relative('/home/researcher/.cache/cnn_jax/jax') == '~/.cache/cnn_jax/jax'
-  assert runtime.home_relative('/home/researcher2/cache') == '/home/researcher2/cache'
-  assert runtime.home_relative('/scratch/cache') == '/scratch/cache'
+  home = tmp_path / 'researcher'
+  monkeypatch.setenv('HOME', str(home))
+  assert runtime.home_relative(str(home / '.cache/cnn_jax/jax')) == '~/.cache/cnn_jax/jax'
+  sibling = str(tmp_path / 'researcher2' / 'cache')  # a prefix of the name is not the home folder
+  assert runtime.home_relative(sibling) == sibling
+  elsewhere = str(tmp_path / 'scratch' / 'cache')
+  assert runtime.home_relative(elsewhere) == elsewhere
 
 
 @pytest.mark.parametrize('name,value,message', [
